@@ -1,0 +1,68 @@
+"""The contract every distillation loss follows."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+
+@dataclass
+class TrainingProgress:
+    """Where training is; the module updates it before every training step.
+
+    Losses that schedule something over training (DKD's warm-up, say) read
+    ``self.progress`` instead of counting calls themselves.
+    """
+
+    epoch: int = 0
+    global_step: int = 0
+    max_epochs: int | None = None
+
+
+class DistillationLoss(nn.Module):
+    """Base class of the swappable losses.
+
+    Call signature: ``loss(student_logits, teacher_logits, targets) -> dict[str, Tensor]``.
+
+    - ``student_logits``, ``teacher_logits``: ``(B, C)``; for a loss with ``num_views = 2`` a
+      tuple ``(weak, strong)`` of ``(B, C)`` tensors each (``teacher_logits`` is ``None`` for a
+      loss with ``requires_teacher = False``).
+    - ``targets``: ``(B,)`` int64 class indices.
+    - The result's ``"loss"`` is the scalar to backpropagate; every other key is a named term or
+      a detached diagnostic, logged by :class:`~cskd_lightning.DistillationModule` as
+      ``train/<key>``.
+    """
+
+    requires_teacher: bool = True
+    num_views: int = 1
+    batch_level: bool = False
+    """True when a term depends on the whole batch (and is gathered across processes)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.progress = TrainingProgress()
+
+    def set_progress(self, epoch: int, global_step: int, max_epochs: int | None = None) -> None:
+        """Record the training progress (called by the module before each training step)."""
+        self.progress = TrainingProgress(epoch, global_step, max_epochs)
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return ``value`` as float, or raise a ValueError naming ``name`` if not finite and > 0."""
+    value = float(value)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive number; got {value}.")
+    return value
+
+
+def check_weight(name: str, value: float) -> float:
+    """Return ``value`` as float, or raise a ValueError naming ``name`` if negative/not finite.
+
+    A weight of 0 switches a term off (``ce_weight=0`` is pure distillation).
+    """
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a non-negative number (0 switches it off); got {value}.")
+    return value

@@ -1,0 +1,90 @@
+"""CSKD with CSWT: the method's paper-level objective."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from cskd_lightning.losses.base import DistillationLoss, check_positive, check_weight
+from cskd_lightning.losses.distributed import gather_batch
+from cskd_lightning.losses.functional import (
+    cross_entropy,
+    cskd_loss,
+    cswt_temperature,
+    per_class_batch_cosine,
+)
+
+
+class CSKDLoss(DistillationLoss):
+    """Cosine Similarity Knowledge Distillation, with the CSWT temperature by default.
+
+    ``L = ce_weight * CE(z_s, y) + kd_weight * (L_cs(T) + L_cs(T_i))``  (``cswt=True``)
+
+    ``L = ce_weight * CE(z_s, y) + kd_weight * L_cs(T)``                (``cswt=False``)
+
+    with ``L_cs`` from :func:`~cskd_lightning.losses.functional.cskd_loss` and ``T_i`` from
+    :func:`~cskd_lightning.losses.functional.cswt_temperature`.
+
+    With ``gather=True`` and an initialised process group of more than one process, the
+    batch-axis terms (``L_cs`` and the CSWT min/max) see the logits of every process
+    (gathered with gradients), so N processes with B/N samples each train exactly like one
+    process with B. Without a group it changes nothing.
+
+    Returns the terms ``loss``, ``ce``, ``cs`` (and ``cs_cswt``) plus the diagnostics
+    ``cos_mean`` (mean per-class batch cosine at ``T``) and, with CSWT, ``cswt_t_mean``,
+    ``cswt_t_min``, ``cswt_t_max``.
+    """
+
+    batch_level = True
+
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        alpha: float = 2.0,
+        cswt: bool = True,
+        t_low: float = 2.0,
+        t_high: float = 6.0,
+        ce_weight: float = 1.0,
+        kd_weight: float = 1.0,
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        self.temperature = check_positive("temperature", temperature)
+        self.alpha = check_positive("alpha", alpha)
+        self.cswt = bool(cswt)
+        self.t_low = check_positive("t_low", t_low)
+        self.t_high = check_positive("t_high", t_high)
+        if self.t_low > self.t_high:
+            raise ValueError(
+                f"t_low ({self.t_low}) must not exceed t_high ({self.t_high}): the most similar "
+                "sample gets t_low, the least similar t_high. Swap the two values."
+            )
+        self.ce_weight = check_weight("ce_weight", ce_weight)
+        self.kd_weight = check_weight("kd_weight", kd_weight)
+        self.gather = bool(gather)
+
+    def distillation_terms(self, student_logits: Tensor, teacher_logits: Tensor) -> dict:
+        """The teacher terms on (already gathered) ``(B, C)`` logits, unweighted."""
+        terms = {"cs": cskd_loss(student_logits, teacher_logits, self.temperature, self.alpha)}
+        terms["cos_mean"] = (
+            per_class_batch_cosine(student_logits.detach(), teacher_logits, self.temperature)
+            .mean()
+            .detach()
+        )
+        if self.cswt:
+            temps = cswt_temperature(student_logits, teacher_logits, self.t_low, self.t_high)
+            terms["cs_cswt"] = cskd_loss(student_logits, teacher_logits, temps, self.alpha)
+            terms["cswt_t_mean"] = temps.mean()
+            terms["cswt_t_min"] = temps.min()
+            terms["cswt_t_max"] = temps.max()
+        return terms
+
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor
+    ) -> dict[str, Tensor]:
+        ce = cross_entropy(student_logits, targets)
+        if self.gather:
+            student_logits = gather_batch(student_logits)
+            teacher_logits = gather_batch(teacher_logits)
+        terms = self.distillation_terms(student_logits, teacher_logits)
+        kd = terms["cs"] + terms["cs_cswt"] if self.cswt else terms["cs"]
+        return {"loss": self.ce_weight * ce + self.kd_weight * kd, "ce": ce, **terms}

@@ -1,0 +1,57 @@
+"""Gathering logits across processes, with gradients, for batch-axis loss terms.
+
+CSKD's per-class cosine and the CSWT min/max are taken over the batch axis, so under data
+parallel training they must see the global batch. :func:`gather_batch` concatenates every
+process's ``(B_k, C)`` tensor into ``(sum_k B_k, C)`` in rank order. Its backward all-reduces
+(sums) the incoming gradient and returns this process's slice: every process computes the same
+global loss, so after DDP averages the parameter gradients over the N processes the result is
+exactly the gradient of one process holding the whole batch.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def distributed_world_size() -> int:
+    """Processes in the default group, or 1 without an initialised group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        world, rank = dist.get_world_size(), dist.get_rank()
+        size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+        sizes = [torch.zeros_like(size) for _ in range(world)]
+        dist.all_gather(sizes, size)
+        counts = [int(s.item()) for s in sizes]
+        longest = max(counts)
+        padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        ctx.counts, ctx.rank = counts, rank
+        return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)], dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad_output.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = sum(ctx.counts[: ctx.rank])
+        return grad[start : start + ctx.counts[ctx.rank]]
+
+
+def gather_batch(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` ``(B_k, ...)`` from all processes along dim 0, keeping gradients.
+
+    A no-op (returns ``tensor``) without an initialised process group of more than one process.
+    Batches of different sizes per process are supported.
+    """
+    if distributed_world_size() <= 1:
+        return tensor
+    return _GatherWithGrad.apply(tensor)

@@ -1,0 +1,157 @@
+"""CIFAR-style ImageNet-family ResNets (``ResNet18``, ``ResNet34``, ``ResNet50``, ...).
+
+Reproduces ``models/resnetv2.py`` of RepDistiller (also
+``mdistiller/models/cifar/resnetv2.py``): 3x3 stride-1 stem without max-pool,
+four stages (64/128/256/512 x expansion), ``shortcut`` Sequential and ``linear``
+head, with identical parameter names.  ``forward`` returns logits only.
+
+Pooling is adaptive, so any input size >= 8 works (32x32 on CIFAR, 64x64 on
+Tiny-ImageNet).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from .registry import register_model
+
+__all__ = ["BasicBlock", "Bottleneck", "ResNetV2"]
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 conv-BN layers; ``shortcut`` is empty or ``Sequential(conv1x1, bn)``."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(
+            in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False
+        )
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != self.expansion * planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(
+                    in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False
+                ),
+                nn.BatchNorm2d(self.expansion * planes),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 bottleneck (expansion 4) with ``shortcut`` Sequential."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, self.expansion * planes, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(self.expansion * planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_planes != self.expansion * planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(
+                    in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False
+                ),
+                nn.BatchNorm2d(self.expansion * planes),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetV2(nn.Module):
+    """``conv1, bn1, layer1..4, avgpool (adaptive), linear``.
+
+    Shapes: ``(B, in_channels, H, W) -> (B, num_classes)``.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        num_blocks: list[int],
+        num_classes: int = 10,
+        in_channels: int = 3,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.in_planes = 64
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
+        self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
+        self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
+        self.layer4 = self._make_layer(block, 512, num_blocks[3], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.linear = nn.Linear(512 * block.expansion, num_classes)
+
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.constant_(m.bn3.weight, 0)
+                elif isinstance(m, BasicBlock):
+                    nn.init.constant_(m.bn2.weight, 0)
+
+    def _make_layer(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        planes: int,
+        num_blocks: int,
+        stride: int,
+    ) -> nn.Sequential:
+        strides = [stride] + [1] * (num_blocks - 1)
+        layers: list[nn.Module] = []
+        for s in strides:
+            layers.append(block(self.in_planes, planes, s))
+            self.in_planes = planes * block.expansion
+        return nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, H, W) -> (B, num_classes)`` logits."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer1(out)
+        out = self.layer2(out)
+        out = self.layer3(out)
+        out = self.layer4(out)
+        out = self.avgpool(out)
+        return self.linear(out.reshape(out.size(0), -1))
+
+
+@register_model("ResNet18")
+def resnet18_cifar(num_classes: int = 100, in_channels: int = 3, **kwargs) -> ResNetV2:
+    """CIFAR-style ResNet-18 (RepDistiller ``ResNet18``)."""
+    return ResNetV2(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, **kwargs)
+
+
+@register_model("ResNet34")
+def resnet34_cifar(num_classes: int = 100, in_channels: int = 3, **kwargs) -> ResNetV2:
+    """CIFAR-style ResNet-34 (RepDistiller ``ResNet34``)."""
+    return ResNetV2(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, **kwargs)
+
+
+@register_model("ResNet50")
+def resnet50_cifar(num_classes: int = 100, in_channels: int = 3, **kwargs) -> ResNetV2:
+    """CIFAR-style ResNet-50 (RepDistiller ``ResNet50``)."""
+    return ResNetV2(Bottleneck, [3, 4, 6, 3], num_classes, in_channels, **kwargs)

@@ -1,0 +1,301 @@
+"""The LightningModule that trains a student against a frozen teacher."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from cskd_lightning.losses.base import DistillationLoss
+
+log = logging.getLogger(__name__)
+
+# The frozen teacher is in eval mode on purpose; Lightning's generic hint about it is noise here.
+warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+TEACHER_PREFIX = "teacher."
+
+
+def logits_of(output: Tensor | tuple | list) -> Tensor:
+    """Models may return logits or a ``(logits, features)`` tuple; return the logits."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def infer_num_classes(model: nn.Module) -> int | None:
+    """The class count of a classifier: ``model.num_classes`` or its last Linear's outputs."""
+    if isinstance(getattr(model, "num_classes", None), int):
+        return model.num_classes
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1].out_features if linears else None
+
+
+def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD, lr 0.05, momentum 0.9, weight decay 5e-4 (the CIFAR KD protocol)."""
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+
+class DistillationModule(L.LightningModule):
+    """Train ``student`` against a frozen ``teacher`` with a swappable ``loss``.
+
+    Args:
+        student: the model to train; returns logits ``(B, C)`` or ``(logits, features)``.
+        teacher: the frozen model, or ``None`` with a teacher-free loss (e.g. ``CELoss``).
+        loss: a :class:`~cskd_lightning.losses.DistillationLoss`.
+        optimizer: a callable taking parameters (a Hydra ``_partial_``); default SGD lr 0.05,
+            momentum 0.9, weight decay 5e-4. It only ever sees the student's parameters (and the
+            loss's, if it has any).
+        scheduler: a callable taking the optimizer, stepped once per epoch; or ``None``.
+        num_classes: the class count; inferred from the student's last ``nn.Linear`` if omitted.
+        check_inputs: check every batch's targets and every loss for finiteness (one host sync
+            per step; switch off for the last bit of speed on an accelerator).
+
+    The teacher is frozen three ways: ``requires_grad_(False)``; kept in eval mode by
+    :meth:`train` (its BatchNorm statistics never move); run under ``torch.no_grad()``. Its
+    tensors are stripped from Lightning checkpoints and re-attached on load.
+
+    Subclass hooks: :meth:`forward_student`, :meth:`forward_teacher`, :meth:`compute_loss`.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        loss: DistillationLoss,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        num_classes: int | None = None,
+        check_inputs: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(
+            ignore=["student", "teacher", "loss", "optimizer", "scheduler"], logger=False
+        )
+        if getattr(loss, "requires_teacher", True) and teacher is None:
+            raise ValueError(
+                f"{type(loss).__name__} distils from a teacher, but teacher=None. Pass a teacher "
+                "model, or use a teacher-free loss such as CELoss."
+            )
+        self.student = student
+        self.teacher = teacher
+        self.loss = loss
+        self.optimizer_factory = optimizer or default_optimizer
+        self.scheduler_factory = scheduler
+        self.check_inputs = check_inputs
+        self.num_classes = self._resolve_num_classes(num_classes)
+        if teacher is not None:
+            teacher.requires_grad_(False)
+            teacher.eval()
+        self._make_metrics()
+        self._teacher_acc_pending = teacher is not None
+
+    # --- construction helpers -------------------------------------------------------------
+    def _resolve_num_classes(self, num_classes: int | None) -> int:
+        student_classes = num_classes or infer_num_classes(self.student)
+        if student_classes is None:
+            raise ValueError(
+                "Could not infer the class count from the student (no nn.Linear head): "
+                "pass num_classes=... to DistillationModule."
+            )
+        teacher_classes = infer_num_classes(self.teacher) if self.teacher is not None else None
+        if teacher_classes is not None and teacher_classes != student_classes:
+            raise ValueError(
+                f"Teacher predicts {teacher_classes} classes but the student {student_classes}. "
+                "Build both models with the data's num_classes."
+            )
+        return int(student_classes)
+
+    def _make_metrics(self) -> None:
+        top_k = min(5, self.num_classes)
+
+        def accuracy_pair() -> MetricCollection:
+            return MetricCollection(
+                {
+                    "acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
+                    f"acc_top{top_k}": MulticlassAccuracy(
+                        self.num_classes, top_k=top_k, average="micro"
+                    ),
+                }
+            )
+
+        self.train_metrics = accuracy_pair().clone(prefix="train/")
+        self.val_metrics = accuracy_pair().clone(prefix="val/")
+        self.test_metrics = accuracy_pair().clone(prefix="test/")
+        self.val_acc_best = MaxMetric()
+        self.teacher_val_acc = MulticlassAccuracy(self.num_classes, average="micro")
+
+    # --- the teacher stays frozen ---------------------------------------------------------
+    def train(self, mode: bool = True) -> DistillationModule:
+        """Switch train/eval mode for everything except the teacher, which stays in eval."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def trainable_modules(self) -> list[nn.Module]:
+        """The modules whose parameters the optimizer updates: the student and the loss."""
+        return [self.student, self.loss]
+
+    # --- hooks for subclasses -------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """The student's logits ``(B, C)`` (inference)."""
+        return self.forward_student(x)
+
+    def forward_student(self, x: Tensor) -> Tensor:
+        """Run the student on a batch ``(B, ...)``; return its logits ``(B, C)``."""
+        return logits_of(self.student(x))
+
+    def forward_teacher(self, x: Tensor) -> Tensor:
+        """Run the frozen teacher without gradient; return its logits ``(B, C)``."""
+        assert self.teacher is not None
+        with torch.no_grad():
+            return logits_of(self.teacher(x)).detach()
+
+    def compute_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
+        """From a training batch ``(x, y)`` to ``(student logits of the first view, terms)``.
+
+        ``x`` is a tensor, or a ``(weak, strong)`` tuple from a two-view datamodule. A loss with
+        ``num_views == 1`` sees the first view only; one with ``num_views == 2`` gets tuples of
+        logits for both views. ``terms["loss"]`` is what is backpropagated.
+        """
+        x, y = batch
+        views = list(x) if isinstance(x, (tuple, list)) else [x]
+        needed = getattr(self.loss, "num_views", 1)
+        if len(views) < needed:
+            raise ValueError(
+                f"{type(self.loss).__name__} needs {needed} views per image but the batches "
+                f"have {len(views)}. Turn on the datamodule's two_view mode (data.two_view=true)."
+            )
+        self._check_targets(y)
+        student = [self.forward_student(v) for v in views[:needed]]
+        teacher = (
+            [self.forward_teacher(v) for v in views[:needed]]
+            if self.loss.requires_teacher
+            else [None] * needed
+        )
+        self._check_class_counts(student[0], teacher[0])
+        if needed == 1:
+            terms = self.loss(student[0], teacher[0], y)
+        else:
+            terms = self.loss(tuple(student), tuple(teacher), y)
+        return student[0], terms
+
+    # --- checks ---------------------------------------------------------------------------
+    def _check_targets(self, y: Tensor) -> None:
+        if not self.check_inputs or y.numel() == 0:
+            return
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= self.num_classes:
+            raise ValueError(
+                f"Labels out of range: found labels in [{low}, {high}] but the models predict "
+                f"{self.num_classes} classes (labels must be in [0, {self.num_classes - 1}]). "
+                "Check the dataset's labels or the models' num_classes."
+            )
+
+    def _check_class_counts(self, student: Tensor, teacher: Tensor | None) -> None:
+        if teacher is not None and teacher.shape[-1] != student.shape[-1]:
+            raise ValueError(
+                f"Teacher predicts {teacher.shape[-1]} classes but the student "
+                f"{student.shape[-1]}. Build both models with the data's num_classes."
+            )
+
+    def _check_finite(self, terms: Mapping[str, Tensor]) -> None:
+        if not self.check_inputs or bool(torch.isfinite(terms["loss"]).all()):
+            return
+        bad = {k: float(v) for k, v in terms.items() if v.numel() == 1 and not torch.isfinite(v)}
+        raise FloatingPointError(
+            f"Non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): "
+            + ", ".join(f"{k}={v}" for k, v in bad.items())
+            + ". Lower the learning rate, check the inputs for NaN/inf, or use 32-bit precision."
+        )
+
+    # --- steps ----------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.loss.set_progress(self.current_epoch, self.global_step, self.trainer.max_epochs)
+        logits, terms = self.compute_loss(batch)
+        self._check_finite(terms)
+        y = batch[1]
+        self.train_metrics.update(logits.detach(), y)
+        batch_size = y.shape[0]
+        for name, value in terms.items():
+            self.log(
+                f"train/{name}",
+                value.detach() if name != "loss" else value,
+                on_step=False,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                sync_dist=True,
+                batch_size=batch_size,
+            )
+        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, prog_bar=False)
+        return terms["loss"]
+
+    def _eval_step(self, batch: Any, metrics: MetricCollection) -> Tensor:
+        x, y = batch
+        if isinstance(x, (tuple, list)):
+            x = x[0]
+        self._check_targets(y)
+        logits = self.forward_student(x)
+        metrics.update(logits, y)
+        return x
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x = self._eval_step(batch, self.val_metrics)
+        if self._teacher_acc_pending and not self.trainer.sanity_checking:
+            self.teacher_val_acc.update(self.forward_teacher(x), batch[1])
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return
+        self.val_acc_best.update(self.val_metrics["acc"].compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+        if self._teacher_acc_pending:
+            self.log("val/teacher_acc", self.teacher_val_acc.compute(), sync_dist=True)
+            self._teacher_acc_pending = False
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics)
+        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+
+    # --- optimisation ---------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+    # --- checkpoints stay student-sized -------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.teacher is None:
+            return
+        state = checkpoint.setdefault("state_dict", {})
+        for key, value in self.teacher.state_dict().items():
+            state.setdefault(TEACHER_PREFIX + key, value)
+
+    def export_student(self, path: str | Path) -> Path:
+        """Write the student's weights alone (a plain ``state_dict``) to ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.student.state_dict(), path)
+        return path
