@@ -91,7 +91,9 @@ class VGG(nn.Module):
         return self.classifier(x)
 
     @staticmethod
-    def _make_layers(cfg: list[int], batch_norm: bool = False, in_channels: int = 3) -> nn.Sequential:
+    def _make_layers(
+        cfg: list[int], batch_norm: bool = False, in_channels: int = 3
+    ) -> nn.Sequential:
         layers: list[nn.Module] = []
         for v in cfg:
             conv2d = nn.Conv2d(in_channels, v, kernel_size=3, padding=1)

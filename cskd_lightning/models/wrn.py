@@ -32,7 +32,9 @@ class BasicBlock(nn.Module):
         )
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(
+            out_planes, out_planes, kernel_size=3, stride=1, padding=1, bias=False
+        )
         self.droprate = drop_rate
         self.equalInOut = in_planes == out_planes
         self.convShortcut: nn.Conv2d | None = None

@@ -1,0 +1,25 @@
+"""LightningDataModules for the image-classification benchmarks.
+
+Every datamodule takes a GLOBAL ``batch_size`` (divided by the trainer's world size in
+``setup``), yields ``(x, y)`` batches (``x`` float32 ``(B, C, H, W)`` normalised, ``y`` int64
+``(B,)``) and, with ``two_view=True``, training batches ``((x_weak, x_strong), y)``.
+``num_classes``, ``in_channels`` and ``image_size`` are available right after construction.
+"""
+
+from .base import BaseDataModule
+from .cifar import CIFAR10DataModule, CIFAR100DataModule
+from .digits import DigitsDataModule
+from .fashion_mnist import FashionMNISTDataModule
+from .imagenet import ImageNetDataModule
+from .transforms import Cutout, TwoViewTransform
+
+__all__ = [
+    "BaseDataModule",
+    "CIFAR10DataModule",
+    "CIFAR100DataModule",
+    "Cutout",
+    "DigitsDataModule",
+    "FashionMNISTDataModule",
+    "ImageNetDataModule",
+    "TwoViewTransform",
+]

@@ -1,0 +1,335 @@
+"""Shared plumbing for the datamodules: per-process batch division, stratified validation
+split, two-view (weak/strong) training transform and the dataloaders.
+
+A subclass only says how to load its raw samples and which transforms to use:
+
+* :meth:`BaseDataModule._load` returns the raw training source, its integer labels and the raw
+  test source. A *source* is any indexable of ``(raw_image, label)`` pairs; raw images are
+  ``uint8``/float ``(C, H, W)`` tensors or PIL images, depending on the dataset.
+* :meth:`BaseDataModule._augment_transform` maps a raw image to an augmented raw image (the
+  dataset's normal training augmentation; identity when ``augment=False``).
+* :meth:`BaseDataModule._eval_geometry` (optional) maps a raw image to a raw image of the
+  evaluation geometry (e.g. resize + centre crop); also used for training if ``augment=False``.
+* :meth:`BaseDataModule._normalize_transform` maps a raw image to a normalised ``float32``
+  ``(C, H, W)`` tensor.
+
+Batches are ``(x, y)`` with ``x`` ``float32`` ``(B, C, H, W)`` and ``y`` ``int64`` ``(B,)``; with
+``two_view=True`` the *training* batches are ``((x_weak, x_strong), y)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from .transforms import Cutout, TensorRandAugment, TwoViewTransform
+
+__all__ = ["BaseDataModule", "SubsetWithTransform", "TensorImageDataset", "stratified_split"]
+
+Transform = Callable[[Any], Any]
+
+
+class TensorImageDataset(Dataset):
+    """In-memory images ``(N, C, H, W)`` (any dtype) with labels ``(N,)``.
+
+    ``ds[i]`` returns ``(images[i], int(labels[i]))`` with ``images[i]`` of shape ``(C, H, W)``.
+    """
+
+    def __init__(self, images: Tensor, targets: Tensor | Sequence[int]) -> None:
+        targets = torch.as_tensor(targets, dtype=torch.int64)
+        if images.ndim != 4 or images.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"expected images (N, C, H, W) and targets (N,), got {tuple(images.shape)} and "
+                f"{tuple(targets.shape)}"
+            )
+        self.images = images
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        return self.images[index], int(self.targets[index])
+
+
+class SubsetWithTransform(Dataset):
+    """The samples ``source[indices]`` (all of them when ``indices`` is None) with ``transform``
+    applied to the image. Items are ``(transform(image), int(label))``.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        indices: Sequence[int] | np.ndarray | None = None,
+        transform: Transform | None = None,
+    ) -> None:
+        self.source = source
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source) if self.indices is None else int(self.indices.shape[0])
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        j = index if self.indices is None else int(self.indices[index])
+        img, label = self.source[j]
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(label)
+
+
+def _as_tuples(obj: Any) -> Any:
+    if isinstance(obj, list):
+        return tuple(_as_tuples(o) for o in obj)
+    return obj
+
+
+def tuple_collate(batch: list[Any]) -> Any:
+    """``default_collate`` but sequences come back as tuples: ``(x, y)`` or ``((xw, xs), y)``."""
+    return _as_tuples(default_collate(batch))
+
+
+def resolve_val_count(val_split: float | int, n: int) -> int:
+    """Number of samples to hold out of ``n``: ``val_split`` is a fraction in ``[0, 1)`` (rounded
+    up, like scikit-learn) or a count in ``[0, n)``; a float with an integral value >= 1 (e.g.
+    ``5000.0`` from a config) counts as a count.
+    """
+    if isinstance(val_split, bool) or not isinstance(val_split, (int, float, np.integer)):
+        raise TypeError(f"val_split must be a float fraction or an int count, got {val_split!r}")
+    if isinstance(val_split, (int, np.integer)):
+        count = int(val_split)
+    elif 0.0 <= val_split < 1.0:
+        count = math.ceil(val_split * n)
+    elif float(val_split).is_integer():
+        count = int(val_split)
+    else:
+        raise ValueError(
+            f"val_split={val_split} is neither a fraction in [0, 1) nor an integer count"
+        )
+    if count < 0 or count >= n:
+        raise ValueError(
+            f"val_split={val_split} must hold out between 0 and {n - 1} of {n} samples"
+        )
+    return count
+
+
+def stratified_split(
+    targets: Sequence[int] | np.ndarray | Tensor, count: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``range(len(targets))`` into ``(keep_idx, held_out_idx)`` with ``len(held_out_idx)
+    == count``, stratified by label and reproducible for a given ``seed``. Both are sorted.
+    """
+    from sklearn.model_selection import train_test_split
+
+    y = np.asarray(targets.cpu() if isinstance(targets, Tensor) else targets).astype(np.int64)
+    idx = np.arange(y.shape[0])
+    if count == 0:
+        return idx, idx[:0]
+    try:
+        keep, held = train_test_split(idx, test_size=count, stratify=y, random_state=seed)
+    except ValueError as err:
+        raise ValueError(
+            f"cannot hold out a stratified split of {count} of {len(y)} samples "
+            f"({len(np.unique(y))} classes): {err}. Use a larger or smaller val_split "
+            "(0 uses the test set for validation)."
+        ) from err
+    return np.sort(keep), np.sort(held)
+
+
+class BaseDataModule(L.LightningDataModule):
+    """Common base of the image-classification datamodules.
+
+    Args:
+        batch_size: the GLOBAL training batch size; each of the trainer's ``world_size``
+            processes loads ``batch_size // world_size`` samples per step (must divide exactly).
+        eval_batch_size: global batch size for validation/test (default: ``batch_size``).
+        num_workers: DataLoader worker processes per process.
+        val_split: fraction (``0 <= f < 1``) or count of the training set held out (stratified,
+            seeded by ``seed``) as the validation set. ``0`` means no hold-out: the validation
+            loader then iterates the TEST set (the usual protocol for CIFAR/ImageNet KD papers).
+        two_view: if True, training batches are ``((x_weak, x_strong), y)`` where the weak view
+            is the normal training augmentation and the strong one adds ``RandAugment(num_ops=2)``
+            and :class:`Cutout`. Validation/test batches stay ``(x, y)``.
+        seed: seeds the validation split and the training-loader shuffling.
+        pin_memory: passed to the DataLoaders.
+        augment: apply the dataset's training augmentation (crop/flip...). When False the
+            training images go through the evaluation transform.
+
+    Batches: ``x`` is ``float32`` ``(B, C, H, W)`` normalised, ``y`` is ``int64`` ``(B,)``.
+    """
+
+    #: number of classes, input channels and (square) input side, known before ``setup``.
+    num_classes: int = 0
+    in_channels: int = 0
+    image_size: int = 0
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_split: float | int = 0,
+        two_view: bool = False,
+        seed: int = 0,
+        pin_memory: bool = False,
+        augment: bool = True,
+    ) -> None:
+        super().__init__()
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if eval_batch_size is not None and (
+            int(eval_batch_size) != eval_batch_size or eval_batch_size < 1
+        ):
+            raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or val_split < 0:
+            raise ValueError(f"val_split must be a fraction or count >= 0, got {val_split!r}")
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.val_split = val_split
+        self.two_view = bool(two_view)
+        self.seed = int(seed)
+        self.pin_memory = bool(pin_memory)
+        self.augment = bool(augment)
+
+        self.per_process_batch_size: int = self.batch_size
+        self.per_process_eval_batch_size: int = self.eval_batch_size or self.batch_size
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _load(self) -> tuple[Any, Sequence[int] | np.ndarray | Tensor, Any]:
+        """Return ``(train_source, train_labels, test_source)`` (raw images, no transform)."""
+        raise NotImplementedError
+
+    def _augment_transform(self) -> Transform | None:
+        """Raw image -> augmented raw image (the weak view before normalisation)."""
+        return None
+
+    def _normalize_transform(self) -> Transform:
+        """Raw image -> normalised ``float32`` tensor ``(C, H, W)``."""
+        raise NotImplementedError
+
+    def _eval_geometry(self) -> Transform | None:
+        """Deterministic raw-image ops of evaluation (e.g. resize + centre crop), or None."""
+        return None
+
+    def _strong_augment(self) -> Transform:
+        """Extra raw-image ops of the strong view (before normalisation)."""
+        return TensorRandAugment(num_ops=2)
+
+    # ------------------------------------------------------------------ transforms
+    @staticmethod
+    def _compose(*fns: Transform | None) -> Transform:
+        fns_ = [f for f in fns if f is not None]
+        if len(fns_) == 1:
+            return fns_[0]
+        from torchvision.transforms import Compose
+
+        return Compose(fns_)
+
+    def train_transform(self) -> Transform:
+        """Training transform: weak pipeline, or :class:`TwoViewTransform` if ``two_view``.
+
+        weak = augmentation (eval geometry if ``augment=False``) -> normalise;
+        strong = the same -> ``RandAugment(num_ops=2)`` -> normalise -> :class:`Cutout`.
+        """
+        geometry = self._augment_transform() if self.augment else self._eval_geometry()
+        weak = self._compose(geometry, self._normalize_transform())
+        if not self.two_view:
+            return weak
+        strong = self._compose(
+            geometry, self._strong_augment(), self._normalize_transform(), Cutout()
+        )
+        return TwoViewTransform(weak, strong)
+
+    def eval_transform(self) -> Transform:
+        """Validation/test transform: eval geometry -> normalise."""
+        return self._compose(self._eval_geometry(), self._normalize_transform())
+
+    # ------------------------------------------------------------------ setup
+    @property
+    def world_size(self) -> int:
+        """Number of processes of the attached trainer (1 without a trainer)."""
+        return int(self.trainer.world_size) if self.trainer is not None else 1
+
+    def _divide_batches(self) -> None:
+        world = self.world_size
+        for name, value in (
+            ("batch_size", self.batch_size),
+            ("eval_batch_size", self.eval_batch_size),
+        ):
+            if value is not None and value % world != 0:
+                lower = max(world, value // world * world)
+                raise ValueError(
+                    f"{name}={value} is the GLOBAL batch and must be divisible by the number of "
+                    f"processes ({world}); set data.{name} to a multiple of {world} "
+                    f"(e.g. {lower} or {lower + world}) or change the number of devices/nodes."
+                )
+        self.per_process_batch_size = self.batch_size // world
+        self.per_process_eval_batch_size = (self.eval_batch_size or self.batch_size) // world
+
+    def setup(self, stage: str | None = None) -> None:
+        """Compute per-process batch sizes and (once) load the datasets and make the split."""
+        self._divide_batches()
+        if self.train_set is not None:
+            return
+        train_src, train_labels, test_src = self._load()
+        count = resolve_val_count(self.val_split, len(train_src))
+        train_idx, val_idx = stratified_split(train_labels, count, self.seed)
+        self.train_set = SubsetWithTransform(train_src, train_idx, self.train_transform())
+        self.test_set = SubsetWithTransform(test_src, None, self.eval_transform())
+        if count > 0:
+            self.val_set = SubsetWithTransform(train_src, val_idx, self.eval_transform())
+        else:
+            self.val_set = self.test_set
+
+    # ------------------------------------------------------------------ loaders
+    def _ensure_setup(self) -> None:
+        if self.train_set is None:
+            self.setup("fit")
+
+    def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
+        kwargs: dict[str, Any] = {}
+        if train:
+            kwargs["generator"] = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) >= self.batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=tuple_collate,
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded) training loader of per-process batches."""
+        self._ensure_setup()
+        return self._loader(self.train_set, self.per_process_batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation loader (the test set when ``val_split == 0``), not shuffled."""
+        self._ensure_setup()
+        return self._loader(self.val_set, self.per_process_eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test loader, not shuffled."""
+        self._ensure_setup()
+        return self._loader(self.test_set, self.per_process_eval_batch_size, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as :meth:`test_dataloader`."""
+        return self.test_dataloader()

@@ -1,0 +1,120 @@
+"""ImageNet (or any ImageFolder-style dataset) from ``data_dir/train`` and ``data_dir/val``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from .base import BaseDataModule, Transform
+from .transforms import ToFloatNormalize
+
+__all__ = ["ImageNetDataModule"]
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class _PILToNormalizedTensor:
+    """PIL RGB image -> normalised ``float32`` tensor ``(3, H, W)``."""
+
+    def __init__(self) -> None:
+        self.norm = ToFloatNormalize(MEAN, STD, scale=255.0)
+
+    def __call__(self, img: Any) -> Tensor:
+        from torchvision.transforms.functional import pil_to_tensor
+
+        return self.norm(pil_to_tensor(img))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(mean={MEAN}, std={STD})"
+
+
+class ImageNetDataModule(BaseDataModule):
+    """ImageNet-style folders: ``ImageFolder(data_dir/train)`` and ``ImageFolder(data_dir/val)``
+    (one sub-folder per class, the same class folders in both).
+
+    Training: RandomResizedCrop(image_size) + horizontal flip; evaluation: Resize(image_size *
+    256/224) + CenterCrop(image_size); ImageNet normalisation. ``num_classes`` (default 1000) is
+    checked against the class folders found in ``setup``. ``val_split`` defaults to 0: the
+    ``val`` folder is used for both validation and test; a non-zero value holds out a stratified
+    part of ``train`` for validation instead.
+
+    Batches: ``x`` ``float32`` ``(B, 3, image_size, image_size)``, ``y`` ``int64`` ``(B,)``.
+    """
+
+    in_channels: int = 3
+
+    def __init__(
+        self,
+        data_dir: str,
+        batch_size: int = 64,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        val_split: float | int = 0,
+        two_view: bool = False,
+        seed: int = 0,
+        pin_memory: bool = False,
+        augment: bool = True,
+        num_classes: int = 1000,
+        image_size: int = 224,
+    ) -> None:
+        super().__init__(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            val_split=val_split,
+            two_view=two_view,
+            seed=seed,
+            pin_memory=pin_memory,
+            augment=augment,
+        )
+        if num_classes < 1 or image_size < 1:
+            raise ValueError(
+                f"num_classes and image_size must be >= 1, got {num_classes}, {image_size}"
+            )
+        self.data_dir = str(data_dir)
+        self.num_classes = int(num_classes)
+        self.image_size = int(image_size)
+        self.classes: list[str] = []
+
+    def _load(self) -> tuple[Any, list[int], Any]:
+        from torchvision.datasets import ImageFolder
+
+        root = Path(self.data_dir)
+        for sub in ("train", "val"):
+            if not (root / sub).is_dir():
+                raise FileNotFoundError(
+                    f"ImageNet folder {root / sub} not found: data.data_dir={root} must contain "
+                    "train/ and val/ with one sub-folder of images per class"
+                )
+        train = ImageFolder(str(root / "train"))
+        val = ImageFolder(str(root / "val"))
+        if len(train.classes) != self.num_classes:
+            raise ValueError(
+                f"found {len(train.classes)} class folders in {root / 'train'} but "
+                f"num_classes={self.num_classes}; set data.num_classes={len(train.classes)} "
+                "or fix the folder"
+            )
+        if val.classes != train.classes:
+            raise ValueError(
+                f"class folders differ between {root / 'train'} ({len(train.classes)}) and "
+                f"{root / 'val'} ({len(val.classes)})"
+            )
+        self.classes = list(train.classes)
+        return train, train.targets, val
+
+    def _augment_transform(self) -> Transform:
+        from torchvision import transforms as T
+
+        return T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip()])
+
+    def _eval_geometry(self) -> Transform:
+        from torchvision import transforms as T
+
+        resize = round(self.image_size * 256 / 224)
+        return T.Compose([T.Resize(resize), T.CenterCrop(self.image_size)])
+
+    def _normalize_transform(self) -> Transform:
+        return _PILToNormalizedTensor()

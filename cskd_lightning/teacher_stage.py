@@ -1,0 +1,151 @@
+"""The teacher stage: load a given teacher, reuse a cached one, or train and cache it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from lightning.pytorch.loggers import CSVLogger
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from cskd_lightning.app import instantiate_group, is_global_zero, optional_instantiate, to_float
+from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint
+from cskd_lightning.losses import CELoss
+from cskd_lightning.module import DistillationModule
+
+log = logging.getLogger("cskd_lightning")
+
+IRRELEVANT_DATA_KEYS = ("data_dir", "download", "num_workers", "pin_memory", "eval_batch_size")
+"""Data settings that do not change what a teacher learns (left out of its cache key)."""
+
+
+def teacher_cache_key(cfg: DictConfig) -> str:
+    """A short hash of everything that determines the trained teacher.
+
+    The data (minus paths and loader settings), the teacher model, its recipe, the seed and the
+    numeric precision.
+    """
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    for key in IRRELEVANT_DATA_KEYS:
+        data.get("datamodule", {}).pop(key, None)
+    payload = {
+        "data": data,
+        "model": OmegaConf.to_container(cfg.pair.teacher.model, resolve=True),
+        "recipe": OmegaConf.to_container(cfg.pair.teacher.recipe, resolve=True),
+        "seed": cfg.seed,
+        "precision": str(cfg.trainer.get("precision", "32-true")),
+    }
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def teacher_cache_path(cfg: DictConfig) -> Path:
+    name = f"{cfg.pair.teacher.model.name}-{cfg.data.name}-seed{cfg.seed}-{teacher_cache_key(cfg)}"
+    return Path(cfg.paths.cache_dir).expanduser().resolve() / "teachers" / f"{name}.pt"
+
+
+def _plain_trainer(cfg: DictConfig, output_dir: Path, max_epochs: int | None = None) -> L.Trainer:
+    """A trainer like the run's, without checkpoints, for the teacher stage."""
+    callbacks = [
+        c
+        for c in instantiate_group(cfg.get("callbacks"))
+        if type(c).__name__.endswith("ProgressBar")
+    ]
+    overrides: dict[str, Any] = {
+        "callbacks": callbacks,
+        "logger": CSVLogger(save_dir=str(output_dir), name="", version=""),
+        "enable_checkpointing": False,
+        "default_root_dir": str(output_dir),
+    }
+    if max_epochs is not None:
+        overrides["max_epochs"] = max_epochs
+    return hydra.utils.instantiate(cfg.trainer, **overrides)
+
+
+def evaluate_teacher(
+    cfg: DictConfig, teacher: nn.Module, datamodule: L.LightningDataModule, output_dir: Path
+) -> float | None:
+    """The teacher's test accuracy (a fraction), measured with a plain test loop."""
+    module = DistillationModule(teacher, None, CELoss())
+    trainer = _plain_trainer(cfg, output_dir)
+    results = trainer.test(module, datamodule=datamodule, verbose=False)
+    return to_float(results[0].get("test/acc")) if results else None
+
+
+def train_teacher(
+    cfg: DictConfig, teacher: nn.Module, datamodule: L.LightningDataModule, output_dir: Path
+) -> float | None:
+    """Train ``teacher`` with the pair's teacher recipe; return its test accuracy."""
+    recipe = cfg.pair.teacher.recipe
+    module = DistillationModule(
+        teacher,
+        None,
+        CELoss(),
+        optimizer=optional_instantiate(recipe.get("optimizer")),
+        scheduler=optional_instantiate(recipe.get("scheduler")),
+    )
+    trainer = _plain_trainer(cfg, output_dir, max_epochs=recipe.max_epochs)
+    trainer.fit(module, datamodule=datamodule)
+    results = trainer.test(module, datamodule=datamodule, verbose=False)
+    teacher.eval()
+    return to_float(results[0].get("test/acc")) if results else None
+
+
+def _save_atomically(payload: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def prepare_teacher(
+    cfg: DictConfig, datamodule: L.LightningDataModule, output_dir: Path
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the pair's teacher and give it weights; return it with a record of where from.
+
+    ``teacher.ckpt_path`` set: load that file (checked before any training). Else reuse the
+    cached teacher for this exact data/model/recipe/seed, or train one and cache it.
+    """
+    teacher = hydra.utils.instantiate(cfg.pair.teacher.model)
+    stage_dir = output_dir / "teacher"
+    given = cfg.teacher.get("ckpt_path")
+    if given:
+        path = Path(given).expanduser()
+        load_weights(teacher, path, trust=bool(cfg.teacher.get("trust_checkpoint", False)))
+        log.info("Teacher weights loaded from %s", path)
+        acc = evaluate_teacher(cfg, teacher, datamodule, stage_dir)
+        return teacher.eval(), {"source": str(path.resolve()), "test_acc": acc, "cached": False}
+
+    path = teacher_cache_path(cfg)
+    if path.is_file():
+        stored = read_checkpoint(path)
+        teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)
+        meta = stored.get("meta", {}) if isinstance(stored, dict) else {}
+        log.info("Reusing the cached teacher %s (test acc %s)", path, meta.get("test_acc"))
+        return teacher.eval(), {
+            "source": str(path),
+            "test_acc": meta.get("test_acc"),
+            "cached": True,
+        }
+
+    log.info("No cached teacher for this data/model/recipe/seed: training one (%s).", path.name)
+    acc = train_teacher(cfg, teacher, datamodule, stage_dir)
+    if is_global_zero():
+        meta = {
+            "test_acc": acc,
+            "key": teacher_cache_key(cfg),
+            "model": cfg.pair.teacher.model.name,
+            "data": cfg.data.name,
+            "seed": cfg.seed,
+        }
+        _save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path)
+        log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)
+    return teacher.eval(), {"source": str(path), "test_acc": acc, "cached": False}
