@@ -24,7 +24,7 @@ log = logging.getLogger("cskd_lightning")
 
 
 def find_run_checkpoint(run_dir: Path) -> Path:
-    """The best checkpoint of a run (``checkpoints/best-*.ckpt``), else ``last.ckpt``/``student.pt``."""
+    """A run's best checkpoint (``checkpoints/best-*.ckpt``), else ``last.ckpt``, ``student.pt``."""
     candidates = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
     candidates += [run_dir / "checkpoints" / "last.ckpt", run_dir / "student.pt"]
     for path in candidates:

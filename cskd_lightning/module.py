@@ -212,7 +212,11 @@ class DistillationModule(L.LightningModule):
     def _check_finite(self, terms: Mapping[str, Tensor]) -> None:
         if not self.check_inputs or bool(torch.isfinite(terms["loss"]).all()):
             return
-        bad = {k: float(v) for k, v in terms.items() if v.numel() == 1 and not torch.isfinite(v)}
+        bad = {
+            k: float(v.detach())
+            for k, v in terms.items()
+            if v.numel() == 1 and not torch.isfinite(v)
+        }
         raise FloatingPointError(
             f"Non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): "
             + ", ".join(f"{k}={v}" for k, v in bad.items())

@@ -68,7 +68,9 @@ def ref_kd(zs, zt, temperature) -> float:
     temps = _temps(temperature, ps.shape[0])
     total = 0.0
     for i in range(ps.shape[0]):
-        kl = sum(q * (math.log(q) - math.log(p)) for p, q in zip(ps[i], pt[i]) if q > 0)
+        kl = sum(
+            q * (math.log(q) - math.log(p)) for p, q in zip(ps[i], pt[i], strict=True) if q > 0
+        )
         total += temps[i] ** 2 * kl
     return total / ps.shape[0]
 

@@ -91,7 +91,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
         # gather_batch itself on unequal sizes: values in rank order, and a backward that sums
         # the gradient every process sends to this process's rows.
-        local = (torch.arange(UNEQUAL[rank] * CLASSES, dtype=F64).reshape(-1, CLASSES) + 100 * rank)
+        local = torch.arange(UNEQUAL[rank] * CLASSES, dtype=F64).reshape(-1, CLASSES) + 100 * rank
         local.requires_grad_()
         gathered = gather_batch(local)
         weights = torch.arange(sum(UNEQUAL) * CLASSES, dtype=F64).reshape(-1, CLASSES)

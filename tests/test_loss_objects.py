@@ -103,7 +103,8 @@ def test_loss_contract():
     assert CSKDLoss.batch_level is True and KDLoss.batch_level is False
     loss = CSKDLoss()
     loss.set_progress(3, 120, 10)
-    assert (loss.progress.epoch, loss.progress.global_step, loss.progress.max_epochs) == (3, 120, 10)
+    progress = loss.progress
+    assert (progress.epoch, progress.global_step, progress.max_epochs) == (3, 120, 10)
 
 
 @pytest.mark.parametrize(

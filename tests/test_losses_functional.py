@@ -137,8 +137,12 @@ def test_pinned_golden_values():
     assert cskd_loss(zs, zt, 4.0).item() == pytest.approx(2.98363241274523, rel=1e-9)
     assert cskd_loss(zs, zt, temps).item() == pytest.approx(3.8772668910861667, rel=1e-9)
     assert kd_loss(zs, zt, 4.0).item() == pytest.approx(2.0175077257539042, rel=1e-9)
-    assert class_correlation_loss(zs, zt, 4.0).item() == pytest.approx(0.019965910570655665, rel=1e-9)
-    assert batch_correlation_loss(zs, zt, 4.0).item() == pytest.approx(0.003946218324840434, rel=1e-9)
+    class_corr, batch_corr = (
+        class_correlation_loss(zs, zt, 4.0),
+        batch_correlation_loss(zs, zt, 4.0),
+    )
+    assert class_corr.item() == pytest.approx(0.019965910570655665, rel=1e-9)
+    assert batch_corr.item() == pytest.approx(0.003946218324840434, rel=1e-9)
 
 
 # --- properties of L_cs -----------------------------------------------------------------------
@@ -219,7 +223,8 @@ def test_cswt_midpoint_when_similarities_do_not_spread(case):
     for dtype in (F64, torch.float32):
         temps = cswt_temperature(zs.to(dtype), zt.to(dtype), 2.0, 6.0)
         assert torch.equal(temps, torch.full_like(temps, 4.0))
-    assert torch.equal(cswt_temperature(zs, zt, 1.0, 2.0), torch.full((zs.shape[0],), 1.5, dtype=F64))
+    midpoint = torch.full((zs.shape[0],), 1.5, dtype=F64)
+    assert torch.equal(cswt_temperature(zs, zt, 1.0, 2.0), midpoint)
 
 
 def test_cswt_most_similar_gets_t_low_least_gets_t_high(ref):
@@ -291,9 +296,7 @@ def test_bf16_autocast_losses_are_finite_and_close_to_float32():
     [0.0, -1.0, torch.tensor([1.0, 0.0, 2.0, 3.0]), torch.tensor([1.0, -2.0, 2.0, 3.0])],
     ids=["zero", "negative", "vector_with_zero", "vector_with_negative"],
 )
-@pytest.mark.parametrize(
-    "fn", [cskd_loss, kd_loss, class_correlation_loss, batch_correlation_loss]
-)
+@pytest.mark.parametrize("fn", [cskd_loss, kd_loss, class_correlation_loss, batch_correlation_loss])
 def test_non_positive_temperature_raises(fn, temperature):
     zs, zt = _randn(13, 4, 5), _randn(14, 4, 5)
     with pytest.raises(ValueError, match="temperature"):
@@ -309,3 +312,15 @@ def test_wrong_shapes_raise():
             fn(zs, zt[:, :4], 4.0)
     with pytest.raises(ValueError, match="same shape"):
         cswt_temperature(zs, zt[:3])
+
+
+def test_nan_temperature_tensor_propagates_but_nan_float_raises():
+    # A NaN from CSWT on NaN logits must reach the loss (the module reports non-finite terms);
+    # a NaN given as the configured temperature is an argument error.
+    zs, zt = _randn(13, 4, 5), _randn(14, 4, 5)
+    assert torch.isnan(cskd_loss(zs, zt, torch.tensor([2.0, float("nan"), 3.0, 4.0])))
+    zs[1, 2] = float("nan")
+    assert torch.isnan(cswt_temperature(zs, zt)).all()
+    assert torch.isnan(cskd_loss(zs, zt, cswt_temperature(zs, zt)))
+    with pytest.raises(ValueError, match="temperature"):
+        cskd_loss(zs, zt, float("nan"))

@@ -57,9 +57,13 @@ def _temperature_column(temperature: Temperature, like: Tensor) -> tuple[Tensor,
                 f"temperature must be a float or a (B,) tensor with B={like.shape[0]}; "
                 f"got shape {tuple(temperature.shape)}."
             )
+        # A NaN temperature (CSWT on NaN logits) propagates into the loss, where the module
+        # reports the non-finite term; only a definitely non-positive value is an argument error.
+        invalid = bool((t <= 0).any())
     else:
         t = torch.tensor([float(temperature)], device=like.device, dtype=like.dtype)
-    if not bool((t > 0).all()):
+        invalid = not float(temperature) > 0
+    if invalid:
         raise ValueError(f"temperature must be positive; got {t.min().item():g}.")
     return t.reshape(-1, 1), t.mean()
 
