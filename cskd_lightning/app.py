@@ -17,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict, read_write
 
 log = logging.getLogger("cskd_lightning")
 
@@ -94,6 +94,42 @@ def to_float(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+DDP_ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
+def relaunch_this_job_in_ddp_children() -> None:
+    """Make Lightning's DDP launcher re-run exactly this job, in this run directory.
+
+    Lightning starts the other local DDP processes by re-running the command line with
+    ``hydra.run.dir=<HydraConfig run.dir>``. Inside a multirun that command is the whole sweep
+    and that directory a fresh one, so every rank would write elsewhere. Here the command line
+    becomes this job's overrides alone and ``run.dir`` this job's output directory: one run
+    directory per run, whatever the launch mode.
+    """
+    if not HydraConfig.initialized() or "LOCAL_RANK" in os.environ:
+        return
+    hydra_cfg = HydraConfig.get()
+    sys.argv = [sys.argv[0], *hydra_cfg.overrides.task]
+    with open_dict(hydra_cfg), read_write(hydra_cfg):
+        hydra_cfg.run.dir = hydra_cfg.runtime.output_dir
+
+
+def end_distributed_job(env_before: Mapping[str, str]) -> None:
+    """Close the process group and the DDP variables a job's launcher set in this process.
+
+    A sweep's next job must launch its own processes rather than wait for the last job's.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for key in DDP_ENV_KEYS:
+        if key in env_before:
+            os.environ[key] = env_before[key]
+        else:
+            os.environ.pop(key, None)
+
+
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
     """Run ``task(cfg)`` and return its ``optimized_metric`` for a sweeper.
 
@@ -102,6 +138,8 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     program with one clear message (set ``HYDRA_FULL_ERROR=1`` for the traceback).
     """
     quiet_logs()
+    env_before = {k: os.environ[k] for k in DDP_ENV_KEYS if k in os.environ}
+    relaunch_this_job_in_ddp_children()
     try:
         metrics = task(cfg)
     except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
@@ -121,6 +159,9 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
             print(f"Error: {err}", file=sys.stderr)
             sys.exit(1)
         raise
+    finally:
+        if is_multirun():
+            end_distributed_job(env_before)
     metric = cfg.get("optimized_metric")
     return to_float(metrics.get(metric)) if metric else None
 

@@ -174,7 +174,8 @@ class DistillationModule(L.LightningModule):
         if len(views) < needed:
             raise ValueError(
                 f"{type(self.loss).__name__} needs {needed} views per image but the batches "
-                f"have {len(views)}. Turn on the datamodule's two_view mode (data.two_view=true)."
+                f"have {len(views)}. Turn on the datamodule's two-view mode "
+                "(data.datamodule.two_view=true)."
             )
         self._check_targets(y)
         student = [self.forward_student(v) for v in views[:needed]]

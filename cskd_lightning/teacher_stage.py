@@ -23,7 +23,14 @@ from cskd_lightning.module import DistillationModule
 
 log = logging.getLogger("cskd_lightning")
 
-IRRELEVANT_DATA_KEYS = ("data_dir", "download", "num_workers", "pin_memory", "eval_batch_size")
+IRRELEVANT_DATA_KEYS = (
+    "data_dir",
+    "download",
+    "num_workers",
+    "pin_memory",
+    "eval_batch_size",
+    "two_view",  # the teacher trains on the first (weak) view either way
+)
 """Data settings that do not change what a teacher learns (left out of its cache key)."""
 
 
@@ -111,7 +118,8 @@ def prepare_teacher(
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Build the pair's teacher and give it weights; return it with a record of where from.
 
-    ``teacher.ckpt_path`` set: load that file (checked before any training). Else reuse the
+    ``teacher.ckpt_path`` set: load that file (checked before any training). A pair whose
+    teacher is ``pretrained: true`` (torchvision weights) is used as built. Else reuse the
     cached teacher for this exact data/model/recipe/seed, or train one and cache it.
     """
     teacher = hydra.utils.instantiate(cfg.pair.teacher.model)
@@ -123,6 +131,14 @@ def prepare_teacher(
         log.info("Teacher weights loaded from %s", path)
         acc = evaluate_teacher(cfg, teacher, datamodule, stage_dir)
         return teacher.eval(), {"source": str(path.resolve()), "test_acc": acc, "cached": False}
+
+    if cfg.pair.teacher.get("pretrained", False):
+        log.info(
+            "Teacher %s comes with pretrained weights: no teacher training.",
+            cfg.pair.teacher.model.name,
+        )
+        acc = evaluate_teacher(cfg, teacher, datamodule, stage_dir)
+        return teacher.eval(), {"source": "pretrained", "test_acc": acc, "cached": False}
 
     path = teacher_cache_path(cfg)
     if path.is_file():

@@ -101,6 +101,16 @@ def ref_ce(logits, targets) -> float:
     return total / z.shape[0]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Tiny tensors on a shared 2-core machine: extra intra-op threads only contend (OpenMP
+    spin-waits make a 30 ms gradcheck take 2 s under load)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def ref() -> SimpleNamespace:
     """The float64 reference implementation of the method's formulas."""

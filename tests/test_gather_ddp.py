@@ -1,7 +1,7 @@
 """Real torch.distributed (2 CPU processes over gloo): gathering makes N x B/N behave as 1 x B.
 
-One spawn runs every scenario; the workers write their results to files and the parent
-compares them with a single-process computation on the whole batch.
+One launch of 2 worker processes runs every scenario; the workers write their results to files
+and the parent compares them with a single-process computation on the whole batch.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from cskd_lightning.losses.functional import (
     cskd_loss,
     cswt_temperature,
     per_class_batch_cosine,
+    standardize_logits,
 )
 
 
@@ -29,6 +30,13 @@ class CSKDLoss(DistillationLoss):
     (gathered with gradients), so N processes with B/N samples each train exactly like one
     process with B. Without a group it changes nothing.
 
+    With ``logit_standardization=True`` (Sun et al., CVPR 2024) the ``L_cs`` terms soften the
+    per-sample z-scored logits, ``softmax(Z(z) / T)`` (see
+    :func:`~cskd_lightning.losses.functional.standardize_logits`). The CSWT similarities
+    ``c_i`` are still computed on the RAW logits: CSWT ranks samples by how far the
+    student's actual predictions are from the teacher's, and keeping that measure unchanged
+    makes the option switch one thing only (what the cosine terms compare). CE stays raw.
+
     Returns the terms ``loss``, ``ce``, ``cs`` (and ``cs_cswt``) plus the diagnostics
     ``cos_mean`` (mean per-class batch cosine at ``T``) and, with CSWT, ``cswt_t_mean``,
     ``cswt_t_min``, ``cswt_t_max``.
@@ -46,6 +54,7 @@ class CSKDLoss(DistillationLoss):
         ce_weight: float = 1.0,
         kd_weight: float = 1.0,
         gather: bool = True,
+        logit_standardization: bool = False,
     ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
@@ -61,18 +70,21 @@ class CSKDLoss(DistillationLoss):
         self.ce_weight = check_weight("ce_weight", ce_weight)
         self.kd_weight = check_weight("kd_weight", kd_weight)
         self.gather = bool(gather)
+        self.logit_standardization = bool(logit_standardization)
 
     def distillation_terms(self, student_logits: Tensor, teacher_logits: Tensor) -> dict:
         """The teacher terms on (already gathered) ``(B, C)`` logits, unweighted."""
-        terms = {"cs": cskd_loss(student_logits, teacher_logits, self.temperature, self.alpha)}
+        zs, zt = student_logits, teacher_logits
+        if self.logit_standardization:
+            zs, zt = standardize_logits(zs), standardize_logits(zt)
+        terms = {"cs": cskd_loss(zs, zt, self.temperature, self.alpha)}
         terms["cos_mean"] = (
-            per_class_batch_cosine(student_logits.detach(), teacher_logits, self.temperature)
-            .mean()
-            .detach()
+            per_class_batch_cosine(zs.detach(), zt, self.temperature).mean().detach()
         )
         if self.cswt:
+            # CSWT always ranks the samples on the raw logits (see the class docstring).
             temps = cswt_temperature(student_logits, teacher_logits, self.t_low, self.t_high)
-            terms["cs_cswt"] = cskd_loss(student_logits, teacher_logits, temps, self.alpha)
+            terms["cs_cswt"] = cskd_loss(zs, zt, temps, self.alpha)
             terms["cswt_t_mean"] = temps.mean()
             terms["cswt_t_min"] = temps.min()
             terms["cswt_t_max"] = temps.max()

@@ -208,3 +208,164 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     (z,) = _upcast(logits)
     with _no_autocast(z.device):
         return F.cross_entropy(z, targets)
+
+
+# --------------------------------------------------------------------------------------------
+# The methods beside CSKD: logit standardization, DKD, DIST and MLKD's consistency terms.
+# --------------------------------------------------------------------------------------------
+
+LOGIT_STD_EPS = 1e-7
+"""The ``eps`` of logit standardization: ``(z - mean) / (std + eps)`` (as in Sun et al.'s code)."""
+
+
+def standardize_logits(logits: Tensor, eps: float = LOGIT_STD_EPS) -> Tensor:
+    """Logit standardization (Sun et al., CVPR 2024): z-score each sample over the classes.
+
+    ``Z(z)[i, :] = (z[i, :] - mean_j z[i, j]) / (std_j z[i, j] + eps)``
+
+    with the unbiased (``C - 1``) standard deviation, as ``torch.std`` and the authors' code.
+    Divide the result by the (base) temperature afterwards. Inputs ``(B, C)`` with ``C >= 2``;
+    returns ``(B, C)`` in float32 or wider. Differentiable (the mean and std are not detached).
+    """
+    (z,) = _upcast(logits)
+    if z.dim() != 2 or z.shape[1] < 2:
+        raise ValueError(
+            f"Logit standardization needs (B, C) logits with C >= 2; got {tuple(z.shape)}."
+        )
+    with _no_autocast(z.device):
+        return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + eps)
+
+
+def _target_mask(logits: Tensor, targets: Tensor) -> Tensor:
+    """Boolean ``(B, C)`` mask, True at each sample's target class."""
+    if targets.shape != (logits.shape[0],):
+        raise ValueError(
+            f"Expected targets of shape (B,) = ({logits.shape[0]},); got {tuple(targets.shape)}."
+        )
+    mask = torch.zeros_like(logits, dtype=torch.bool)
+    return mask.scatter_(1, targets.reshape(-1, 1).long(), True)
+
+
+def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """``KL(p || q)`` per row from log-probabilities, ``(B,)``; ``0 log 0 = 0``."""
+    p = log_p.exp()
+    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(dim=1)
+
+
+def dkd_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    temperature: float,
+    reduction: str = "mean",
+) -> tuple[Tensor, Tensor]:
+    """Decoupled KD (Zhao et al., CVPR 2022): target-class and non-target-class KD.
+
+    With ``p = softmax(z / T)`` over the ``C`` classes and ``g`` the target class of a sample:
+
+    - binary ``b = [p_g, 1 - p_g]``; ``TCKD = T^2 * KL(b_t || b_s)``;
+    - ``p_hat = softmax(z[non-target] / T)`` over the ``C - 1`` non-target classes;
+      ``NCKD = T^2 * KL(p_hat_t || p_hat_s)``.
+
+    Per sample, ``T^2 KL(p_t || p_s) = TCKD + (1 - p_t,g) * NCKD`` exactly (the paper's Eq. 1).
+
+    The non-target softmax gathers the ``C - 1`` non-target logits, so it is exact; the reference
+    code (mdistiller) subtracts 1000 from the target logit instead, which agrees unless logit gaps
+    reach ~1000 T. ``log(1 - p_g)`` is computed as ``logsumexp(non-target) - logsumexp(all)``,
+    finite even where ``p_g`` rounds to 1.
+
+    Args: logits ``(B, C)`` with ``C >= 2``; ``targets`` ``(B,)`` class indices; a float
+    temperature; ``reduction`` ``"mean"`` (scalars, averaged over the batch) or ``"none"``
+    (``(B,)`` each). Returns ``(tckd, nckd)``.
+    """
+    _check_pair(student_logits, teacher_logits)
+    s, t = _upcast(student_logits, teacher_logits)
+    batch, classes = s.shape
+    if classes < 2:
+        raise ValueError(f"DKD needs at least 2 classes; got logits of shape {tuple(s.shape)}.")
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}.")
+    temp, _ = _temperature_column(float(temperature), s)
+    gt = _target_mask(s, targets)
+    with _no_autocast(s.device):
+        zs, zt = s / temp, t / temp
+
+        def binary_and_rest(z: Tensor) -> tuple[Tensor, Tensor]:
+            lse = torch.logsumexp(z, dim=1, keepdim=True)
+            rest = z[~gt].reshape(batch, classes - 1)
+            lse_rest = torch.logsumexp(rest, dim=1, keepdim=True)
+            log_b = torch.cat([z[gt].reshape(batch, 1) - lse, lse_rest - lse], dim=1)
+            return log_b, rest - lse_rest
+
+        log_bs, log_hat_s = binary_and_rest(zs)
+        log_bt, log_hat_t = binary_and_rest(zt)
+        scale = temp.reshape(-1).pow(2)
+        tckd = _kl_rows(log_bt, log_bs) * scale
+        nckd = _kl_rows(log_hat_t, log_hat_s) * scale
+    if reduction == "mean":
+        return tckd.mean(), nckd.mean()
+    return tckd, nckd
+
+
+def pearson_correlation(a: Tensor, b: Tensor, dim: int) -> Tensor:
+    """Pearson correlation along ``dim``: the cosine of the mean-centred vectors.
+
+    ``r(a, b) = cos(a - mean(a), b - mean(b))`` with the method's cosine
+    (``eps = 1e-8`` added to the norm product, as in DIST's code). Unchanged, up to that eps, by
+    positive affine maps ``a -> x a + y`` (``x > 0``) of either argument. A vector that is
+    constant along ``dim`` centres to zero and gives ``r = 0``.
+    """
+    return cosine(a - a.mean(dim, keepdim=True), b - b.mean(dim, keepdim=True), dim=dim)
+
+
+def dist_terms(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> tuple[Tensor, Tensor]:
+    """DIST (Huang et al., NeurIPS 2022): inter- and intra-class relation losses.
+
+    With ``P = softmax(z / tau)`` over classes, ``(B, C)``:
+
+    - ``inter = tau^2 * (1 - (1/B) sum_i pearson(P_s[i, :], P_t[i, :]))`` (each sample's
+      class prediction);
+    - ``intra = tau^2 * (1 - (1/C) sum_j pearson(P_s[:, j], P_t[:, j]))`` (each class's batch
+      prediction: batch-level, like CSKD's cosine).
+
+    Returns ``(inter, intra)`` scalars.
+    """
+    _check_pair(student_logits, teacher_logits)
+    s, t = _upcast(student_logits, teacher_logits)
+    tau = float(tau)
+    with _no_autocast(s.device):
+        ps, pt = softened_probs(s, tau), softened_probs(t, tau)
+        inter = tau**2 * (1.0 - pearson_correlation(ps, pt, dim=1).mean())
+        intra = tau**2 * (1.0 - pearson_correlation(ps, pt, dim=0).mean())
+    return inter, intra
+
+
+def class_consistency_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: Temperature
+) -> Tensor:
+    """MLKD's class-level alignment (Jin et al., CVPR 2023).
+
+    ``G = P^T P`` (``C x C``), ``L = sum_{r, c} (G_t - G_s)[r, c]^2 / C``, with
+    ``P = softmax(z / T)`` (a float or a ``(B,)`` temperature). A scalar out. Compare
+    :func:`class_correlation_loss`, the cosine form of the CSKD recipe.
+    """
+    _check_pair(student_logits, teacher_logits)
+    s, t = _upcast(student_logits, teacher_logits)
+    with _no_autocast(s.device):
+        ps, pt = softened_probs(s, temperature), softened_probs(t, temperature)
+        return (pt.T @ pt - ps.T @ ps).pow(2).sum() / s.shape[1]
+
+
+def batch_consistency_loss(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: Temperature
+) -> Tensor:
+    """MLKD's batch-level alignment (Jin et al., CVPR 2023).
+
+    ``G = P P^T`` (``B x B``), ``L = sum_{r, c} (G_t - G_s)[r, c]^2 / B``, with
+    ``P = softmax(z / T)``. A scalar out. Compare :func:`batch_correlation_loss`.
+    """
+    _check_pair(student_logits, teacher_logits)
+    s, t = _upcast(student_logits, teacher_logits)
+    with _no_autocast(s.device):
+        ps, pt = softened_probs(s, temperature), softened_probs(t, temperature)
+        return (pt @ pt.T - ps @ ps.T).pow(2).sum() / s.shape[0]

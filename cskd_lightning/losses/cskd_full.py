@@ -1,0 +1,140 @@
+"""The full published CSKD recipe: two views, CSWT from the weak view, correlation terms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from cskd_lightning.losses.base import DistillationLoss, check_positive, check_weight
+from cskd_lightning.losses.distributed import gather_batch
+from cskd_lightning.losses.functional import (
+    batch_correlation_loss,
+    class_correlation_loss,
+    cross_entropy,
+    cskd_loss,
+    cswt_temperature,
+)
+
+
+def split_views(logits: Sequence[Tensor] | Tensor, owner: str, role: str) -> tuple[Tensor, Tensor]:
+    """``(weak, strong)`` from a two-view loss's input, or a clear error.
+
+    :class:`~cskd_lightning.DistillationModule` passes a ``(weak, strong)`` tuple of ``(B, C)``
+    logits to a loss with ``num_views = 2``.
+    """
+    if isinstance(logits, Tensor) or len(logits) != 2:
+        raise ValueError(
+            f"{owner} is a two-view loss: {role} must be a (weak, strong) pair of (B, C) logits. "
+            "Train with data.datamodule.two_view=true (the module then passes both views)."
+        )
+    weak, strong = logits
+    if weak.shape != strong.shape:
+        raise ValueError(
+            f"{owner}: the weak and strong {role} differ in shape: "
+            f"{tuple(weak.shape)} and {tuple(strong.shape)}."
+        )
+    return weak, strong
+
+
+class CSKDFullLoss(DistillationLoss):
+    """The full CSKD recipe of the published training code (METHOD.md section 5).
+
+    Inputs: ``(weak, strong)`` tuples of ``(B, C)`` student and teacher logits (two augmented
+    views of the same images, same order) and ``(B,)`` targets. With ``T = temperature`` and
+    ``T_i`` the CSWT temperatures computed ONCE, on the weak view, and reused for the strong:
+
+    ``L = ce_weight * (CE(z_s^w, y) + CE(z_s^s, y))``
+    ``  + kd_weight * [ L_cs^s(T) + L_cs^s(T_i)``
+    ``  + weak_weight * ( L_cs^w(T) + L_cs^w(T_i) + L_cc^w(T) + L_cc^w(T_i)``
+    ``                    + L_bc^w(T) + L_bc^w(T_i) ) ]``
+
+    - ``L_cs`` = :func:`~cskd_lightning.losses.functional.cskd_loss`
+      (``alpha * mean(T)^2 * (1 - mean_j cos(P_s[:, j], P_t[:, j]))``);
+    - ``L_cc`` = :func:`~cskd_lightning.losses.functional.class_correlation_loss`
+      (``1 - mean_r cos(G_t[r], G_s[r])``, ``G = P^T P``, ``C x C``);
+    - ``L_bc`` = :func:`~cskd_lightning.losses.functional.batch_correlation_loss`
+      (the same with ``G = P P^T``, ``B x B``).
+
+    ``weak_weight = 0.5`` reproduces the reference code, which multiplies each scalar weak-view
+    loss by a median-confidence mask (teacher confidence <= its batch median) and averages the
+    product: that mean is the fraction of masked samples, 1/2 for an even batch of distinct
+    confidences. The factor is reproduced, not the per-sample mask. Everything else has weight 1
+    (``ce_weight = kd_weight = 1``).
+
+    All distillation terms and the CSWT min/max are batch-level: with ``gather=True`` and a
+    process group of more than one process they see every process's logits (gathered with
+    gradients); CE is per process.
+
+    Terms (unweighted): ``loss``, ``ce_weak``, ``ce_strong``, ``cs_weak``, ``cs_cswt_weak``,
+    ``cc_weak``, ``cc_cswt_weak``, ``bc_weak``, ``bc_cswt_weak``, ``cs_strong``,
+    ``cs_cswt_strong``; diagnostics ``cswt_t_mean``, ``cswt_t_min``, ``cswt_t_max``.
+    """
+
+    num_views = 2
+    batch_level = True
+
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        alpha: float = 2.0,
+        t_low: float = 2.0,
+        t_high: float = 6.0,
+        ce_weight: float = 1.0,
+        kd_weight: float = 1.0,
+        weak_weight: float = 0.5,
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        self.temperature = check_positive("temperature", temperature)
+        self.alpha = check_positive("alpha", alpha)
+        self.t_low = check_positive("t_low", t_low)
+        self.t_high = check_positive("t_high", t_high)
+        if self.t_low > self.t_high:
+            raise ValueError(
+                f"t_low ({self.t_low}) must not exceed t_high ({self.t_high}): the most similar "
+                "sample gets t_low, the least similar t_high. Swap the two values."
+            )
+        self.ce_weight = check_weight("ce_weight", ce_weight)
+        self.kd_weight = check_weight("kd_weight", kd_weight)
+        self.weak_weight = check_weight("weak_weight", weak_weight)
+        self.gather = bool(gather)
+
+    def forward(
+        self,
+        student_logits: Sequence[Tensor],
+        teacher_logits: Sequence[Tensor],
+        targets: Tensor,
+    ) -> dict[str, Tensor]:
+        name = type(self).__name__
+        sw, ss = split_views(student_logits, name, "student_logits")
+        tw, ts = split_views(teacher_logits, name, "teacher_logits")
+        terms: dict[str, Tensor] = {
+            "ce_weak": cross_entropy(sw, targets),
+            "ce_strong": cross_entropy(ss, targets),
+        }
+        if self.gather:
+            sw, ss, tw, ts = (gather_batch(z) for z in (sw, ss, tw, ts))
+        temps = cswt_temperature(sw, tw, self.t_low, self.t_high)  # weak view, reused
+        fixed = self.temperature
+        terms["cs_weak"] = cskd_loss(sw, tw, fixed, self.alpha)
+        terms["cs_cswt_weak"] = cskd_loss(sw, tw, temps, self.alpha)
+        terms["cc_weak"] = class_correlation_loss(sw, tw, fixed)
+        terms["cc_cswt_weak"] = class_correlation_loss(sw, tw, temps)
+        terms["bc_weak"] = batch_correlation_loss(sw, tw, fixed)
+        terms["bc_cswt_weak"] = batch_correlation_loss(sw, tw, temps)
+        terms["cs_strong"] = cskd_loss(ss, ts, fixed, self.alpha)
+        terms["cs_cswt_strong"] = cskd_loss(ss, ts, temps, self.alpha)
+
+        weak = torch.stack([terms[k] for k in terms if k.endswith("_weak") and k != "ce_weak"])
+        strong = terms["cs_strong"] + terms["cs_cswt_strong"]
+        ce = terms["ce_weak"] + terms["ce_strong"]
+        loss = self.ce_weight * ce + self.kd_weight * (self.weak_weight * weak.sum() + strong)
+        return {
+            "loss": loss,
+            **terms,
+            "cswt_t_mean": temps.mean(),
+            "cswt_t_min": temps.min(),
+            "cswt_t_max": temps.max(),
+        }
