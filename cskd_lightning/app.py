@@ -145,8 +145,11 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
         output_dir = Path(cfg.paths.output_dir)
         if is_global_zero():
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "error.txt").write_text(traceback.format_exc())
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                (output_dir / "error.txt").write_text(traceback.format_exc())
+            except OSError:  # e.g. the unwritable output directory the error is about
+                pass
         if is_multirun():
             log.error(
                 "Job failed: %s: %s (traceback in %s)",

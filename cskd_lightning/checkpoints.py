@@ -24,11 +24,14 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read or does not fit its model."""
 
 
-def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
+def read_checkpoint(
+    path: str | Path, trust: bool = False, trust_flag: str = "teacher.trust_checkpoint=true"
+) -> Any:
     """``torch.load`` a file on the CPU, safely unless ``trust`` is set.
 
     Raises :class:`FileNotFoundError` naming a missing path and :class:`CheckpointError` for a
-    truncated file or one that needs full unpickling while ``trust`` is off.
+    truncated file or one that needs full unpickling while ``trust`` is off (the message names
+    ``trust_flag``, the option that allows it).
     """
     path = Path(path)
     if not path.is_file():
@@ -39,8 +42,8 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> Any:
         if "weights_only" in str(err) and not trust:
             raise CheckpointError(
                 f"{path} holds more than weights (arbitrary Python objects), so it was not "
-                "loaded: unpickling it could run code. If you trust the file, pass "
-                "teacher.trust_checkpoint=true (Python: trust=True)."
+                f"loaded: unpickling it could run code. If you trust the file, pass {trust_flag} "
+                "(Python: trust=True)."
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint ({err}).") from None
     except (RuntimeError, EOFError, OSError) as err:

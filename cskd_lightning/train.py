@@ -24,46 +24,47 @@ from cskd_lightning.app import (
     write_json,
 )
 from cskd_lightning.module import DistillationModule
+from cskd_lightning.preflight import (
+    check_batch_for_loss,
+    check_class_counts,
+    check_output_dir,
+    check_per_process_batch,
+    config_errors,
+)
+from cskd_lightning.resume import RunConfigRecorder, relevant_config, resolve_resume
 from cskd_lightning.summary import print_summary
 from cskd_lightning.teacher_stage import prepare_teacher
 
 log = logging.getLogger("cskd_lightning")
 
 
-def resolve_resume_path(ckpt_path: str | None, output_dir: Path) -> str | None:
-    """``ckpt_path`` as given, or for ``"last"`` this run's ``checkpoints/last.ckpt``."""
-    if not ckpt_path:
-        return None
-    if ckpt_path == "last":
-        candidate = output_dir / "checkpoints" / "last.ckpt"
-        if not candidate.is_file():
-            raise FileNotFoundError(
-                f"ckpt_path=last: no {candidate}. Resume inside the run's directory "
-                "(hydra.run.dir=<that run dir>) or give the checkpoint's path."
-            )
-        return str(candidate)
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path: no checkpoint at {ckpt_path}")
-    return ckpt_path
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a student as ``cfg`` says and return the metrics (a sweeper reads from them).
 
-    Steps: seed; datamodule; teacher (given, cached or trained); student, loss and module;
-    callbacks, loggers and trainer; fit; test the best checkpoint; write ``student.pt`` and
-    ``summary.json`` into the run directory; print a short table.
+    Steps: check the inputs (output directory, checkpoint to resume, class counts, batch size);
+    seed; datamodule; teacher (given, cached or trained); student, loss and module; callbacks,
+    loggers and trainer; fit (resuming ``ckpt_path``, see :mod:`cskd_lightning.resume`); test
+    the best checkpoint; write ``student.pt`` and ``summary.json`` into the run directory; print
+    a short table.
     """
+    with config_errors():
+        return _train(cfg)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
+    # Checks first: a bad input fails before anything is written or trained.
+    check_output_dir(output_dir, "hydra.run.dir")
+    resume = resolve_resume(cfg, output_dir)
     if is_global_zero():
-        output_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True)
-    resume = resolve_resume_path(cfg.get("ckpt_path"), output_dir)
 
     datamodule = hydra.utils.instantiate(cfg.data.datamodule)
     loss = hydra.utils.instantiate(cfg.distill.loss)
+    check_batch_for_loss(cfg, loss)
+    check_class_counts(cfg, datamodule, hydra.utils.instantiate(cfg.pair.student.model))
     teacher, teacher_info = prepare_teacher(cfg, datamodule, output_dir)
 
     L.seed_everything(cfg.seed, workers=True)
@@ -78,12 +79,21 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
-        callbacks=instantiate_group(cfg.get("callbacks")),
+        callbacks=[
+            *instantiate_group(cfg.get("callbacks")),
+            RunConfigRecorder(relevant_config(cfg)),
+        ],
         logger=instantiate_group(cfg.get("logger")) or False,
     )
+    check_per_process_batch(cfg, loss, trainer.world_size)
 
     if cfg.get("train", True):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+        trainer.fit(
+            module,
+            datamodule=datamodule,
+            ckpt_path=str(resume.path) if resume else None,
+            weights_only=not cfg.get("resume_trust_checkpoint", False),
+        )
     metrics = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test", True):

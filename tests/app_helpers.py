@@ -13,8 +13,8 @@ from omegaconf import DictConfig
 
 FAST = [
     "pair.teacher.recipe.max_epochs=1",
-    "pair.student.recipe.max_epochs=2",
-    "+trainer.limit_train_batches=4",
+    "pair.student.recipe.max_epochs=3",
+    "+trainer.limit_train_batches=8",
     "callbacks.progress_bar=null",
 ]
 """Overrides that keep a digits run to a few seconds."""

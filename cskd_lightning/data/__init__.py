@@ -8,6 +8,13 @@ Every datamodule takes a GLOBAL ``batch_size`` (divided by the trainer's world s
 
 from .base import BaseDataModule
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
+from .device import (
+    DeviceCIFAR10DataModule,
+    DeviceCIFAR100DataModule,
+    DeviceDataModule,
+    DeviceDigitsDataModule,
+    DeviceFashionMNISTDataModule,
+)
 from .digits import DigitsDataModule
 from .fashion_mnist import FashionMNISTDataModule
 from .imagenet import ImageNetDataModule
@@ -18,6 +25,11 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "Cutout",
+    "DeviceCIFAR10DataModule",
+    "DeviceCIFAR100DataModule",
+    "DeviceDataModule",
+    "DeviceDigitsDataModule",
+    "DeviceFashionMNISTDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "ImageNetDataModule",

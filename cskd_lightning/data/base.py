@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from cskd_lightning.resume import ResumableDataLoader
+
 from .transforms import Cutout, TensorRandAugment, TwoViewTransform
 
 __all__ = ["BaseDataModule", "SubsetWithTransform", "TensorImageDataset", "stratified_split"]
@@ -303,7 +305,9 @@ class BaseDataModule(L.LightningDataModule):
         kwargs: dict[str, Any] = {}
         if train:
             kwargs["generator"] = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
+        # The training loader's shuffle/RNG state goes into checkpoints (bit-exact resume).
+        loader_cls = ResumableDataLoader if train else DataLoader
+        return loader_cls(
             dataset,
             batch_size=batch_size,
             shuffle=train,

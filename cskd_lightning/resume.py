@@ -1,0 +1,450 @@
+"""Bit-exact resumption of a ``cskd-train`` run: which checkpoint, which config, which RNG state.
+
+**What is saved.** Besides Lightning's own state (weights, optimizer, LR scheduler, loop
+counters, the ModelCheckpoint's best-k record) every training checkpoint written by
+``cskd-train`` holds:
+
+* the *data-stream state* of the training loader (:class:`ResumableDataLoader`, stored by
+  Lightning under ``loops.fit_loop.state_dict.combined_loader``): the state of the shuffle
+  generator and of the global torch, numpy and Python RNGs (and CUDA's, when in use), which
+  drive the augmentation, dropout and worker seeds. Lightning hands it back right before the
+  resumed run creates its first training iterator, so the next epoch draws the same
+  permutation and the same augmentation as it would have without the interruption;
+* the run's *relevant config* (:func:`relevant_config`) under ``checkpoint["cskd_run"]``, so a
+  resume with different settings is caught (:func:`check_config`).
+
+Everything is plain (tensors, numbers, strings, lists, dicts): the files load with
+``torch.load(weights_only=True)``.
+
+**Epoch ends only.** ``cskd-train`` checkpoints after each epoch's validation (and
+:class:`~cskd_lightning.atomic_checkpoint.AtomicModelCheckpoint` refreshes ``last.ckpt`` every
+epoch), and a resumed run starts with the next epoch: on the CPU with
+``trainer.deterministic=true`` the final weights are bit-identical to those of an uninterrupted
+run. The work of an interrupted epoch is redone. A checkpoint taken mid-epoch
+(``every_n_train_steps``, ``val_check_interval < 1``) resumes, but the rest of that epoch does
+not see the data in the same order (a warning says so).
+
+**Which checkpoint ``ckpt_path=last`` picks** (:func:`resolve_resume`):
+
+1. ``<run dir>/checkpoints/*.ckpt`` of the current run directory (``hydra.run.dir``), newest
+   first by modification time (``last*.ckpt`` first on a tie). A file that does not load (cut
+   short by a crash, say) is skipped with a warning naming it, and the next newest is used.
+2. If the current run directory has no checkpoint at all: the *sibling* run directories (the
+   other directories in the run directory's parent, e.g. ``outputs/train/runs/*``) whose saved
+   config matches this run's relevant config; from the one with the newest checkpoint, its
+   newest loadable checkpoint. The best checkpoints of that run are copied into this run's
+   ``checkpoints/`` so the best-model record carries on.
+3. Else a ``FileNotFoundError`` says where it looked (and which keys made the other runs'
+   configs differ).
+
+A checkpoint whose stored config differs from the current one in a relevant key is refused
+with the list of differing keys, unless ``resume_allow_config_change=true``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from cskd_lightning.checkpoints import CheckpointError, read_checkpoint
+
+log = logging.getLogger("cskd_lightning")
+
+STATE_FORMAT = 1
+RUN_KEY = "cskd_run"
+"""Where :class:`RunConfigRecorder` stores the relevant config in a checkpoint."""
+
+TRUST_FLAG = "resume_trust_checkpoint=true"
+ALLOW_CHANGE_FLAG = "resume_allow_config_change=true"
+
+IGNORED_KEYS = (
+    "hydra",
+    "paths",
+    "task_name",
+    "ckpt_path",
+    "resume_allow_config_change",
+    "resume_trust_checkpoint",
+    "train",
+    "test",
+    "optimized_metric",
+    "logger",
+    "teacher.trust_checkpoint",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "data.datamodule.data_dir",
+    "data.datamodule.download",
+    "data.datamodule.num_workers",
+    "data.datamodule.pin_memory",
+    "callbacks.model_checkpoint.dirpath",
+)
+"""Config keys (and everything under them) that do not change what a run computes: where
+files go, logging, loader workers. ``callbacks.*`` other than ``model_checkpoint`` (which picks
+the best checkpoint, hence ``student.pt``) are ignored too."""
+
+
+# --------------------------------------------------------------------------- RNG state
+def capture_rng_state() -> dict[str, Any]:
+    """The global torch, numpy and Python RNG states (and CUDA's once initialised), as plain
+    tensors, numbers and lists."""
+    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "bit_generator": str(name),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": int(version), "internal": list(internal), "gauss_next": gauss_next},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["bit_generator"],
+            np.asarray(np_state["keys"].numpy(), dtype=np.uint32),
+            int(np_state["pos"]),
+            int(np_state["has_gauss"]),
+            float(np_state["cached_gaussian"]),
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["internal"]), py["gauss_next"]))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            log.warning(
+                "The checkpoint holds the CUDA RNG state of %d devices but %d are visible: "
+                "CUDA RNG not restored.",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` whose shuffle order and augmentation randomness survive a restart.
+
+    Lightning saves ``state_dict()`` with every training checkpoint and calls
+    ``load_state_dict()`` on resume right before it creates the first iterator of the resumed
+    run. The state: the loader's (and its sampler's) ``torch.Generator``, the sampler's epoch
+    (``DistributedSampler``) and the global RNG states (:func:`capture_rng_state`). Under DDP the
+    checkpoint holds global rank 0's state, restored on every rank: the ranks start from the same
+    seed and draw the same number of random numbers per step, so their global RNGs agree.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"format": STATE_FORMAT, "rng": capture_rng_state()}
+        if isinstance(self.generator, torch.Generator):
+            state["generator"] = self.generator.get_state()
+        sampler_gen = getattr(self.sampler, "generator", None)
+        if isinstance(sampler_gen, torch.Generator) and sampler_gen is not self.generator:
+            state["sampler_generator"] = sampler_gen.get_state()
+        epoch = getattr(self.sampler, "epoch", None)
+        if isinstance(epoch, int):
+            state["sampler_epoch"] = epoch
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state.get("format") != STATE_FORMAT:
+            log.warning("Unknown data-loader state in the checkpoint: data order not restored.")
+            return
+        if "generator" in state and isinstance(self.generator, torch.Generator):
+            self.generator.set_state(state["generator"])
+        sampler_gen = getattr(self.sampler, "generator", None)
+        if "sampler_generator" in state and isinstance(sampler_gen, torch.Generator):
+            sampler_gen.set_state(state["sampler_generator"])
+        if "sampler_epoch" in state and hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(int(state["sampler_epoch"]))
+        restore_rng_state(state["rng"])
+
+
+# --------------------------------------------------------------------------- config
+def _is_ignored(key: str) -> bool:
+    if key.startswith("callbacks.") and not key.startswith("callbacks.model_checkpoint"):
+        return True
+    return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def relevant_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config flattened to ``{"dotted.key": value}``, less :data:`IGNORED_KEYS`.
+
+    Only the kept keys are resolved, so an unresolvable path (``${hydra:...}`` outside Hydra)
+    in an ignored key does no harm.
+    """
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    flat: dict[str, Any] = {}
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node.keys():
+            dotted = f"{prefix}{key}"
+            if _is_ignored(dotted):
+                continue
+            value = node[key]
+            if isinstance(value, DictConfig):
+                walk(value, dotted + ".")
+            else:
+                flat[dotted] = _plain(value)
+
+    walk(cfg, "")
+    return flat
+
+
+def config_hash(flat: Mapping[str, Any]) -> str:
+    text = json.dumps(dict(flat), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def diff_configs(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``"key: saved -> now"`` for every relevant key that differs (``<absent>`` if missing)."""
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
+        if a != b:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+class RunConfigRecorder(L.Callback):
+    """Store the run's relevant config (and its hash) in every checkpoint, under
+    ``checkpoint["cskd_run"]``."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self.config = dict(config)
+        self.hash = config_hash(self.config)
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RUN_KEY] = {
+            "format": STATE_FORMAT,
+            "config": self.config,
+            "config_hash": self.hash,
+        }
+
+
+def check_config(
+    checkpoint: Mapping[str, Any], now: Mapping[str, Any], path: Path, allow_change: bool
+) -> None:
+    """Refuse (``ValueError``) a checkpoint made with a different relevant config."""
+    run = checkpoint.get(RUN_KEY)
+    if not isinstance(run, Mapping) or not isinstance(run.get("config"), Mapping):
+        log.warning(
+            "%s holds no cskd-train config (made by another program or an older version): "
+            "cannot check that it was made with this config.",
+            path,
+        )
+        return
+    if run.get("config_hash") == config_hash(now):
+        return
+    diff = diff_configs(run["config"], now)
+    if not diff:
+        return
+    listed = "; ".join(diff[:10]) + (f" (+{len(diff) - 10} more)" if len(diff) > 10 else "")
+    if allow_change:
+        log.warning(
+            "Resuming %s although the config changed (resume_allow_config_change=true): %s",
+            path,
+            listed,
+        )
+        return
+    raise ValueError(
+        f"Cannot resume from {path}: it was made with a different config. Differing keys "
+        f"(checkpoint -> now): {listed}. Resume with the original values, start a fresh run "
+        f"(ckpt_path=null), or pass {ALLOW_CHANGE_FLAG} to resume anyway."
+    )
+
+
+def _mid_epoch_warning(checkpoint: Mapping[str, Any], path: Path) -> None:
+    try:
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        mid_epoch = progress["current"]["completed"] > 0 and not progress["is_last_batch"]
+    except (KeyError, TypeError):
+        return
+    if mid_epoch:
+        log.warning(
+            "%s was saved mid-epoch (after %d batches): the run resumes, but the rest of that "
+            "epoch will not see the data in the same order as an uninterrupted run.",
+            path,
+            progress["current"]["completed"],
+        )
+
+
+# --------------------------------------------------------------------------- finding
+def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
+    """``*.ckpt`` files in ``ckpt_dir``, newest first (``last*`` first on a tie)."""
+    if not ckpt_dir.is_dir():
+        return []
+    files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
+    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name.startswith("last")))[::-1]
+
+
+def _check_resumable(checkpoint: Any, path: Path) -> None:
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path} is not a Lightning training checkpoint (no 'state_dict'): ckpt_path resumes "
+            "a cskd-train run from one of its checkpoints/*.ckpt files."
+        )
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(
+            f"{path} holds weights only (no optimizer or loop state), so training cannot resume "
+            "from it. Use a checkpoint saved with save_weights_only=false."
+        )
+
+
+def load_resumable(path: Path, trust: bool = False) -> dict[str, Any]:
+    """Read a training checkpoint (weights_only unless ``trust``) and check it can resume."""
+    checkpoint = read_checkpoint(path, trust=trust, trust_flag=TRUST_FLAG)
+    _check_resumable(checkpoint, path)
+    return checkpoint
+
+
+def newest_good_checkpoint(ckpt_dir: Path, trust: bool = False) -> tuple[Path, dict[str, Any]]:
+    """The newest checkpoint in ``ckpt_dir`` that loads; unreadable ones are logged, skipped."""
+    problems = []
+    for path in checkpoint_candidates(ckpt_dir):
+        try:
+            checkpoint = load_resumable(path, trust)
+        except CheckpointError as err:
+            problems.append(str(err))
+            log.warning("Skipping %s: %s", path, err)
+            continue
+        if problems:
+            log.warning("Falling back to the newest good checkpoint: %s", path)
+        return path, checkpoint
+    raise CheckpointError(
+        f"No usable checkpoint in {ckpt_dir}: "
+        + (" | ".join(problems) if problems else "no *.ckpt files")
+    )
+
+
+def _saved_run_config(run_dir: Path) -> dict[str, Any] | None:
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        return relevant_config(OmegaConf.load(saved))
+    except Exception:  # noqa: BLE001 - an unreadable config just does not match
+        return None
+
+
+def search_sibling_runs(
+    output_dir: Path, now: Mapping[str, Any], trust: bool = False
+) -> tuple[Path, dict[str, Any]]:
+    """The newest good checkpoint of a sibling run directory with the same relevant config."""
+    here = output_dir.resolve()
+    parent = here.parent
+    runs = []
+    if parent.is_dir():
+        for run in parent.iterdir():
+            if run.is_dir() and run.resolve() != here:
+                files = checkpoint_candidates(run / "checkpoints")
+                if files:
+                    runs.append((files[0].stat().st_mtime_ns, run))
+    differing = []
+    for _, run in sorted(runs, reverse=True):
+        saved = _saved_run_config(run)
+        if saved is not None and (diff := diff_configs(saved, now)):
+            differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
+            continue
+        try:
+            path, checkpoint = newest_good_checkpoint(run / "checkpoints", trust)
+        except CheckpointError as err:
+            log.warning("Skipping run %s: %s", run, err)
+            continue
+        stored = checkpoint.get(RUN_KEY, {})
+        if isinstance(stored, Mapping) and isinstance(stored.get("config"), Mapping):
+            if diff := diff_configs(stored["config"], now):
+                differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
+                continue
+        log.info(
+            "ckpt_path=last: %s has no checkpoint; resuming from %s, the newest checkpoint of a "
+            "sibling run with the same config.",
+            output_dir / "checkpoints",
+            path,
+        )
+        return path, checkpoint
+    other = (
+        f" {len(differing)} other run(s) there have checkpoints but a different config: "
+        + "; ".join(differing[:5])
+        + "."
+        if differing
+        else ""
+    )
+    raise FileNotFoundError(
+        f"ckpt_path=last: no checkpoint in {output_dir / 'checkpoints'} and no run in {parent} "
+        f"with the same config has one.{other} Restart with hydra.run.dir=<the run's directory>, "
+        "give the checkpoint's path (ckpt_path=<file>), or drop ckpt_path to start afresh."
+    )
+
+
+@dataclass
+class ResumeChoice:
+    path: Path
+    epoch: int | None
+    global_step: int | None
+
+
+def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
+    """Which checkpoint ``cfg.ckpt_path`` resumes from (see the module docstring), checked.
+
+    Raises ``FileNotFoundError`` (nothing to resume), :class:`CheckpointError` (a ``ValueError``:
+    unreadable or not a training checkpoint) or ``ValueError`` (made with another config).
+    """
+    given = cfg.get("ckpt_path")
+    if not given:
+        return None
+    trust = bool(cfg.get("resume_trust_checkpoint", False))
+    now = relevant_config(cfg)
+    if str(given) == "last":
+        ckpt_dir = output_dir / "checkpoints"
+        if checkpoint_candidates(ckpt_dir):
+            path, checkpoint = newest_good_checkpoint(ckpt_dir, trust)
+        else:
+            path, checkpoint = search_sibling_runs(output_dir, now, trust)
+    else:
+        path = Path(str(given)).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"ckpt_path: no checkpoint at {path}. Give an existing .ckpt file, or "
+                "ckpt_path=last to resume this run's newest checkpoint."
+            )
+        checkpoint = load_resumable(path, trust)
+    check_config(checkpoint, now, path, bool(cfg.get("resume_allow_config_change", False)))
+    _mid_epoch_warning(checkpoint, path)
+    epoch, step = checkpoint.get("epoch"), checkpoint.get("global_step")
+    log.info("Resuming from %s (saved after epoch %s, global step %s)", path, epoch, step)
+    return ResumeChoice(path=path, epoch=epoch, global_step=step)

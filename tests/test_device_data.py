@@ -1,0 +1,251 @@
+"""The device-resident datamodules (cskd_lightning.data.device) on the CPU."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from cskd_lightning import CSKDLoss, DistillationModule
+from cskd_lightning.data import DeviceDigitsDataModule, DeviceFashionMNISTDataModule
+from cskd_lightning.data import DigitsDataModule, FashionMNISTDataModule
+from cskd_lightning.data.device import (
+    DeviceBatchLoader,
+    ShardedPermutation,
+    batch_crop_flip,
+    batch_cutout,
+    batch_rand_augment,
+)
+from cskd_lightning.models import create_model
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
+    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval"),
+    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
+    pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode at the start of training"),
+]
+
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason=f"real Fashion-MNIST not installed in {FMNIST_DIR}",
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small batched ops run much faster single-threaded on a shared CPU."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _fake_trainer(rank: int, world: int) -> SimpleNamespace:
+    return SimpleNamespace(
+        world_size=world,
+        global_rank=rank,
+        strategy=SimpleNamespace(root_device=torch.device("cpu")),
+    )
+
+
+def _epoch(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = zip(*loader, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _samples(x: torch.Tensor, y: torch.Tensor) -> Counter:
+    """The multiset of (image bytes, label) pairs."""
+    return Counter(
+        (xi.contiguous().numpy().tobytes(), int(yi)) for xi, yi in zip(x, y, strict=True)
+    )
+
+
+# ---------------------------------------------------------------------------- batches
+def test_shapes_dtypes_and_normalisation():
+    dm = DeviceDigitsDataModule(batch_size=64, augment=True)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    assert isinstance(loader, DeviceBatchLoader) and len(loader) == 1293 // 64
+    x, y = next(iter(loader))
+    assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert y.shape == (64,) and y.dtype == torch.int64
+    assert dm.num_classes == 10 and dm.in_channels == 1 and dm.image_size == 8
+    xe, _ = _epoch(dm.test_dataloader())
+    assert abs(float(xe.mean())) < 0.1 and abs(float(xe.std()) - 1.0) < 0.1
+
+
+@needs_fmnist
+def test_fashion_mnist_uint8_on_device_and_normalised():
+    dm = DeviceFashionMNISTDataModule(batch_size=500, val_split=5000)
+    dm.setup("fit")
+    assert dm._tensors["train_images"].dtype == torch.uint8
+    assert dm._tensors["train_images"].shape == (55000, 1, 28, 28)
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (500, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert abs(float(x.mean())) < 0.1 and abs(float(x.std()) - 1.0) < 0.1
+
+
+@needs_fmnist
+def test_fashion_mnist_same_test_batches_as_the_regular_loader():
+    ref = FashionMNISTDataModule(batch_size=1000, val_split=5000)
+    dev = DeviceFashionMNISTDataModule(batch_size=1000, val_split=5000)
+    (xr, yr), (xd, yd) = next(iter(ref.test_dataloader())), next(iter(dev.test_dataloader()))
+    assert torch.equal(yr, yd) and torch.equal(xr, xd)
+
+
+def test_same_data_as_the_regular_loader_without_augmentation():
+    # 1,293 training digits = 3 batches of 431: no sample dropped by either loader.
+    ref = DigitsDataModule(batch_size=431, augment=False)
+    dev = DeviceDigitsDataModule(batch_size=431, augment=False)
+    xr, yr = _epoch(ref.train_dataloader())
+    xd, yd = _epoch(dev.train_dataloader())
+    assert xd.shape == xr.shape == (1293, 1, 8, 8)
+    assert _samples(xd, yd) == _samples(xr, yr)
+    assert not torch.equal(yd, yr) or not torch.equal(xd, xr)  # shuffled differently
+    for part in ("val_dataloader", "test_dataloader"):  # in order: identical batches
+        (xr, yr), (xd, yd) = _epoch(getattr(ref, part)()), _epoch(getattr(dev, part)())
+        assert torch.equal(xr, xd) and torch.equal(yr, yd)
+
+
+def test_order_reproducible_for_a_seed_and_new_each_epoch():
+    def first_epochs(seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        dm = DeviceDigitsDataModule(batch_size=64, augment=True, seed=seed)
+        loader = dm.train_dataloader()
+        out = []
+        for epoch in (0, 1, 0):
+            loader.set_epoch(epoch)
+            out.append(_epoch(loader))
+        return out
+
+    a, b, c = first_epochs(0), first_epochs(0), first_epochs(1)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):  # same seed: identical, augmentation too
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert torch.equal(a[0][0], a[2][0])  # epoch 0 again: the same
+    assert not torch.equal(a[0][1], a[1][1])  # epoch 1: another order
+    assert not torch.equal(a[0][1], c[0][1])  # another seed: another order
+
+
+def test_two_ranks_get_disjoint_shards_covering_the_set():
+    # 1,437 - 145 = 1,292 training digits = 2 ranks x 17 batches x 38.
+    full_x, full_y = _epoch(DigitsDataModule(batch_size=1292, val_split=145).train_dataloader())
+    shards, orders = [], []
+    for rank in (0, 1):
+        dm = DeviceDigitsDataModule(batch_size=76, val_split=145)
+        dm.trainer = _fake_trainer(rank, 2)
+        dm.setup("fit")
+        assert dm.per_process_batch_size == 38
+        loader = dm.train_dataloader()
+        assert len(loader) == 17
+        x, y = _epoch(loader)
+        assert x.shape[0] == 646
+        shards.append(_samples(x, y))
+        orders.append(set(loader.sampler.indices().tolist()))
+    assert not orders[0] & orders[1] and len(orders[0] | orders[1]) == 1292
+    assert shards[0] + shards[1] == _samples(full_x, full_y)
+
+
+def test_sharded_permutation_pads_in_order_like_distributed_sampler():
+    shards = [ShardedPermutation(5, shuffle=False, rank=r, world_size=2) for r in (0, 1)]
+    assert [s.indices().tolist() for s in shards] == [[0, 2, 4], [1, 3, 0]]
+    shuffled = [ShardedPermutation(5, shuffle=True, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    got = [set(s.indices().tolist()) for s in shuffled]
+    assert len(got[0]) == len(got[1]) == 2 and not got[0] & got[1]
+
+
+def test_global_batch_must_divide_by_the_world_size():
+    dm = DeviceDigitsDataModule(batch_size=75)
+    dm.trainer = _fake_trainer(0, 2)
+    with pytest.raises(ValueError, match="multiple of 2"):
+        dm.setup("fit")
+
+
+def test_two_view_batches():
+    dm = DeviceDigitsDataModule(batch_size=64, two_view=True, augment=True)
+    (xw, xs), y = next(iter(dm.train_dataloader()))
+    assert xw.shape == xs.shape == (64, 1, 8, 8) and xw.dtype == xs.dtype == torch.float32
+    assert y.shape == (64,) and not torch.equal(xw, xs)
+    x, _ = next(iter(dm.val_dataloader()))  # evaluation stays single-view
+    assert isinstance(x, torch.Tensor) and x.shape[1:] == (1, 8, 8)
+
+
+# ---------------------------------------------------------------------------- batched ops
+def test_crop_flip_takes_a_shifted_possibly_mirrored_window():
+    images = torch.arange(4 * 2 * 6 * 6, dtype=torch.float32).reshape(4, 2, 6, 6) + 1
+    g = torch.Generator().manual_seed(0)
+    out = batch_crop_flip(images, padding=2, flip=True, generator=g)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for i in range(4):
+        windows = [
+            w
+            for t in range(5)
+            for left in range(5)
+            for w in (padded[i, :, t : t + 6, left : left + 6],)
+            for w in (w, w.flip(-1))
+        ]
+        assert any(torch.equal(out[i], w) for w in windows)
+    assert torch.equal(batch_crop_flip(images, 0, False, g), images)
+
+
+def test_cutout_zeroes_one_square_per_sample():
+    x = torch.ones(16, 3, 10, 10)
+    out = batch_cutout(x, torch.Generator().manual_seed(1))
+    zeros = (out == 0).all(dim=1)  # (B, H, W)
+    for z in zeros:
+        rows, cols = z.any(dim=1).nonzero().flatten(), z.any(dim=0).nonzero().flatten()
+        assert 1 <= len(rows) <= 5 and 1 <= len(cols) <= 5
+        assert int(z.sum()) == len(rows) * len(cols)  # a (clipped) rectangle
+
+
+def test_rand_augment_stays_in_range_and_is_seeded():
+    x = torch.rand(32, 3, 12, 12)
+    a = batch_rand_augment(x, torch.Generator().manual_seed(2))
+    b = batch_rand_augment(x, torch.Generator().manual_seed(2))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0 and not torch.equal(a, x)
+    assert torch.equal(batch_rand_augment(x, torch.Generator(), num_ops=0), x)
+
+
+# ---------------------------------------------------------------------------- Lightning
+class _EpochLabels(Callback):
+    def __init__(self) -> None:
+        self.first: list[torch.Tensor] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 0:
+            self.first.append(batch[1].clone())
+
+
+def test_short_lightning_fit_with_the_device_datamodule(tmp_path):
+    torch.manual_seed(0)
+    teacher = create_model("digits_teacher", num_classes=10, in_channels=1)
+    student = create_model("digits_student", num_classes=10, in_channels=1)
+    module = DistillationModule(student, teacher, CSKDLoss())
+    dm = DeviceDigitsDataModule(batch_size=64, augment=True)
+    probe = _EpochLabels()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=2,
+        limit_train_batches=5,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=[probe],
+    )
+    trainer.fit(module, datamodule=dm)
+    assert isinstance(trainer.train_dataloader, DeviceBatchLoader)
+    assert trainer.train_dataloader.sampler.epoch == 1  # Lightning called set_epoch
+    assert len(probe.first) == 2 and not torch.equal(probe.first[0], probe.first[1])
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    result = trainer.test(module, datamodule=dm, verbose=False)
+    assert 0.0 <= result[0]["test/acc"] <= 1.0
