@@ -36,20 +36,22 @@ class MyStudent(L.LightningModule):
         return torch.optim.SGD(self.student.parameters(), lr=0.05, momentum=0.9)
 
 
-def main() -> None:
+def main(max_epochs: int = 5) -> float:
     L.seed_everything(0)
     data = DigitsDataModule(batch_size=64)
     # A teacher would normally come with trained weights; train it briefly here.
     teacher = create_model("digits_teacher", num_classes=10, in_channels=1)
     from cskd_lightning import CELoss, DistillationModule
 
-    L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False).fit(
+    L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False).fit(
         DistillationModule(teacher, None, CELoss()), datamodule=data
     )
     student = create_model("digits_student", num_classes=10, in_channels=1)
-    trainer = L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False)
+    trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False)
     trainer.fit(MyStudent(student, teacher), datamodule=data)
-    print("student val/acc:", float(trainer.callback_metrics["val/acc"]))
+    accuracy = float(trainer.callback_metrics["val/acc"])
+    print(f"student val/acc: {accuracy:.4f}")
+    return accuracy
 
 
 if __name__ == "__main__":

@@ -25,11 +25,11 @@ class WarmupCSKD(DistillationModule):
         return logits, terms
 
 
-def main() -> None:
+def main(max_epochs: int = 5) -> float:
     L.seed_everything(0)
     data = DigitsDataModule(batch_size=64)
     teacher = create_model("digits_teacher", num_classes=10, in_channels=1)
-    L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False).fit(
+    L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False).fit(
         DistillationModule(teacher, None, CELoss()), datamodule=data
     )
     module = WarmupCSKD(
@@ -38,10 +38,11 @@ def main() -> None:
         loss=CSKDLoss(),
         optimizer=partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4),
     )
-    trainer = L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False)
+    trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False)
     trainer.fit(module, datamodule=data)
-    trainer.test(module, datamodule=data)
+    accuracy = trainer.test(module, datamodule=data)[0]["test/acc"]
     module.export_student("student.pt")
+    return accuracy
 
 
 if __name__ == "__main__":

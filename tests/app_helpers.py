@@ -33,7 +33,9 @@ def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
         )
 
 
-def run_cli(args: list[str], cwd: Path, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cwd: Path, timeout: int = 300, **env: str
+) -> subprocess.CompletedProcess:
     """Run a console script (``cskd-train ...``) through this Python, capturing its output."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     module = {"cskd-train": "cskd_lightning.train", "cskd-eval": "cskd_lightning.eval"}[args[0]]

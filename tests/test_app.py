@@ -208,8 +208,18 @@ def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(root)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(root),
+        ],
         check=True,
         capture_output=True,
         timeout=300,

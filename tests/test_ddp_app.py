@@ -27,8 +27,14 @@ def run_files(root: Path) -> list[str]:
 def test_ddp_sim_run_writes_one_run_directory(tmp_path: Path) -> None:
     run = tmp_path / "run"
     done = run_cli(
-        ["cskd-train", "trainer=ddp_sim", *FAST, f"hydra.run.dir={run}",
-         f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'logs'}"],
+        [
+            "cskd-train",
+            "trainer=ddp_sim",
+            *FAST,
+            f"hydra.run.dir={run}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -46,9 +52,16 @@ def test_ddp_sim_run_writes_one_run_directory(tmp_path: Path) -> None:
 def test_ddp_sim_multirun_of_two_jobs(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     done = run_cli(
-        ["cskd-train", "-m", "trainer=ddp_sim", *FAST, "distill=kd,cskd_cswt",
-         f"hydra.sweep.dir={sweep}", f"paths.cache_dir={tmp_path / 'cache'}",
-         f"paths.log_dir={tmp_path / 'logs'}"],
+        [
+            "cskd-train",
+            "-m",
+            "trainer=ddp_sim",
+            *FAST,
+            "distill=kd,cskd_cswt",
+            f"hydra.sweep.dir={sweep}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"paths.log_dir={tmp_path / 'logs'}",
+        ],
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-4000:]
@@ -74,8 +87,14 @@ def test_two_nodes_on_loopback(tmp_path: Path) -> None:
             "PYTHONUNBUFFERED": "1",
         }
         args = [
-            sys.executable, "-m", "cskd_lightning.train", "trainer=ddp_sim", "trainer.devices=1",
-            "+trainer.num_nodes=2", *FAST, f"hydra.run.dir={tmp_path / f'node{node}'}",
+            sys.executable,
+            "-m",
+            "cskd_lightning.train",
+            "trainer=ddp_sim",
+            "trainer.devices=1",
+            "+trainer.num_nodes=2",
+            *FAST,
+            f"hydra.run.dir={tmp_path / f'node{node}'}",
             f"paths.cache_dir={tmp_path / f'cache{node}'}",
         ]
         log = (tmp_path / f"node{node}.log").open("w")
