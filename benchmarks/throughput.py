@@ -48,7 +48,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor, nn
+from torch import Tensor
 
 from cskd_lightning import CSKDLoss, DistillationModule
 from cskd_lightning.data.device import BatchAugment, DeviceBatchLoader, ShardedPermutation
@@ -126,7 +126,8 @@ def fmnist_workload(args: argparse.Namespace, cuda: bool) -> Workload:
         padding=2,
         batch_size=args.fmnist_batch_size,
         steps=args.fmnist_steps or (200 if cuda else 30),
-        epoch_batches=args.fmnist_epoch_batches or (len(labels) // args.fmnist_batch_size),
+        epoch_batches=args.fmnist_epoch_batches
+        or (len(labels) // args.fmnist_batch_size if cuda else 50),
         loader_images=args.loader_images,
     )
 
@@ -195,6 +196,56 @@ def table(rows: list[Row]) -> str:
 
 
 # ------------------------------------------------------------------------------- models
+class EpochLoggedModule(DistillationModule):
+    """A proposal, measured in (b'): the same training step, but the loss terms are summed on
+    the device and logged ONCE per epoch (and the accuracy logged at the epoch's end), instead
+    of ``len(terms) + 1`` ``self.log`` calls per step; each costs ~0.5 ms of Python on a CPU
+    core in Lightning's result collection, whatever the device."""
+
+    def on_train_epoch_start(self) -> None:
+        self._sums: dict[str, Tensor] = {}
+        self._count = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        self.loss.set_progress(self.current_epoch, self.global_step, self.trainer.max_epochs)
+        logits, terms = self.compute_loss(batch)
+        self._check_finite(terms)
+        y = batch[1]
+        self.train_metrics.update(logits.detach(), y)
+        n = int(y.shape[0])
+        for name, value in terms.items():
+            total = value.detach() * n
+            self._sums[name] = self._sums[name] + total if name in self._sums else total
+        self._count += n
+        return terms["loss"]
+
+    def on_train_epoch_end(self) -> None:
+        for name, total in self._sums.items():
+            self.log(f"train/{name}", total / self._count, sync_dist=True, prog_bar=False)
+        self.log_dict(self.train_metrics)
+
+
+def build_module(
+    w: Workload,
+    args: argparse.Namespace,
+    device: torch.device,
+    cls: type[DistillationModule] = DistillationModule,
+) -> DistillationModule:
+    torch.manual_seed(0)
+    kw = {"num_classes": w.num_classes, "in_channels": w.in_channels}
+    teacher = create_model(w.teacher, **kw)
+    student = create_model(w.student, **kw)
+    module = cls(
+        student,
+        teacher,
+        CSKDLoss(),
+        channels_last=args.channels_last,
+        compile_models=args.compile,
+        check_inputs=not args.no_check_inputs,
+    )
+    return module.to(device)
+
+
 def make_batches(w: Workload, device: torch.device, count: int = 8) -> list[tuple[Tensor, Tensor]]:
     """``count`` normalised, augmented training batches, pre-made on the device."""
     loader = device_loader(w, w.images, w.labels, device, two_view=False)
@@ -314,56 +365,6 @@ class EpochTimer(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         sync(pl_module.device)
         self.seconds = time.perf_counter() - self._start
-
-
-class EpochLoggedModule(DistillationModule):
-    """A proposal, measured in (b'): the same training step, but the loss terms are summed on
-    the device and logged ONCE per epoch (and the accuracy logged at the epoch's end), instead
-    of ``len(terms) + 1`` ``self.log`` calls per step; each costs ~0.5 ms of Python on a CPU
-    core in Lightning's result collection, whatever the device."""
-
-    def on_train_epoch_start(self) -> None:
-        self._sums: dict[str, Tensor] = {}
-        self._count = 0
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        self.loss.set_progress(self.current_epoch, self.global_step, self.trainer.max_epochs)
-        logits, terms = self.compute_loss(batch)
-        self._check_finite(terms)
-        y = batch[1]
-        self.train_metrics.update(logits.detach(), y)
-        n = int(y.shape[0])
-        for name, value in terms.items():
-            total = value.detach() * n
-            self._sums[name] = self._sums[name] + total if name in self._sums else total
-        self._count += n
-        return terms["loss"]
-
-    def on_train_epoch_end(self) -> None:
-        for name, total in self._sums.items():
-            self.log(f"train/{name}", total / self._count, sync_dist=True, prog_bar=False)
-        self.log_dict(self.train_metrics)
-
-
-def build_module(
-    w: Workload,
-    args: argparse.Namespace,
-    device: torch.device,
-    cls: type[DistillationModule] = DistillationModule,
-) -> DistillationModule:
-    torch.manual_seed(0)
-    kw = {"num_classes": w.num_classes, "in_channels": w.in_channels}
-    teacher = create_model(w.teacher, **kw)
-    student = create_model(w.student, **kw)
-    module = cls(
-        student,
-        teacher,
-        CSKDLoss(),
-        channels_last=args.channels_last,
-        compile_models=args.compile,
-        check_inputs=not args.no_check_inputs,
-    )
-    return module.to(device)
 
 
 def measure_epoch(w: Workload, args: argparse.Namespace, device: torch.device) -> list[Row]:
@@ -506,7 +507,9 @@ def measure_loading(w: Workload, args: argparse.Namespace, device: torch.device)
 
         run(dev)  # warm-up; starts the persistent workers
         next(iter(tv))
-        ours, theirs = alternate(lambda dev=dev: run(dev), lambda tv=tv: run(tv), trials=args.trials)
+        ours, theirs = alternate(
+            lambda dev=dev: run(dev), lambda tv=tv: run(tv), trials=args.trials
+        )
         speedup = median_ratio(ours, theirs)
         label = "(c2) two-view" if two_view else "(c) single view"
         rows.append(
@@ -542,7 +545,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cifar-steps", type=int, default=0, help="0: 2 on cpu, 50 on cuda")
     p.add_argument("--fmnist-steps", type=int, default=0, help="0: 30 on cpu, 200 on cuda")
     p.add_argument("--cifar-epoch-batches", type=int, default=0, help="0: 2 on cpu, 100 on cuda")
-    p.add_argument("--fmnist-epoch-batches", type=int, default=0, help="0: a full epoch")
+    p.add_argument(
+        "--fmnist-epoch-batches", type=int, default=0, help="0: 50 on cpu, a full epoch on cuda"
+    )
     p.add_argument("--loader-images", type=int, default=12800, help="images per pass in (c)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
     p.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or 16-mixed")
