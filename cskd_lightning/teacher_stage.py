@@ -43,20 +43,44 @@ def teacher_cache_key(cfg: DictConfig) -> str:
     data = OmegaConf.to_container(cfg.data, resolve=True)
     for key in IRRELEVANT_DATA_KEYS:
         data.get("datamodule", {}).pop(key, None)
+    if "seed" in data.get("datamodule", {}):
+        data["datamodule"]["seed"] = teacher_seed(cfg)
     payload = {
         "data": data,
         "model": OmegaConf.to_container(cfg.pair.teacher.model, resolve=True),
         "recipe": OmegaConf.to_container(cfg.pair.teacher.recipe, resolve=True),
-        "seed": cfg.seed,
+        "seed": teacher_seed(cfg),
         "precision": str(cfg.trainer.get("precision", "32-true")),
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def teacher_seed(cfg: DictConfig) -> int:
+    """``teacher.seed`` (defaults to the run's ``seed``)."""
+    return int(cfg.get("teacher", {}).get("seed", cfg.seed))
+
+
 def teacher_cache_path(cfg: DictConfig) -> Path:
-    name = f"{cfg.pair.teacher.model.name}-{cfg.data.name}-seed{cfg.seed}-{teacher_cache_key(cfg)}"
+    name = (
+        f"{cfg.pair.teacher.model.name}-{cfg.data.name}-seed{teacher_seed(cfg)}-"
+        f"{teacher_cache_key(cfg)}"
+    )
     return Path(cfg.paths.cache_dir).expanduser().resolve() / "teachers" / f"{name}.pt"
+
+
+def teacher_datamodule(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningDataModule:
+    """The run's datamodule, rebuilt single-view and with ``teacher.seed`` where they differ.
+
+    The teacher learns from the first view alone, so it needs no strong views; a fixed
+    ``teacher.seed`` also fixes the teacher's data split and order.
+    """
+    overrides: dict[str, Any] = {}
+    if cfg.data.datamodule.get("two_view", False):
+        overrides["two_view"] = False
+    if "seed" in cfg.data.datamodule and cfg.data.datamodule.seed != teacher_seed(cfg):
+        overrides["seed"] = teacher_seed(cfg)
+    return hydra.utils.instantiate(cfg.data.datamodule, **overrides) if overrides else datamodule
 
 
 def _plain_trainer(cfg: DictConfig, output_dir: Path, max_epochs: int | None = None) -> L.Trainer:
@@ -90,7 +114,8 @@ def evaluate_teacher(
 def train_teacher(
     cfg: DictConfig, teacher: nn.Module, datamodule: L.LightningDataModule, output_dir: Path
 ) -> float | None:
-    """Train ``teacher`` with the pair's teacher recipe; return its test accuracy."""
+    """Train ``teacher`` with the pair's teacher recipe and seed; return its test accuracy."""
+    L.seed_everything(teacher_seed(cfg), workers=True)
     recipe = cfg.pair.teacher.recipe
     module = DistillationModule(
         teacher,
@@ -124,6 +149,7 @@ def prepare_teacher(
     """
     teacher = hydra.utils.instantiate(cfg.pair.teacher.model)
     stage_dir = output_dir / "teacher"
+    datamodule = teacher_datamodule(cfg, datamodule)
     given = cfg.teacher.get("ckpt_path")
     if given:
         path = Path(given).expanduser()
@@ -160,7 +186,7 @@ def prepare_teacher(
             "key": teacher_cache_key(cfg),
             "model": cfg.pair.teacher.model.name,
             "data": cfg.data.name,
-            "seed": cfg.seed,
+            "seed": teacher_seed(cfg),
         }
         _save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path)
         log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)

@@ -112,6 +112,9 @@ def test_teacher_cache_key_changes_with_what_determines_the_teacher(tmp_path: Pa
     base = teacher_cache_key(compose_train([], tmp_path))
     assert base == teacher_cache_key(compose_train(["+data.datamodule.num_workers=3"], tmp_path))
     assert base == teacher_cache_key(compose_train(["distill=kd"], tmp_path))
+    assert base == teacher_cache_key(compose_train(["data.datamodule.two_view=true"], tmp_path))
+    # A fixed teacher seed shares one teacher across student seeds.
+    assert base == teacher_cache_key(compose_train(["seed=1", "teacher.seed=0"], tmp_path))
     for override in ("seed=1", "pair.teacher.recipe.max_epochs=3", "data.datamodule.batch_size=32"):
         assert base != teacher_cache_key(compose_train([override], tmp_path)), override
 
