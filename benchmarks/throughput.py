@@ -104,8 +104,8 @@ def cifar_workload(args: argparse.Namespace, cuda: bool) -> Workload:
         std=CIFAR100_STD,
         padding=4,
         batch_size=args.batch_size,
-        steps=args.cifar_steps or (50 if cuda else 2),
-        epoch_batches=args.cifar_epoch_batches or (100 if cuda else 2),
+        steps=args.cifar_steps or (50 if cuda else 1),
+        epoch_batches=args.cifar_epoch_batches or (100 if cuda else 1),
         loader_images=args.loader_images,
     )
 
@@ -125,9 +125,9 @@ def fmnist_workload(args: argparse.Namespace, cuda: bool) -> Workload:
         std=FMNIST_STD,
         padding=2,
         batch_size=args.fmnist_batch_size,
-        steps=args.fmnist_steps or (200 if cuda else 30),
+        steps=args.fmnist_steps or (200 if cuda else 20),
         epoch_batches=args.fmnist_epoch_batches
-        or (len(labels) // args.fmnist_batch_size if cuda else 50),
+        or (len(labels) // args.fmnist_batch_size if cuda else 30),
         loader_images=args.loader_images,
     )
 
@@ -539,16 +539,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--workloads", default="cifar,fmnist", help="comma list of cifar, fmnist")
     p.add_argument("--trials", type=int, default=5, help="alternating trials per ratio")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps before (a)/(d)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps before (a)/(d)")
     p.add_argument("--batch-size", type=int, default=64, help="cifar batch size")
     p.add_argument("--fmnist-batch-size", type=int, default=128)
-    p.add_argument("--cifar-steps", type=int, default=0, help="0: 2 on cpu, 50 on cuda")
-    p.add_argument("--fmnist-steps", type=int, default=0, help="0: 30 on cpu, 200 on cuda")
-    p.add_argument("--cifar-epoch-batches", type=int, default=0, help="0: 2 on cpu, 100 on cuda")
+    p.add_argument("--cifar-steps", type=int, default=0, help="0: 1 on cpu, 50 on cuda")
+    p.add_argument("--fmnist-steps", type=int, default=0, help="0: 20 on cpu, 200 on cuda")
+    p.add_argument("--cifar-epoch-batches", type=int, default=0, help="0: 1 on cpu, 100 on cuda")
     p.add_argument(
-        "--fmnist-epoch-batches", type=int, default=0, help="0: 50 on cpu, a full epoch on cuda"
+        "--fmnist-epoch-batches", type=int, default=0, help="0: 30 on cpu, a full epoch on cuda"
     )
-    p.add_argument("--loader-images", type=int, default=12800, help="images per pass in (c)")
+    p.add_argument("--loader-images", type=int, default=5120, help="images per pass in (c)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the baseline")
     p.add_argument("--precision", default="32-true", help="32-true, bf16-mixed or 16-mixed")
     p.add_argument("--channels-last", action="store_true")

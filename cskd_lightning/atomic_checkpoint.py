@@ -38,7 +38,7 @@ TMP_SUFFIX = ".tmp"
 
 
 def temp_path_for(filepath: str | os.PathLike) -> Path:
-    """``<dir>/.<name>.tmp``: hidden, and not ``*.ckpt``, so nothing mistakes it for a checkpoint."""
+    """``<dir>/.<name>.tmp``: hidden and not ``*.ckpt``, never mistaken for a checkpoint."""
     path = Path(filepath)
     return path.with_name(f".{path.name}{TMP_SUFFIX}")
 

@@ -4,12 +4,12 @@
 counters, the ModelCheckpoint's best-k record) every training checkpoint written by
 ``cskd-train`` holds:
 
-* the *data-stream state* of the training loader (:class:`ResumableDataLoader`, stored by
-  Lightning under ``loops.fit_loop.state_dict.combined_loader``): the state of the shuffle
-  generator and of the global torch, numpy and Python RNGs (and CUDA's, when in use), which
-  drive the augmentation, dropout and worker seeds. Lightning hands it back right before the
-  resumed run creates its first training iterator, so the next epoch draws the same
-  permutation and the same augmentation as it would have without the interruption;
+* the *data-stream state* of the training loader (:class:`ResumableDataModule`, stored by
+  Lightning under the datamodule's class name): the state of the shuffle generator and of the
+  global torch, numpy and Python RNGs (and CUDA's, when in use), which drive the augmentation,
+  dropout and worker seeds. It is handed back right before the resumed run creates its first
+  training iterator, so the next epoch draws the same permutation and the same augmentation as
+  it would have without the interruption;
 * the run's *relevant config* (:func:`relevant_config`) under ``checkpoint["cskd_run"]``, so a
   resume with different settings is caught (:func:`check_config`).
 
@@ -149,15 +149,27 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` whose shuffle order and augmentation randomness survive a restart.
 
-    Lightning saves ``state_dict()`` with every training checkpoint and calls
-    ``load_state_dict()`` on resume right before it creates the first iterator of the resumed
-    run. The state: the loader's (and its sampler's) ``torch.Generator``, the sampler's epoch
-    (``DistributedSampler``) and the global RNG states (:func:`capture_rng_state`). Under DDP the
-    checkpoint holds global rank 0's state, restored on every rank: the ranks start from the same
-    seed and draw the same number of random numbers per step, so their global RNGs agree.
+    Its state (:meth:`get_resume_state`): the loader's and its sampler's ``torch.Generator``,
+    the sampler's epoch (``DistributedSampler``) and the global RNG states
+    (:func:`capture_rng_state`). ``resume_box`` is shared with the datamodule that made the
+    loader (and with Lightning's re-instantiated copy under DDP): a state put there on resume is
+    applied when the loader's first iterator is created, before anything is drawn.
     """
 
-    def state_dict(self) -> dict[str, Any]:
+    def __init__(self, *args: Any, resume_box: LoaderStateBox | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.resume_box = resume_box
+
+    def __iter__(self) -> Any:
+        box = self.resume_box
+        if box is not None:
+            box.active = self
+            if box.pending is not None:
+                state, box.pending = box.pending, None
+                self.set_resume_state(state)
+        return super().__iter__()
+
+    def get_resume_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"format": STATE_FORMAT, "rng": capture_rng_state()}
         if isinstance(self.generator, torch.Generator):
             state["generator"] = self.generator.get_state()
@@ -169,7 +181,7 @@ class ResumableDataLoader(DataLoader):
             state["sampler_epoch"] = epoch
         return state
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def set_resume_state(self, state: Mapping[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
             log.warning("Unknown data-loader state in the checkpoint: data order not restored.")
             return
@@ -181,6 +193,44 @@ class ResumableDataLoader(DataLoader):
         if "sampler_epoch" in state and hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(int(state["sampler_epoch"]))
         restore_rng_state(state["rng"])
+
+
+class LoaderStateBox:
+    """The link between a datamodule and its training loaders: which loader iterates now
+    (``active``) and the state to give the next one on resume (``pending``)."""
+
+    def __init__(self) -> None:
+        self.active: ResumableDataLoader | None = None
+        self.pending: dict[str, Any] | None = None
+
+
+class ResumableDataModule(L.LightningDataModule):
+    """A datamodule whose training data stream resumes exactly.
+
+    Lightning stores :meth:`state_dict` in every checkpoint (under the class's name) and calls
+    :meth:`load_state_dict` when ``trainer.fit(ckpt_path=...)`` restores one. Build the training
+    loader as ``ResumableDataLoader(..., **self.resume_loader_kwargs())``.
+
+    Why not Lightning's own stateful-loader support: Lightning restores a loader's state only
+    when resuming *mid*-epoch, and ``cskd-train`` checkpoints at epoch ends.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._resume_box = LoaderStateBox()
+
+    def resume_loader_kwargs(self) -> dict[str, Any]:
+        return {"resume_box": self._resume_box}
+
+    def state_dict(self) -> dict[str, Any]:
+        active = self._resume_box.active
+        return {"train_loader": active.get_resume_state()} if active is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        trainer = self.trainer
+        if trainer is not None and trainer.state.fn != "fit":
+            return  # testing a checkpoint: no training data stream to restore
+        self._resume_box.pending = state_dict.get("train_loader")
 
 
 # --------------------------------------------------------------------------- config

@@ -12,8 +12,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from cskd_lightning import CSKDLoss, DistillationModule
-from cskd_lightning.data import DeviceDigitsDataModule, DeviceFashionMNISTDataModule
-from cskd_lightning.data import DigitsDataModule, FashionMNISTDataModule
+from cskd_lightning.data import (
+    DeviceDigitsDataModule,
+    DeviceFashionMNISTDataModule,
+    DigitsDataModule,
+    FashionMNISTDataModule,
+)
 from cskd_lightning.data.device import (
     DeviceBatchLoader,
     ShardedPermutation,

@@ -46,12 +46,13 @@ class Recording(DistillationModule):
     def compute_loss(self, batch):
         logits, terms = super().compute_loss(batch)
         if self.training:
+            checked = {k: (v.dtype, bool(torch.isfinite(v).all())) for k, v in terms.items()}
             self.seen.append(
                 {
                     "student": logits.dtype,
                     "teacher": self._teacher_dtype,
                     "autocast": self._autocast,
-                    "terms": {k: (v.dtype, bool(torch.isfinite(v).all())) for k, v in terms.items()},
+                    "terms": checked,
                 }
             )
         return logits, terms

@@ -23,13 +23,12 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from cskd_lightning.resume import ResumableDataLoader
+from cskd_lightning.resume import ResumableDataLoader, ResumableDataModule
 
 from .transforms import Cutout, TensorRandAugment, TwoViewTransform
 
@@ -145,7 +144,7 @@ def stratified_split(
     return np.sort(keep), np.sort(held)
 
 
-class BaseDataModule(L.LightningDataModule):
+class BaseDataModule(ResumableDataModule):
     """Common base of the image-classification datamodules.
 
     Args:
@@ -305,7 +304,8 @@ class BaseDataModule(L.LightningDataModule):
         kwargs: dict[str, Any] = {}
         if train:
             kwargs["generator"] = torch.Generator().manual_seed(self.seed)
-        # The training loader's shuffle/RNG state goes into checkpoints (bit-exact resume).
+            # Its shuffle/RNG state goes into checkpoints (bit-exact resume).
+            kwargs.update(self.resume_loader_kwargs())
         loader_cls = ResumableDataLoader if train else DataLoader
         return loader_cls(
             dataset,

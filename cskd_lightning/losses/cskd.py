@@ -13,6 +13,7 @@ from cskd_lightning.losses.functional import (
     per_class_batch_cosine,
     standardize_logits,
 )
+from cskd_lightning.losses.memory import LogitMemory
 
 
 class CSKDLoss(DistillationLoss):
@@ -37,9 +38,21 @@ class CSKDLoss(DistillationLoss):
     student's actual predictions are from the teacher's, and keeping that measure unchanged
     makes the option switch one thing only (what the cosine terms compare). CE stays raw.
 
+    With ``memory_size=M > 0`` a :class:`~cskd_lightning.losses.memory.LogitMemory` keeps the
+    (detached) student and teacher logits of the last ``M`` training samples, and the
+    batch-axis terms (``L_cs`` at ``T`` and at ``T_i``, the CSWT min/max) run on the current
+    (gathered) batch with the memory below it, ``B + n`` rows (``n <= M``); only the current
+    rows carry gradient, and the memory rows get their ``T_i`` from the same CSWT formula on
+    the extended batch. After each training call the current rows join the memory (FIFO; in
+    eval mode the memory is read but not written). Under DDP the memory holds gathered logits,
+    the same on every rank. It lives across epochs and is not saved in the ``state_dict`` (a
+    resumed run refills it within ``M / B`` steps); :meth:`reset_memory` empties it. CE stays
+    on the current batch. ``memory_size=0`` (the default) is the plain method, unchanged.
+
     Returns the terms ``loss``, ``ce``, ``cs`` (and ``cs_cswt``) plus the diagnostics
     ``cos_mean`` (mean per-class batch cosine at ``T``) and, with CSWT, ``cswt_t_mean``,
-    ``cswt_t_min``, ``cswt_t_max``.
+    ``cswt_t_min``, ``cswt_t_max`` (over the extended batch with a memory), and with a memory
+    ``memory_rows`` (the memory rows this call used).
     """
 
     batch_level = True
@@ -55,6 +68,7 @@ class CSKDLoss(DistillationLoss):
         kd_weight: float = 1.0,
         gather: bool = True,
         logit_standardization: bool = False,
+        memory_size: int = 0,
     ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
@@ -71,6 +85,18 @@ class CSKDLoss(DistillationLoss):
         self.kd_weight = check_weight("kd_weight", kd_weight)
         self.gather = bool(gather)
         self.logit_standardization = bool(logit_standardization)
+        if isinstance(memory_size, bool) or int(memory_size) != memory_size or memory_size < 0:
+            raise ValueError(
+                f"memory_size must be a non-negative integer (0 switches the memory off); "
+                f"got {memory_size!r}."
+            )
+        self.memory_size = int(memory_size)
+        self.memory = LogitMemory(self.memory_size) if self.memory_size else None
+
+    def reset_memory(self) -> None:
+        """Empty the logit memory (a no-op without one)."""
+        if self.memory is not None:
+            self.memory.clear()
 
     def distillation_terms(self, student_logits: Tensor, teacher_logits: Tensor) -> dict:
         """The teacher terms on (already gathered) ``(B, C)`` logits, unweighted."""
@@ -97,6 +123,13 @@ class CSKDLoss(DistillationLoss):
         if self.gather:
             student_logits = gather_batch(student_logits)
             teacher_logits = gather_batch(teacher_logits)
-        terms = self.distillation_terms(student_logits, teacher_logits)
+        if self.memory is None:
+            terms = self.distillation_terms(student_logits, teacher_logits)
+        else:
+            used = len(self.memory)
+            terms = self.distillation_terms(*self.memory.extend(student_logits, teacher_logits))
+            terms["memory_rows"] = ce.new_tensor(float(used)).detach()
+            if self.training:
+                self.memory.push(student_logits, teacher_logits)
         kd = terms["cs"] + terms["cs_cswt"] if self.cswt else terms["cs"]
         return {"loss": self.ce_weight * ce + self.kd_weight * kd, "ce": ce, **terms}
