@@ -39,10 +39,13 @@ def find_run_checkpoint(run_dir: Path) -> Path:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the student of ``cfg.run_dir``; return the test metrics."""
     run_dir = Path(cfg.run_dir)
-    saved = run_dir / ".hydra" / "config.yaml"
+    # config.yaml is written once the run's checks pass; .hydra/ holds Hydra's own copy.
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
         raise FileNotFoundError(
-            f"{saved} not found: run_dir must be a cskd-train run directory (it holds .hydra/)."
+            f"No config.yaml in {run_dir}: run_dir must be a cskd-train run directory."
         )
     run_cfg = OmegaConf.load(saved)
     run_cfg.paths.output_dir = str(run_dir)

@@ -169,16 +169,19 @@ class ResumableDataLoader(DataLoader):
                 self.set_resume_state(state)
         return super().__iter__()
 
-    def get_resume_state(self) -> dict[str, Any]:
+    def get_resume_state(self, next_epoch: int | None = None) -> dict[str, Any]:
+        """The state; ``next_epoch``: the epoch Lightning will give ``sampler.set_epoch`` on
+        resume (it does so only after the first iterator exists, too late for a resume)."""
         state: dict[str, Any] = {"format": STATE_FORMAT, "rng": capture_rng_state()}
         if isinstance(self.generator, torch.Generator):
             state["generator"] = self.generator.get_state()
         sampler_gen = getattr(self.sampler, "generator", None)
         if isinstance(sampler_gen, torch.Generator) and sampler_gen is not self.generator:
             state["sampler_generator"] = sampler_gen.get_state()
-        epoch = getattr(self.sampler, "epoch", None)
-        if isinstance(epoch, int):
-            state["sampler_epoch"] = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            epoch = next_epoch if next_epoch is not None else getattr(self.sampler, "epoch", None)
+            if isinstance(epoch, int):
+                state["sampler_epoch"] = epoch
         return state
 
     def set_resume_state(self, state: Mapping[str, Any]) -> None:
@@ -224,7 +227,14 @@ class ResumableDataModule(L.LightningDataModule):
 
     def state_dict(self) -> dict[str, Any]:
         active = self._resume_box.active
-        return {"train_loader": active.get_resume_state()} if active is not None else {}
+        if active is None:
+            return {}
+        trainer = self.trainer
+        # The epoch counter Lightning hands to sampler.set_epoch when this state is resumed.
+        next_epoch = (
+            int(trainer.fit_loop.epoch_progress.current.processed) if trainer is not None else None
+        )
+        return {"train_loader": active.get_resume_state(next_epoch)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         trainer = self.trainer

@@ -76,6 +76,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         loss,
         optimizer=optional_instantiate(recipe.get("optimizer")),
         scheduler=optional_instantiate(recipe.get("scheduler")),
+        **cfg.get("module", {}),
     )
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,

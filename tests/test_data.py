@@ -285,7 +285,7 @@ def test_fmnist_missing_dir(tmp_path):
         dm.setup("fit")
     msg = str(info.value)
     assert str(missing) in msg
-    assert "apt-get install dataset-fashion-mnist" in msg and "data.download=true" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "data.datamodule.download=true" in msg
 
 
 def test_fmnist_bad_idx_files(tmp_path):
@@ -482,7 +482,7 @@ def test_cifar_missing_and_corrupt(tmp_path):
     dm = CIFAR10DataModule(data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError) as info:
         dm.setup("fit")
-    assert str(tmp_path) in str(info.value) and "data.download=true" in str(info.value)
+    assert str(tmp_path) in str(info.value) and "data.datamodule.download=true" in str(info.value)
     folder = fake_cifar10(tmp_path)
     (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
     with pytest.raises(ValueError, match="data_batch_3"):

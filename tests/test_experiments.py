@@ -103,8 +103,11 @@ def _instantiate_everything(cfg) -> DistillationLoss:
     return loss
 
 
+OTHER_EXPERIMENTS = ["fashion_mnist_comparison"]
+
+
 def test_the_experiment_folder_is_the_11_pairs_twice_plus_imagenet() -> None:
-    assert sorted(EXPERIMENTS) == sorted([*CIFAR_EXPERIMENTS, *IMAGENET])
+    assert sorted(EXPERIMENTS) == sorted([*CIFAR_EXPERIMENTS, *IMAGENET, *OTHER_EXPERIMENTS])
     for name in EXPERIMENTS:
         assert (CONF / "experiment" / f"{name}.yaml").read_text().startswith("# @package _global_")
 

@@ -122,7 +122,7 @@ class _CIFARDataModule(BaseDataModule):
         if missing:
             raise FileNotFoundError(
                 f"{type(self).__name__}: CIFAR data not found in {self.folder} (missing "
-                f"{', '.join(p.name for p in missing)}). Set data.download=true to download it "
+                f"{', '.join(p.name for p in missing)}). Set data.datamodule.download=true to download it "
                 f"into {self.data_dir}, or point data.data_dir at the folder that contains "
                 f"{self.base_folder}/."
             )

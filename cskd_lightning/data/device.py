@@ -29,11 +29,18 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from cskd_lightning.resume import (
+    STATE_FORMAT,
+    LoaderStateBox,
+    ResumableDataModule,
+    capture_rng_state,
+    restore_rng_state,
+)
 
 from .base import BaseDataModule, TensorImageDataset, resolve_val_count, stratified_split
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
@@ -400,11 +407,16 @@ class DeviceBatchLoader:
         transform: raw batch -> normalised batch or ``(weak, strong)`` (:class:`BatchAugment`).
         drop_last: drop the last partial batch.
         seed: seeds the augmentation generator together with the epoch and rank.
+        resume_box: shared with a :class:`~cskd_lightning.resume.ResumableDataModule` (training
+            loader only): the loader registers there as the active one, and a state restored
+            from a checkpoint is applied when its next iterator is created.
 
     ``len(loader)`` is the number of batches per epoch. Each ``iter()`` yields
     ``(x, y)`` / ``((x_weak, x_strong), y)`` for the sampler's current epoch; the random draws of
     the augmentation come from a generator on the device seeded with ``(seed, epoch, rank)``, so
-    an epoch is reproducible.
+    an epoch is reproducible. Its resume state (:meth:`get_resume_state`) is therefore just the
+    sampler's epoch and the global RNG states (for dropout and the like; the pipeline itself
+    does not use them).
     """
 
     batch_sampler = None  # Lightning inspects it next to ``sampler``
@@ -418,6 +430,7 @@ class DeviceBatchLoader:
         transform: BatchAugment,
         drop_last: bool,
         seed: int = 0,
+        resume_box: LoaderStateBox | None = None,
     ) -> None:
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
@@ -427,11 +440,26 @@ class DeviceBatchLoader:
         self.transform = transform
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
+        self.resume_box = resume_box
 
     @property
     def device(self) -> torch.device:
         """Where the batches are made."""
         return self.images.device
+
+    def get_resume_state(self, next_epoch: int | None = None) -> dict[str, Any]:
+        """``{"format", "rng", "sampler_epoch"}`` (see :class:`~cskd_lightning.resume.
+        ResumableDataLoader`); ``next_epoch`` overrides the sampler's current epoch."""
+        epoch = next_epoch if next_epoch is not None else self.sampler.epoch
+        return {"format": STATE_FORMAT, "rng": capture_rng_state(), "sampler_epoch": int(epoch)}
+
+    def set_resume_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`get_resume_state`."""
+        if state.get("format") != STATE_FORMAT:
+            return
+        if "sampler_epoch" in state:
+            self.sampler.set_epoch(int(state["sampler_epoch"]))
+        restore_rng_state(state["rng"])
 
     def set_epoch(self, epoch: int) -> None:
         """Same as ``loader.sampler.set_epoch(epoch)``."""
@@ -448,7 +476,13 @@ class DeviceBatchLoader:
         return g
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._batches()
+        box = self.resume_box
+        if box is not None:
+            box.active = self  # type: ignore[assignment]
+            if box.pending is not None:
+                state, box.pending = box.pending, None
+                self.set_resume_state(state)
+        return self._batches()  # lazy: draws nothing before Lightning's set_epoch
 
     def _batches(self) -> Iterator[Batch]:
         order = self.sampler.indices().to(self.device, non_blocking=True)
@@ -459,7 +493,7 @@ class DeviceBatchLoader:
 
 
 # ------------------------------------------------------------------------------- datamodules
-class DeviceDataModule(L.LightningDataModule):
+class DeviceDataModule(ResumableDataModule):
     """Wrap an in-memory :class:`~cskd_lightning.data.base.BaseDataModule` (``source``) so that
     its data lives on the training device and batches are made there (see the module docstring).
 
@@ -478,6 +512,11 @@ class DeviceDataModule(L.LightningDataModule):
     Batches: ``x`` ``float32`` ``(B, C, H, W)`` normalised, ``y`` ``int64`` ``(B,)``, on the
     device; two-view training batches ``((x_weak, x_strong), y)``. ``B`` is the per-process
     batch ``batch_size // world_size`` (a ``ValueError`` if it does not divide).
+
+    Resuming (:class:`~cskd_lightning.resume.ResumableDataModule`): the order and augmentation
+    of an epoch depend only on ``(seed, epoch, rank)``, so a run resumed at an epoch's end sees
+    the data it would have seen; the global RNG states are saved and restored as for the
+    regular datamodules.
     """
 
     def __init__(
@@ -636,6 +675,7 @@ class DeviceDataModule(L.LightningDataModule):
             self._transform(train),
             drop_last=train and n >= self.batch_size,
             seed=self.seed,
+            resume_box=self._resume_box if train else None,
         )
 
     def train_dataloader(self) -> DeviceBatchLoader:

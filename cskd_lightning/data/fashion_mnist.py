@@ -73,7 +73,7 @@ def _missing_message(data_dir: Path) -> str:
         f"Fashion-MNIST not found in {data_dir} (looked for {', '.join(FILES.values())} "
         f"[.gz] there and in {data_dir / 'FashionMNIST' / 'raw'}). Get it with "
         "`apt-get install dataset-fashion-mnist` (Debian; installs into "
-        f"{DEFAULT_DIR}) or let torchvision download it with data.download=true."
+        f"{DEFAULT_DIR}) or let torchvision download it with data.datamodule.download=true."
     )
 
 

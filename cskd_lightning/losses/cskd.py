@@ -43,11 +43,15 @@ class CSKDLoss(DistillationLoss):
     batch-axis terms (``L_cs`` at ``T`` and at ``T_i``, the CSWT min/max) run on the current
     (gathered) batch with the memory below it, ``B + n`` rows (``n <= M``); only the current
     rows carry gradient, and the memory rows get their ``T_i`` from the same CSWT formula on
-    the extended batch. After each training call the current rows join the memory (FIFO; in
-    eval mode the memory is read but not written). Under DDP the memory holds gathered logits,
-    the same on every rank. It lives across epochs and is not saved in the ``state_dict`` (a
-    resumed run refills it within ``M / B`` steps); :meth:`reset_memory` empties it. CE stays
-    on the current batch. ``memory_size=0`` (the default) is the plain method, unchanged.
+    the extended batch. Since a row's pull on a batch-axis cosine is about ``1 / rows``, the
+    ``B`` current rows would pull ``B / (B + n)`` as hard as without the memory; with
+    ``memory_rescale=True`` (the default) their gradient is scaled by ``(B + n) / B`` (the
+    loss's value is unchanged). After each training call the current rows join the memory
+    (FIFO; in eval mode the memory is read but not written). Under DDP the memory holds
+    gathered logits, the same on every rank. It lives across epochs and is not saved in the
+    ``state_dict`` (a resumed run refills it within ``M / B`` steps); :meth:`reset_memory`
+    empties it. CE stays on the current batch. ``memory_size=0`` (the default) is the plain
+    method, unchanged.
 
     Returns the terms ``loss``, ``ce``, ``cs`` (and ``cs_cswt``) plus the diagnostics
     ``cos_mean`` (mean per-class batch cosine at ``T``) and, with CSWT, ``cswt_t_mean``,
@@ -69,6 +73,7 @@ class CSKDLoss(DistillationLoss):
         gather: bool = True,
         logit_standardization: bool = False,
         memory_size: int = 0,
+        memory_rescale: bool = True,
     ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
@@ -92,6 +97,7 @@ class CSKDLoss(DistillationLoss):
             )
         self.memory_size = int(memory_size)
         self.memory = LogitMemory(self.memory_size) if self.memory_size else None
+        self.memory_rescale = bool(memory_rescale)
 
     def reset_memory(self) -> None:
         """Empty the logit memory (a no-op without one)."""
@@ -125,11 +131,25 @@ class CSKDLoss(DistillationLoss):
             teacher_logits = gather_batch(teacher_logits)
         if self.memory is None:
             terms = self.distillation_terms(student_logits, teacher_logits)
+            kd = terms["cs"] + terms["cs_cswt"] if self.cswt else terms["cs"]
         else:
-            used = len(self.memory)
-            terms = self.distillation_terms(*self.memory.extend(student_logits, teacher_logits))
-            terms["memory_rows"] = ce.new_tensor(float(used)).detach()
-            if self.training:
-                self.memory.push(student_logits, teacher_logits)
-        kd = terms["cs"] + terms["cs_cswt"] if self.cswt else terms["cs"]
+            terms, kd = self._with_memory(student_logits, teacher_logits)
         return {"loss": self.ce_weight * ce + self.kd_weight * kd, "ce": ce, **terms}
+
+    def _with_memory(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[dict, Tensor]:
+        """The teacher terms on ``[current; memory]``, then the current rows join the memory."""
+        assert self.memory is not None
+        extended_s, extended_t = self.memory.extend(student_logits, teacher_logits)
+        current = student_logits.shape[0]
+        used = extended_s.shape[0] - current
+        terms = self.distillation_terms(extended_s, extended_t)
+        terms["memory_rows"] = extended_s.new_tensor(float(used))
+        kd = terms["cs"] + terms["cs_cswt"] if self.cswt else terms["cs"]
+        if self.memory_rescale and used:
+            # A row's pull on a batch-axis cosine is about 1 / rows: B current rows among B + n
+            # pull B / (B + n) as hard as without the memory. Scale their gradient back by
+            # (B + n) / B; the value (and every logged term) stays that of the extended batch.
+            kd = kd + (used / current) * (kd - kd.detach())
+        if self.training:
+            self.memory.push(student_logits, teacher_logits)
+        return terms, kd
