@@ -253,3 +253,38 @@ def test_short_lightning_fit_with_the_device_datamodule(tmp_path):
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     result = trainer.test(module, datamodule=dm, verbose=False)
     assert 0.0 <= result[0]["test/acc"] <= 1.0
+
+
+def _resume_run(tmp_path, epochs: int, ckpt: str | None = None):
+    torch.manual_seed(0)
+    teacher = create_model("digits_teacher", num_classes=10, in_channels=1)
+    student = create_model("digits_student", num_classes=10, in_channels=1)
+    module = DistillationModule(student, teacher, CSKDLoss())
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        limit_train_batches=4,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        deterministic=True,
+        default_root_dir=tmp_path,
+    )
+    dm = DeviceDigitsDataModule(batch_size=64, augment=True, two_view=True)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+    return trainer, student
+
+
+def test_resume_at_an_epoch_end_sees_the_same_data(tmp_path):
+    _, straight = _resume_run(tmp_path / "a", epochs=2)
+    first, _ = _resume_run(tmp_path / "b", epochs=1)
+    path = tmp_path / "epoch1.ckpt"
+    first.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["DeviceDigitsDataModule"]
+    assert state["train_loader"]["sampler_epoch"] == 1
+    _, resumed = _resume_run(tmp_path / "b", epochs=2, ckpt=str(path))
+    for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k

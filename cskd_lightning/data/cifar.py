@@ -122,8 +122,9 @@ class _CIFARDataModule(BaseDataModule):
         if missing:
             raise FileNotFoundError(
                 f"{type(self).__name__}: CIFAR data not found in {self.folder} (missing "
-                f"{', '.join(p.name for p in missing)}). Set data.datamodule.download=true to download it "
-                f"into {self.data_dir}, or point data.data_dir at the folder that contains "
+                f"{', '.join(p.name for p in missing)}). Set data.datamodule.download=true to "
+                f"download it into {self.data_dir}, or point data.datamodule.data_dir at the "
+                "folder that contains "
                 f"{self.base_folder}/."
             )
         meta = _load_pickle(self.folder / self.meta_file)
