@@ -274,7 +274,7 @@ class BaseDataModule(ResumableDataModule):
                 lower = max(world, value // world * world)
                 raise ValueError(
                     f"{name}={value} is the GLOBAL batch and must be divisible by the number of "
-                    f"processes ({world}); set data.{name} to a multiple of {world} "
+                    f"processes ({world}); set data.datamodule.{name} to a multiple of {world} "
                     f"(e.g. {lower} or {lower + world}) or change the number of devices/nodes."
                 )
         self.per_process_batch_size = self.batch_size // world

@@ -86,7 +86,8 @@ class ImageNetDataModule(BaseDataModule):
         for sub in ("train", "val"):
             if not (root / sub).is_dir():
                 raise FileNotFoundError(
-                    f"ImageNet folder {root / sub} not found: data.data_dir={root} must contain "
+                    f"ImageNet folder {root / sub} not found: "
+                    f"data.datamodule.data_dir={root} must contain "
                     "train/ and val/ with one sub-folder of images per class"
                 )
         train = ImageFolder(str(root / "train"))
