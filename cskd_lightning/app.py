@@ -67,10 +67,10 @@ def is_multirun() -> bool:
 
 def is_global_zero() -> bool:
     """Rank 0 of a (possibly not yet started) distributed run: the process that writes files."""
-    return (
-        int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0
-        and int(os.environ.get("NODE_RANK", 0)) == 0
-    )
+    for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        if int(os.environ.get(key, 0)) != 0:
+            return False
+    return True
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
