@@ -9,6 +9,7 @@ from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.functional import (
     cross_entropy,
     cskd_loss,
+    cskd_loss_from_cosine,
     cswt_temperature,
     per_class_batch_cosine,
     standardize_logits,
@@ -109,10 +110,11 @@ class CSKDLoss(DistillationLoss):
         zs, zt = student_logits, teacher_logits
         if self.logit_standardization:
             zs, zt = standardize_logits(zs), standardize_logits(zt)
-        terms = {"cs": cskd_loss(zs, zt, self.temperature, self.alpha)}
-        terms["cos_mean"] = (
-            per_class_batch_cosine(zs.detach(), zt, self.temperature).mean().detach()
-        )
+        cos = per_class_batch_cosine(zs, zt, self.temperature)  # (C,), computed once
+        terms = {
+            "cs": cskd_loss_from_cosine(cos, self.temperature, self.alpha),
+            "cos_mean": cos.mean().detach(),
+        }
         if self.cswt:
             # CSWT always ranks the samples on the raw logits (see the class docstring).
             temps = cswt_temperature(student_logits, teacher_logits, self.t_low, self.t_high)

@@ -59,7 +59,8 @@ def _temperature_column(temperature: Temperature, like: Tensor) -> tuple[Tensor,
             )
         # A NaN temperature (CSWT on NaN logits) propagates into the loss, where the module
         # reports the non-finite term; only a definitely non-positive value is an argument error.
-        invalid = bool((t <= 0).any())
+        # Checked on the CPU only: on an accelerator the check would stall every step.
+        invalid = t.device.type == "cpu" and bool((t <= 0).any())
     else:
         t = torch.tensor([float(temperature)], device=like.device, dtype=like.dtype)
         invalid = not float(temperature) > 0
@@ -88,10 +89,24 @@ def per_class_batch_cosine(
 
     ``cos_j = cos(P_s[:, j], P_t[:, j])`` with ``P = softmax(z / T)``. Returns ``(C,)``.
     """
+    return _batch_cosine_and_mean_t(student_logits, teacher_logits, temperature)[0]
+
+
+def _batch_cosine_and_mean_t(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: Temperature
+) -> tuple[Tensor, Tensor]:
+    """``(cos_j for every class (C,), mean(T))``: the temperature is checked once."""
     _check_pair(student_logits, teacher_logits)
     s, t = _upcast(student_logits, teacher_logits)
+    t_column, t_mean = _temperature_column(temperature, s)
     with _no_autocast(s.device):
-        return cosine(softened_probs(s, temperature), softened_probs(t, temperature), dim=0)
+        ps, pt = F.softmax(s / t_column, dim=1), F.softmax(t / t_column, dim=1)
+        return cosine(ps, pt, dim=0), t_mean
+
+
+def cskd_loss_from_cosine(cos: Tensor, t_mean: Tensor | float, alpha: float = 2.0) -> Tensor:
+    """``alpha * mean(T)^2 * (1 - mean_j cos_j)`` from the per-class cosines ``cos`` ``(C,)``."""
+    return alpha * t_mean**2 * (1.0 - cos.mean())
 
 
 def cskd_loss(
@@ -107,10 +122,8 @@ def cskd_loss(
     where ``P[i, :] = softmax(z[i, :] / T_i)``. ``temperature`` is a float (every sample) or a
     ``(B,)`` tensor (per sample; no gradient flows through it). Inputs ``(B, C)``; a scalar out.
     """
-    s, t = _upcast(student_logits, teacher_logits)
-    _, t_mean = _temperature_column(temperature, s)
-    cos = per_class_batch_cosine(s, t, temperature)
-    return alpha * t_mean.pow(2) * (1.0 - cos.mean())
+    cos, t_mean = _batch_cosine_and_mean_t(student_logits, teacher_logits, temperature)
+    return cskd_loss_from_cosine(cos, t_mean, alpha)
 
 
 @torch.no_grad()
