@@ -17,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 log = logging.getLogger("cskd_lightning")
 
@@ -130,6 +130,23 @@ def end_distributed_job(env_before: Mapping[str, str]) -> None:
             os.environ.pop(key, None)
 
 
+def failed_job_value() -> float:
+    """What a failed sweep job returns: the worst value for the sweeper's direction.
+
+    An optimising sweeper (Optuna) refuses NaN and would end the whole search; -inf (maximize)
+    or +inf (minimize) records the trial as the worst one and lets the search go on.
+    """
+    try:
+        direction = HydraConfig.get().sweeper.get("direction")
+    except ValueError:
+        direction = None
+    if OmegaConf.is_list(direction):  # multi-objective: the first objective decides
+        direction = direction[0] if len(direction) else None
+    if direction is None:
+        return float("nan")
+    return float("inf") if str(direction).lower().endswith("minimize") else float("-inf")
+
+
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
     """Run ``task(cfg)`` and return its ``optimized_metric`` for a sweeper.
 
@@ -157,7 +174,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
                 err,
                 output_dir / "error.txt",
             )
-            return float("nan")
+            return failed_job_value()
         if isinstance(err, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
             print(f"Error: {err}", file=sys.stderr)
             sys.exit(1)

@@ -494,7 +494,7 @@ def plot_val_acc(groups: Sequence[Group], path: Path) -> bool:
         "Student validation accuracy per epoch\n"
         "line: mean over seeds; shaded band: ± 1 standard deviation over seeds"
     )
-    ax.set_xlabel("epoch (1 = after the first pass over the training set)")
+    ax.set_xlabel("training epoch (1 = after the first training epoch)")
     ax.set_ylabel("validation top-1 accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(title="method (n = seeds)", fontsize="small")

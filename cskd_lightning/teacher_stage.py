@@ -33,12 +33,23 @@ IRRELEVANT_DATA_KEYS = (
 )
 """Data settings that do not change what a teacher learns (left out of its cache key)."""
 
+TEACHER_TRAINER_KEYS = (
+    "precision",
+    "limit_train_batches",
+    "max_steps",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "devices",
+    "num_nodes",
+)
+"""Trainer settings that change what a teacher learns (part of its cache key)."""
+
 
 def teacher_cache_key(cfg: DictConfig) -> str:
     """A short hash of everything that determines the trained teacher.
 
     The data (minus paths and loader settings), the teacher model, its recipe, the seed and the
-    numeric precision.
+    trainer settings that change training (precision, batch limits, process count, ...).
     """
     data = OmegaConf.to_container(cfg.data, resolve=True)
     for key in IRRELEVANT_DATA_KEYS:
@@ -50,7 +61,7 @@ def teacher_cache_key(cfg: DictConfig) -> str:
         "model": OmegaConf.to_container(cfg.pair.teacher.model, resolve=True),
         "recipe": OmegaConf.to_container(cfg.pair.teacher.recipe, resolve=True),
         "seed": teacher_seed(cfg),
-        "precision": str(cfg.trainer.get("precision", "32-true")),
+        "trainer": {key: cfg.trainer.get(key) for key in TEACHER_TRAINER_KEYS},
     }
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

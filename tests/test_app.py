@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,22 @@ def test_train_yaml_defaults(tmp_path: Path) -> None:
     assert cfg.data.name == "digits" and cfg.distill.name == "cskd_cswt"
     assert cfg.trainer.accelerator == "cpu"
     assert cfg.teacher.ckpt_path is None and cfg.optimized_metric == "val/acc_best"
+
+
+@pytest.mark.parametrize(
+    ("direction", "expected"),
+    [("maximize", float("-inf")), ("minimize", float("inf")), (["maximize"], float("-inf"))],
+)
+def test_a_failed_sweep_job_returns_the_worst_value(
+    direction, expected, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from cskd_lightning.app import failed_job_value
+
+    hydra_cfg = OmegaConf.create({"sweeper": {"direction": direction}})
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg))
+    assert failed_job_value() == expected
+    hydra_cfg = OmegaConf.create({"sweeper": {}})
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg))
+    assert math.isnan(failed_job_value())  # a plain grid sweep
