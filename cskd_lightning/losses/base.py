@@ -66,3 +66,14 @@ def check_weight(name: str, value: float) -> float:
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{name} must be a non-negative number (0 switches it off); got {value}.")
     return value
+
+
+def check_cswt_range(t_low: float, t_high: float) -> tuple[float, float]:
+    """Validate CSWT's ``(t_low, t_high)``: both positive and ``t_low <= t_high``."""
+    t_low, t_high = check_positive("t_low", t_low), check_positive("t_high", t_high)
+    if t_low > t_high:
+        raise ValueError(
+            f"t_low ({t_low}) must not exceed t_high ({t_high}): the most similar "
+            "sample gets t_low, the least similar t_high. Swap the two values."
+        )
+    return t_low, t_high

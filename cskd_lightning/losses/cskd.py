@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from cskd_lightning.losses.base import DistillationLoss, check_positive, check_weight
+from cskd_lightning.losses.base import (
+    DistillationLoss,
+    check_cswt_range,
+    check_positive,
+    check_weight,
+)
 from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.functional import (
     cross_entropy,
@@ -80,13 +85,7 @@ class CSKDLoss(DistillationLoss):
         self.temperature = check_positive("temperature", temperature)
         self.alpha = check_positive("alpha", alpha)
         self.cswt = bool(cswt)
-        self.t_low = check_positive("t_low", t_low)
-        self.t_high = check_positive("t_high", t_high)
-        if self.t_low > self.t_high:
-            raise ValueError(
-                f"t_low ({self.t_low}) must not exceed t_high ({self.t_high}): the most similar "
-                "sample gets t_low, the least similar t_high. Swap the two values."
-            )
+        self.t_low, self.t_high = check_cswt_range(t_low, t_high)
         self.ce_weight = check_weight("ce_weight", ce_weight)
         self.kd_weight = check_weight("kd_weight", kd_weight)
         self.gather = bool(gather)

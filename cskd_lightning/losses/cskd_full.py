@@ -7,7 +7,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from cskd_lightning.losses.base import DistillationLoss, check_positive, check_weight
+from cskd_lightning.losses.base import (
+    DistillationLoss,
+    check_cswt_range,
+    check_positive,
+    check_weight,
+)
 from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.functional import (
     batch_correlation_loss,
@@ -89,13 +94,7 @@ class CSKDFullLoss(DistillationLoss):
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
         self.alpha = check_positive("alpha", alpha)
-        self.t_low = check_positive("t_low", t_low)
-        self.t_high = check_positive("t_high", t_high)
-        if self.t_low > self.t_high:
-            raise ValueError(
-                f"t_low ({self.t_low}) must not exceed t_high ({self.t_high}): the most similar "
-                "sample gets t_low, the least similar t_high. Swap the two values."
-            )
+        self.t_low, self.t_high = check_cswt_range(t_low, t_high)
         self.ce_weight = check_weight("ce_weight", ce_weight)
         self.kd_weight = check_weight("kd_weight", kd_weight)
         self.weak_weight = check_weight("weak_weight", weak_weight)
