@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from cskd_lightning.losses.base import (
@@ -119,8 +120,7 @@ class CSKDLoss(DistillationLoss):
             temps = cswt_temperature(student_logits, teacher_logits, self.t_low, self.t_high)
             terms["cs_cswt"] = cskd_loss(zs, zt, temps, self.alpha)
             terms["cswt_t_mean"] = temps.mean()
-            terms["cswt_t_min"] = temps.min()
-            terms["cswt_t_max"] = temps.max()
+            terms["cswt_t_min"], terms["cswt_t_max"] = torch.aminmax(temps)
         return terms
 
     def forward(

@@ -45,28 +45,36 @@ def _check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
         )
 
 
-def _temperature_column(temperature: Temperature, like: Tensor) -> tuple[Tensor, Tensor]:
-    """Return ``(T as (B, 1) or (1, 1), mean(T))`` in ``like``'s dtype and device.
+def _temperature_column(
+    temperature: Temperature, like: Tensor
+) -> tuple[float | Tensor, float | Tensor]:
+    """Return ``(T, mean(T))``: a float stays a float; a tensor becomes a ``(B, 1)`` column.
 
-    A float gives one temperature for every sample; a ``(B,)`` tensor gives one per sample.
+    A float gives one temperature for every sample; a ``(B,)`` tensor gives one per sample, in
+    ``like``'s dtype and device.
     """
-    if isinstance(temperature, Tensor):
-        t = temperature.detach().to(device=like.device, dtype=like.dtype).reshape(-1)
-        if t.numel() not in (1, like.shape[0]):
-            raise ValueError(
-                f"temperature must be a float or a (B,) tensor with B={like.shape[0]}; "
-                f"got shape {tuple(temperature.shape)}."
-            )
-        # A NaN temperature (CSWT on NaN logits) propagates into the loss, where the module
-        # reports the non-finite term; only a definitely non-positive value is an argument error.
-        # Checked on the CPU only: on an accelerator the check would stall every step.
-        invalid = t.device.type == "cpu" and bool((t <= 0).any())
-    else:
-        t = torch.tensor([float(temperature)], device=like.device, dtype=like.dtype)
-        invalid = not float(temperature) > 0
-    if invalid:
+    if not isinstance(temperature, Tensor):
+        value = float(temperature)
+        if not value > 0:
+            raise ValueError(f"temperature must be positive; got {value:g}.")
+        return value, value
+    t = temperature.detach().to(device=like.device, dtype=like.dtype).reshape(-1)
+    if t.numel() not in (1, like.shape[0]):
+        raise ValueError(
+            f"temperature must be a float or a (B,) tensor with B={like.shape[0]}; "
+            f"got shape {tuple(temperature.shape)}."
+        )
+    # A NaN temperature (CSWT on NaN logits) propagates into the loss, where the module reports
+    # the non-finite term; only a definitely non-positive value is an argument error. Checked on
+    # the CPU only: on an accelerator the check would stall every step.
+    if t.device.type == "cpu" and bool((t <= 0).any()):
         raise ValueError(f"temperature must be positive; got {t.min().item():g}.")
     return t.reshape(-1, 1), t.mean()
+
+
+def _squared_per_row(temperature: float | Tensor) -> float | Tensor:
+    """``T^2`` as a float, or ``T_i^2`` as ``(B,)`` for a ``(B, 1)`` column."""
+    return temperature**2 if isinstance(temperature, float) else temperature.reshape(-1).pow(2)
 
 
 def softened_probs(logits: Tensor, temperature: Temperature) -> Tensor:
@@ -179,7 +187,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: Tempera
         log_ps = F.log_softmax(s / temp, dim=1)
         log_pt = F.log_softmax(t / temp, dim=1)
         kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
-        return (kl * temp.reshape(-1).pow(2)).mean()
+        return (kl * _squared_per_row(temp)).mean()
 
 
 def _correlation_cosine_loss(g_student: Tensor, g_teacher: Tensor) -> Tensor:
@@ -312,7 +320,7 @@ def dkd_terms(
 
         log_bs, log_hat_s = binary_and_rest(zs)
         log_bt, log_hat_t = binary_and_rest(zt)
-        scale = temp.reshape(-1).pow(2)
+        scale = _squared_per_row(temp)
         tckd = _kl_rows(log_bt, log_bs) * scale
         nckd = _kl_rows(log_hat_t, log_hat_s) * scale
     if reduction == "mean":
