@@ -1,4 +1,4 @@
-"""Where a distillation step's time goes (issue 9): measure it in ONE run, print a table.
+"""Where a distillation step's time goes: measure it in ONE run, print a table.
 
 "A distillation step costs one teacher forward plus one student training step; nothing else
 should cost anything." For two workloads
