@@ -117,6 +117,7 @@ class DistillationModule(L.LightningModule):
             teacher.eval()
         self._make_metrics()
         self._teacher_acc_pending = teacher is not None
+        self.on_train_epoch_start()  # the per-epoch sums of the loss terms
 
     # --- construction helpers -------------------------------------------------------------
     def _resolve_num_classes(self, num_classes: int | None) -> int:
