@@ -7,43 +7,17 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from cskd_lightning.losses.base import (
-    DistillationLoss,
-    check_cswt_range,
-    check_positive,
-    check_weight,
-)
-from cskd_lightning.losses.distributed import gather_batch
+from cskd_lightning.losses.base import check_cswt_range, check_positive, check_weight
 from cskd_lightning.losses.functional import (
     batch_correlation_loss,
     class_correlation_loss,
-    cross_entropy,
     cskd_loss,
     cswt_temperature,
 )
+from cskd_lightning.losses.two_view import TwoViewLoss
 
 
-def split_views(logits: Sequence[Tensor] | Tensor, owner: str, role: str) -> tuple[Tensor, Tensor]:
-    """``(weak, strong)`` from a two-view loss's input, or a clear error.
-
-    :class:`~cskd_lightning.DistillationModule` passes a ``(weak, strong)`` tuple of ``(B, C)``
-    logits to a loss with ``num_views = 2``.
-    """
-    if isinstance(logits, Tensor) or len(logits) != 2:
-        raise ValueError(
-            f"{owner} is a two-view loss: {role} must be a (weak, strong) pair of (B, C) logits. "
-            "Train with data.datamodule.two_view=true (the module then passes both views)."
-        )
-    weak, strong = logits
-    if weak.shape != strong.shape:
-        raise ValueError(
-            f"{owner}: the weak and strong {role} differ in shape: "
-            f"{tuple(weak.shape)} and {tuple(strong.shape)}."
-        )
-    return weak, strong
-
-
-class CSKDFullLoss(DistillationLoss):
+class CSKDFullLoss(TwoViewLoss):
     """The full CSKD recipe of the published training code (METHOD.md section 5).
 
     Inputs: ``(weak, strong)`` tuples of ``(B, C)`` student and teacher logits (two augmented
@@ -77,9 +51,6 @@ class CSKDFullLoss(DistillationLoss):
     ``cs_cswt_strong``; diagnostics ``cswt_t_mean``, ``cswt_t_min``, ``cswt_t_max``.
     """
 
-    num_views = 2
-    batch_level = True
-
     def __init__(
         self,
         temperature: float = 4.0,
@@ -106,15 +77,10 @@ class CSKDFullLoss(DistillationLoss):
         teacher_logits: Sequence[Tensor],
         targets: Tensor,
     ) -> dict[str, Tensor]:
-        name = type(self).__name__
-        sw, ss = split_views(student_logits, name, "student_logits")
-        tw, ts = split_views(teacher_logits, name, "teacher_logits")
-        terms: dict[str, Tensor] = {
-            "ce_weak": cross_entropy(sw, targets),
-            "ce_strong": cross_entropy(ss, targets),
-        }
-        if self.gather:
-            sw, ss, tw, ts = (gather_batch(z) for z in (sw, ss, tw, ts))
+        sw, ss, tw, ts, ce_weak, ce_strong = self.prepare_views(
+            student_logits, teacher_logits, targets
+        )
+        terms: dict[str, Tensor] = {"ce_weak": ce_weak, "ce_strong": ce_strong}
         temps = cswt_temperature(sw, tw, self.t_low, self.t_high)  # weak view, reused
         fixed = self.temperature
         terms["cs_weak"] = cskd_loss(sw, tw, fixed, self.alpha)

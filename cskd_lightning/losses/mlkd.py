@@ -7,18 +7,16 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from cskd_lightning.losses.base import DistillationLoss, check_positive, check_weight
-from cskd_lightning.losses.cskd_full import split_views
-from cskd_lightning.losses.distributed import gather_batch
+from cskd_lightning.losses.base import check_positive, check_weight
 from cskd_lightning.losses.functional import (
     batch_consistency_loss,
     class_consistency_loss,
-    cross_entropy,
     kd_loss,
 )
+from cskd_lightning.losses.two_view import TwoViewLoss
 
 
-class MLKDLoss(DistillationLoss):
+class MLKDLoss(TwoViewLoss):
     """Instance-, class- and batch-level KL/consistency at several temperatures, two views.
 
     Inputs: ``(weak, strong)`` tuples of ``(B, C)`` student and teacher logits and ``(B,)``
@@ -54,9 +52,6 @@ class MLKDLoss(DistillationLoss):
     ``kl_weak``, ``cc_weak``, ``bc_weak``, ``kl_strong``.
     """
 
-    num_views = 2
-    batch_level = True
-
     def __init__(
         self,
         temperatures: Sequence[float] = (2.0, 3.0, 4.0, 5.0, 6.0),
@@ -81,12 +76,9 @@ class MLKDLoss(DistillationLoss):
         teacher_logits: Sequence[Tensor],
         targets: Tensor,
     ) -> dict[str, Tensor]:
-        name = type(self).__name__
-        sw, ss = split_views(student_logits, name, "student_logits")
-        tw, ts = split_views(teacher_logits, name, "teacher_logits")
-        ce_weak, ce_strong = cross_entropy(sw, targets), cross_entropy(ss, targets)
-        if self.gather:
-            sw, ss, tw, ts = (gather_batch(z) for z in (sw, ss, tw, ts))
+        sw, ss, tw, ts, ce_weak, ce_strong = self.prepare_views(
+            student_logits, teacher_logits, targets
+        )
 
         def over_temperatures(fn, s: Tensor, t: Tensor) -> Tensor:
             return torch.stack([fn(s, t, temp) for temp in self.temperatures]).sum()

@@ -1,0 +1,66 @@
+"""What every two-view loss does first: split the views, CE on both, gather for the batch terms."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from torch import Tensor
+
+from cskd_lightning.losses.base import DistillationLoss
+from cskd_lightning.losses.distributed import gather_batch
+from cskd_lightning.losses.functional import cross_entropy
+
+
+def split_views(logits: Sequence[Tensor] | Tensor, owner: str, role: str) -> tuple[Tensor, Tensor]:
+    """``(weak, strong)`` from a two-view loss's input, or a clear error.
+
+    :class:`~cskd_lightning.DistillationModule` passes a ``(weak, strong)`` tuple of ``(B, C)``
+    logits to a loss with ``num_views = 2``.
+    """
+    if isinstance(logits, Tensor) or len(logits) != 2:
+        raise ValueError(
+            f"{owner} is a two-view loss: {role} must be a (weak, strong) pair of (B, C) logits. "
+            "Train with data.datamodule.two_view=true (the module then passes both views)."
+        )
+    weak, strong = logits
+    if weak.shape != strong.shape:
+        raise ValueError(
+            f"{owner}: the weak and strong {role} differ in shape: "
+            f"{tuple(weak.shape)} and {tuple(strong.shape)}."
+        )
+    return weak, strong
+
+
+class TwoViews(NamedTuple):
+    """Both views' logits, ``(B, C)`` each (gathered across processes when asked), and CE."""
+
+    student_weak: Tensor
+    student_strong: Tensor
+    teacher_weak: Tensor
+    teacher_strong: Tensor
+    ce_weak: Tensor
+    ce_strong: Tensor
+
+
+class TwoViewLoss(DistillationLoss):
+    """Base of the losses that see a weak and a strong view of every image."""
+
+    num_views = 2
+    batch_level = True
+    gather: bool = True
+
+    def prepare_views(
+        self,
+        student_logits: Sequence[Tensor],
+        teacher_logits: Sequence[Tensor],
+        targets: Tensor,
+    ) -> TwoViews:
+        """Split both inputs into views, take CE on each local view, then gather if ``gather``."""
+        name = type(self).__name__
+        sw, ss = split_views(student_logits, name, "student_logits")
+        tw, ts = split_views(teacher_logits, name, "teacher_logits")
+        ce_weak, ce_strong = cross_entropy(sw, targets), cross_entropy(ss, targets)
+        if self.gather:
+            sw, ss, tw, ts = (gather_batch(z) for z in (sw, ss, tw, ts))
+        return TwoViews(sw, ss, tw, ts, ce_weak, ce_strong)
