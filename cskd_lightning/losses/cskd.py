@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cskd_lightning.errors import InputError
 from cskd_lightning.losses.base import (
     DistillationLoss,
     check_cswt_range,
@@ -92,7 +93,7 @@ class CSKDLoss(DistillationLoss):
         self.gather = bool(gather)
         self.logit_standardization = bool(logit_standardization)
         if isinstance(memory_size, bool) or int(memory_size) != memory_size or memory_size < 0:
-            raise ValueError(
+            raise InputError(
                 f"memory_size must be a non-negative integer (0 switches the memory off); "
                 f"got {memory_size!r}."
             )
