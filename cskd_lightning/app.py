@@ -34,12 +34,10 @@ def quiet_logs() -> None:
     for pattern in (
         r".*does not have many workers.*",
         r".*isinstance\(treespec, LeafSpec\).*",
-        r".*module\(s\) in eval mode.*",
+        r".*module\(s\) in eval mode.*",  # the frozen teacher, on purpose
         r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
         r".*Checkpoint directory .* exists and is not empty.*",
         r".*`weights_only` was not set.*",
-        r".*Experiment logs directory .* exists and is not empty.*",
-        r".*module\(s\) in eval mode at the start of training.*",  # the frozen teacher
     ):
         warnings.filterwarnings("ignore", message=pattern)
     for name in (
@@ -249,12 +247,16 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
                 output_dir / ERROR_FILE,
             )
             return failed_job_value()
-        if input_error and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            print(f"Error: {err}", file=sys.stderr)
-            sys.exit(1)
         if not input_error:
             _record_failure(output_dir)
-        raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if input_error:
+            print(f"Error: {err}", file=sys.stderr)
+        else:  # a bug: the whole traceback (Hydra would print only its last line)
+            traceback.print_exc()
+            print(f"(traceback also in {output_dir / ERROR_FILE})", file=sys.stderr)
+        sys.exit(1)
     finally:
         if _run_log is not None:
             _run_log.release()

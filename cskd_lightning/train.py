@@ -32,6 +32,7 @@ from cskd_lightning.module import DistillationModule
 from cskd_lightning.preflight import (
     RUN_CONFIG,
     RUN_SUMMARY,
+    ExistingRun,
     check_batch_for_loss,
     check_cache_dir,
     check_class_counts,
@@ -97,7 +98,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     check_data(datamodule)
     check_cache_dir(cfg)
     resume = resolve_resume(cfg, output_dir)
-    existing = inspect_run_dir(cfg, output_dir)
+    # The other processes of a DDP run start after rank 0 has begun writing the run directory.
+    existing = inspect_run_dir(cfg, output_dir) if is_global_zero() else ExistingRun()
     if existing.finished:
         log.info("%s holds this run, finished: nothing to do (its summary follows).", output_dir)
         print_summary(existing.summary)
