@@ -43,8 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     for outcome in outcomes:
         case = outcome.case
         lines = [ln for ln in outcome.stderr.splitlines() if ln.startswith("Error: ")]
-        if outcome.returncode != 1 or len(lines) != 1 or fill(case.expected, ws) not in (
-            outcome.message
+        if (
+            outcome.returncode != 1
+            or len(lines) != 1
+            or fill(case.expected, ws) not in (outcome.message)
         ):
             failures.append(case.name)
         example = " ".join(case.overrides) or f"`hydra.run.dir={case.run_dir}`"
@@ -54,8 +56,10 @@ def main(argv: list[str] | None = None) -> int:
         shown = shown.replace("{files}", "/tmp/demo/files").replace("{run}", "/tmp/demo/run")
         shown = shown.replace("{unfinished}", "/tmp/demo/unfinished")
         rows.append(f"| {cell(case.what)} | `{cell(shown)}` | `{cell(message)}` |")
-    print(f"{len(CASES) - len(failures)} of {len(CASES)} cases ended as documented; run "
-          f"directory and teacher cache {'unchanged' if unchanged else 'CHANGED'}")
+    print(
+        f"{len(CASES) - len(failures)} of {len(CASES)} cases ended as documented; run "
+        f"directory and teacher cache {'unchanged' if unchanged else 'CHANGED'}"
+    )
     if failures:
         print("not as documented:", ", ".join(failures))
     if args.write:

@@ -91,6 +91,20 @@ class RunCSVLogger(Logger):
                     self._kept.append(row)
         return len(self._kept)
 
+    def last_values(self) -> dict[str, float]:
+        """The last logged value of every metric column (``epoch`` and ``step`` aside), over the
+        kept rows and this segment's: what a run resumed at its end reports."""
+        out: dict[str, float] = {}
+        for row in [*self._kept, *self._rows]:
+            for key, value in row.items():
+                if key in ("epoch", "step") or value in (None, ""):
+                    continue
+                try:
+                    out[key] = float(value)
+                except (TypeError, ValueError):
+                    continue
+        return out
+
     # --- Logger interface ------------------------------------------------------------------
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace | None = None) -> None:

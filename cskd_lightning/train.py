@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,15 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             ckpt_path=str(resume.path) if resume else None,
             weights_only=not cfg.get("resume_trust_checkpoint", False),
         )
-    metrics = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
+    # The last value of every metric: from the whole record (a run resumed at its very end
+    # trains no further epoch, so Lightning's callback_metrics are empty), then this segment's.
+    history = next((lg for lg in loggers if isinstance(lg, RunCSVLogger)), None)
+    metrics = history.last_values() if history is not None else {}
+    if "val/acc_best" not in metrics:  # no CSV record: the best so far is in the module's state
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "compute before update" after a restore
+            metrics["val/acc_best"] = to_float(module.val_acc_best.compute())
+    metrics.update({k: to_float(v) for k, v in trainer.callback_metrics.items()})
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
