@@ -23,6 +23,7 @@ from cskd_lightning.app import (
     to_float,
     write_json,
 )
+from cskd_lightning.logit_cache import build_logit_cache
 from cskd_lightning.module import DistillationModule
 from cskd_lightning.preflight import (
     check_batch_for_loss,
@@ -65,6 +66,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     loss = hydra.utils.instantiate(cfg.distill.loss)
     check_batch_for_loss(cfg, loss)
     check_class_counts(cfg, datamodule, hydra.utils.instantiate(cfg.pair.student.model))
+    logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
     teacher, teacher_info = prepare_teacher(cfg, datamodule, output_dir)
 
     L.seed_everything(cfg.seed, workers=True)
@@ -83,6 +85,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         callbacks=[
             *instantiate_group(cfg.get("callbacks")),
             RunConfigRecorder(relevant_config(cfg)),
+            *([logit_cache] if logit_cache is not None else []),
         ],
         logger=instantiate_group(cfg.get("logger")) or False,
     )
