@@ -75,9 +75,20 @@ CACHE_FORMAT = 1
 DTYPES = {"float32": np.float32, "float16": np.float16}
 REFUSAL = (
     "teacher.logit_cache=true needs the device-resident data pipeline, whose augmentation of a "
-    "sample depends only on (augment_seed, epoch, index); {data} is a DataLoader datamodule: use "
-    "data=<name>_device (e.g. data=digits_device) or teacher.logit_cache=false."
+    "sample depends only on (augment_seed, epoch, index), but {data} is a DataLoader "
+    "datamodule: use {fix} (or teacher.logit_cache=false)."
 )
+DEVICE_DATA = ("digits_device", "fashion_mnist_device", "cifar100_device")
+
+
+def refusal(data_name: str, datamodule: Any) -> str:
+    """The one-line refusal of a DataLoader datamodule, naming the device config to use."""
+    fix = f"{data_name}_device"
+    if fix not in DEVICE_DATA:
+        fix = "data=<name>_device (" + ", ".join(DEVICE_DATA) + ")"
+    else:
+        fix = f"data={fix}"
+    return REFUSAL.format(data=f"data={data_name} ({type(datamodule).__name__})", fix=fix)
 
 
 # ------------------------------------------------------------------------------- hashing
@@ -256,7 +267,7 @@ class TeacherLogitCache(Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         dm = trainer.datamodule
         if not isinstance(dm, DeviceDataModule):
-            raise ValueError(REFUSAL.format(data=type(dm).__name__))
+            raise ValueError(refusal(type(dm).__name__, dm))
         loss = getattr(pl_module, "loss", None)
         if getattr(pl_module, "teacher", None) is None or not getattr(
             loss, "requires_teacher", False
@@ -351,12 +362,13 @@ class TeacherLogitCache(Callback):
                 table.flush()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._enabled and trainer.is_global_zero:
+        if self._enabled:
             log.info(
                 "Teacher-logit cache: %d training batches read from it, %d computed by the "
-                "teacher (rank 0); %.1f MB on disk in %s",
+                "teacher (rank %d); %.1f MB on disk in %s",
                 self.stats["cached"],
                 self.stats["computed"],
+                trainer.global_rank,
                 _disk_usage(self.directory) / 1e6,
                 self.directory,
             )
@@ -457,7 +469,7 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
     if not teacher_cfg.get("logit_cache", False):
         return None
     if not isinstance(datamodule, DeviceDataModule):
-        raise ValueError(REFUSAL.format(data=f"data={cfg.data.get('name', '?')}"))
+        raise ValueError(refusal(str(cfg.data.get("name", "?")), datamodule))
     if not getattr(loss, "requires_teacher", True):
         log.info("Teacher-logit cache not used: distill=%s needs no teacher.", cfg.distill.name)
         return None
