@@ -247,7 +247,9 @@ class TeacherLogitCache(Callback):
         self._tables: dict[str, _Table] = {}
 
     # ---------------------------------------------------------------- key and directory
-    def key_payload(self, trainer: L.Trainer, module: Any, dm: DeviceDataModule) -> dict:
+    def key_payload(
+        self, module: Any, dm: DeviceDataModule, precision: str, accelerator: str
+    ) -> dict[str, Any]:
         """Everything that determines the stored logits (see the module docstring)."""
         return {
             "format": CACHE_FORMAT,
@@ -257,33 +259,51 @@ class TeacherLogitCache(Callback):
             "augmentation": dm.augmentation_settings(),
             "views": self._views,
             "classes": self._classes,
-            "precision": str(trainer.precision),
-            "accelerator": torch.device(trainer.strategy.root_device).type,
+            "precision": str(precision),
+            "accelerator": str(accelerator),
             "channels_last": bool(getattr(module, "channels_last", False)),
             "compile": bool(getattr(module, "compile_models", False)),
             "dtype": self.dtype,
         }
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
+        """Attach to the trainer's datamodule and module (Lightning calls it before fit/test)."""
+        self.attach(
+            pl_module,
+            trainer.datamodule,
+            precision=str(trainer.precision),
+            accelerator=torch.device(trainer.strategy.root_device).type,
+            announce=trainer.is_global_zero,
+        )
+
+    def attach(
+        self,
+        module: Any,
+        dm: Any,
+        precision: str = "32-true",
+        accelerator: str = "cpu",
+        announce: bool = True,
+    ) -> bool:
+        """Serve ``module`` (a :class:`~cskd_lightning.module.DistillationModule`) on the
+        batches of ``dm``; what :meth:`setup` does, usable in a loop without a trainer.
+        ``precision`` / ``accelerator``: the forward's settings, part of the key. Returns
+        whether the cache is in use (not for a loss without a teacher)."""
         if not isinstance(dm, DeviceDataModule):
             raise ValueError(refusal(type(dm).__name__, dm))
-        loss = getattr(pl_module, "loss", None)
-        if getattr(pl_module, "teacher", None) is None or not getattr(
-            loss, "requires_teacher", False
-        ):
-            if self.directory is None and trainer.is_global_zero:
+        loss = getattr(module, "loss", None)
+        if getattr(module, "teacher", None) is None or not getattr(loss, "requires_teacher", False):
+            if self.directory is None and announce:
                 log.info("Teacher-logit cache not used: this run's loss needs no teacher.")
-            return
+            return False
         dm.with_indices = True
-        pl_module.logit_cache = self
+        module.logit_cache = self
         self._enabled = True
         if self.directory is not None:
-            return
+            return True
         self._datamodule = dm
         self._views = 2 if dm.two_view else 1
-        self._classes = int(pl_module.num_classes)
-        payload = self.key_payload(trainer, pl_module, dm)
+        self._classes = int(module.num_classes)
+        payload = self.key_payload(module, dm, precision, accelerator)
         self.directory = self.root / f"{self.name}-{cache_key(payload)}"
         self.directory.mkdir(parents=True, exist_ok=True)
         meta = self.directory / "meta.json"
@@ -291,6 +311,11 @@ class TeacherLogitCache(Callback):
             tmp = meta.with_name(f".meta.json.{os.getpid()}.tmp")
             tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
             os.replace(tmp, meta)
+        return True
+
+    def end_epoch(self) -> None:
+        """Write what the teacher computed this epoch (the epoch-end hooks call it)."""
+        self._flush("train", "val", "test")
 
     # ---------------------------------------------------------------- what this run needs
     def _train_rows(self, trainer: L.Trainer, epoch: int) -> np.ndarray:
