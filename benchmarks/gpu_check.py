@@ -234,7 +234,8 @@ class Check:
         diff = max(float((live[k].float() - warm[k].float()).abs().max()) for k in live)
         if not self.cuda:
             assert diff == 0.0, diff
-        return f"warm-cache student vs live-teacher student after {steps} steps: largest weight difference {diff:.2e}"
+        what = f"warm-cache student vs live-teacher student after {steps} steps"
+        return f"{what}: largest weight difference {diff:.2e}"
 
     # ------------------------------------------------------------------ 5. the epoch
     def epochs(self) -> str:
