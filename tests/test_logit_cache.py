@@ -145,8 +145,15 @@ def test_logit_file_marks_rows_done_only_when_written(tmp_path: Path):
     again = LogitFile(tmp_path / "train-e0000", n=10, views=2, classes=3, dtype="float16")
     assert again.values[4, 1].tolist() == [4.0, 5.0, 6.5]  # reopened, not re-created
     assert (tmp_path / "train-e0000.float16").stat().st_size == 10 * 2 * 3 * 2
-    # CIFAR-100, 240 epochs, one view, float32: 4.8 GB of logits and 12 MB of records.
-    assert cache_size_bytes(240, 50_000, 1, 100) == 240 * 50_000 * (400 + 1)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_the_size_formula_is_what_the_files_take(tmp_path: Path, dtype: str):
+    for epoch in range(3):
+        LogitFile(tmp_path / f"train-e{epoch:04d}", n=50, views=2, classes=7, dtype=dtype)
+    LogitFile(tmp_path / "test", n=20, views=1, classes=7, dtype=dtype)
+    on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert on_disk == cache_size_bytes(3, 50, 2, 7, dtype, n_eval=20)
 
 
 # --------------------------------------------------------------------------- refusals
