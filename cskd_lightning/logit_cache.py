@@ -29,8 +29,8 @@ With the device pipeline (:mod:`cskd_lightning.data.device`) the views of traini
   epoch and view; 240 epochs 4.8 GB (one view) / 9.6 GB (two views), 480 epochs 9.6 / 19.2 GB.
 
 At run time (a Lightning :class:`~lightning.pytorch.callbacks.Callback`, attached by
-``cskd-train`` with ``teacher.logit_cache=true``): at each epoch's start the stored rows of the
-epoch are read into ONE device tensor per view (``(N, C)``, ``float32``) and their completion
+``cskd-train`` with ``teacher.logit_cache=true``): when an epoch's first batch asks, the
+stored rows of the epoch are read into ONE device tensor per view (``(N, C)``, ``float32``) and their completion
 record into host memory; a training batch (a :class:`~cskd_lightning.data.device.SampleBatch`,
 which carries its sample indices) whose rows are all stored is answered by an ``index_select``
 on the device (the check reads the host copy of the indices: no host sync); any other batch
