@@ -75,8 +75,19 @@ class DistillationModule(L.LightningModule):
     :meth:`train` (its BatchNorm statistics never move); run under ``torch.no_grad()``. Its
     tensors are stripped from Lightning checkpoints and re-attached on load.
 
-    Subclass hooks: :meth:`forward_student`, :meth:`forward_teacher`, :meth:`compute_loss`.
+    Teacher logits from a cache: when :attr:`logit_cache` is set (a
+    :class:`~cskd_lightning.logit_cache.TeacherLogitCache` sets itself there) and a batch carries
+    its sample indices (:class:`~cskd_lightning.data.device.SampleBatch`), :meth:`teacher_logits`
+    takes the teacher's logits from the cache instead of running the teacher, and stores those
+    it computes. With a cache attached, the test loop also logs ``test/teacher_acc``.
+
+    Subclass hooks: :meth:`forward_student`, :meth:`forward_teacher`, :meth:`teacher_logits`,
+    :meth:`compute_loss`.
     """
+
+    #: Where :meth:`teacher_logits` looks first: an object with ``lookup(batch, views) ->
+    #: list[Tensor] | None`` and ``record(batch, logits)``; ``None``: the teacher always runs.
+    logit_cache: Any = None
 
     def __init__(
         self,
@@ -158,6 +169,7 @@ class DistillationModule(L.LightningModule):
         # Measured once, at the first validation (the teacher is frozen), logged every epoch.
         self.teacher_val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.teacher_val_acc.persistent(True)
+        self.teacher_test_acc = MulticlassAccuracy(self.num_classes, average="micro")
 
     # --- the teacher stays frozen ---------------------------------------------------------
     def train(self, mode: bool = True) -> DistillationModule:
@@ -185,6 +197,20 @@ class DistillationModule(L.LightningModule):
         assert self.teacher is not None
         with torch.no_grad():
             return logits_of(self._runner("teacher")(self._format_input(x))).detach()
+
+    def teacher_logits(self, batch: Any, views: list[Tensor]) -> list[Tensor]:
+        """The teacher's logits ``(B, C)`` for each of ``views`` (the batch's views, formatted):
+        from :attr:`logit_cache` when it holds all of them for ``batch``; else one
+        :meth:`forward_teacher` per view, handed to the cache to store."""
+        cache = self.logit_cache
+        if cache is not None:
+            cached = cache.lookup(batch, len(views))
+            if cached is not None:
+                return cached
+        logits = [self.forward_teacher(v) for v in views]
+        if cache is not None:
+            cache.record(batch, logits)
+        return logits
 
     # --- speed options --------------------------------------------------------------------
     def _format_input(self, x: Tensor) -> Tensor:
@@ -230,7 +256,7 @@ class DistillationModule(L.LightningModule):
         # Teacher first: its activations are freed before the student's are kept for backward,
         # which lowers the step's peak memory.
         teacher = (
-            [self.forward_teacher(v) for v in views[:needed]]
+            self.teacher_logits(batch, views[:needed])
             if self.loss.requires_teacher
             else [None] * needed
         )
@@ -326,7 +352,7 @@ class DistillationModule(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x = self._eval_step(batch, self.val_metrics)
         if self._teacher_acc_pending and not self.trainer.sanity_checking:
-            self.teacher_val_acc.update(self.forward_teacher(x), batch[1])
+            self.teacher_val_acc.update(self.teacher_logits(batch, [x])[0], batch[1])
         self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
@@ -343,8 +369,11 @@ class DistillationModule(L.LightningModule):
             self._teacher_acc_pending = False
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics)
+        x = self._eval_step(batch, self.test_metrics)
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+        if self.logit_cache is not None and self.teacher is not None:
+            self.teacher_test_acc.update(self.teacher_logits(batch, [x])[0], batch[1])
+            self.log("test/teacher_acc", self.teacher_test_acc, on_step=False, on_epoch=True)
 
     # --- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:

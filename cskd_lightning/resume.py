@@ -83,6 +83,7 @@ IGNORED_KEYS = (
     "ckpt_path",
     "resume_allow_config_change",
     "resume_trust_checkpoint",
+    "teacher.logit_cache",
     "resume_from_sibling",
     "tune_on_test_set",
     "train",

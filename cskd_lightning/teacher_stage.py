@@ -30,6 +30,7 @@ IRRELEVANT_DATA_KEYS = (
     "pin_memory",
     "eval_batch_size",
     "two_view",  # the teacher trains on the first (weak) view either way
+    "augment_seed",  # the teacher's augmentation is seeded by teacher.seed (teacher_datamodule)
 )
 """Data settings that do not change what a teacher learns (left out of its cache key)."""
 
@@ -84,13 +85,16 @@ def teacher_datamodule(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.
     """The run's datamodule, rebuilt single-view and with ``teacher.seed`` where they differ.
 
     The teacher learns from the first view alone, so it needs no strong views; a fixed
-    ``teacher.seed`` also fixes the teacher's data split and order.
+    ``teacher.seed`` also fixes the teacher's data split, order and augmentation (a student's
+    ``augment_seed`` does not apply to it).
     """
     overrides: dict[str, Any] = {}
     if cfg.data.datamodule.get("two_view", False):
         overrides["two_view"] = False
     if "seed" in cfg.data.datamodule and cfg.data.datamodule.seed != teacher_seed(cfg):
         overrides["seed"] = teacher_seed(cfg)
+    if cfg.data.datamodule.get("augment_seed") is not None:
+        overrides["augment_seed"] = None  # the student's augment_seed is not the teacher's
     return hydra.utils.instantiate(cfg.data.datamodule, **overrides) if overrides else datamodule
 
 

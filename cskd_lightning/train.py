@@ -29,6 +29,7 @@ from cskd_lightning.app import (
 )
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
 from cskd_lightning.loggers import RunCSVLogger
+from cskd_lightning.logit_cache import build_logit_cache
 from cskd_lightning.module import DistillationModule
 from cskd_lightning.preflight import (
     RUN_CONFIG,
@@ -81,6 +82,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     check_batch_for_loss(cfg, loss)
     check_class_counts(cfg, datamodule, hydra.utils.instantiate(cfg.pair.student.model))
     teacher = build_teacher(cfg)
+    logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
     clock = RunClock(started)
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(
@@ -90,6 +92,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             *instantiate_group(cfg.get("callbacks")),
             RunConfigRecorder(relevant_config(cfg)),
             clock,
+            *([logit_cache] if logit_cache is not None else []),
         ],
         logger=loggers or False,
         plugins=[AtomicCheckpointIO()],

@@ -13,6 +13,11 @@ tensor ops on that device:
 4. in two-view mode, for the strong view: its own crop/flip, :func:`batch_rand_augment`
    (RandAugment-style, ``num_ops`` random ops per sample) and :func:`batch_cutout`.
 
+Every random number of the augmentation is counter-based (:mod:`.sample_random`): the views
+of training sample ``i`` in epoch ``e`` depend only on ``(augment_seed, e, i)`` (``augment_seed``
+defaults to ``seed``), not on the batch size, the sample order or the number of processes. A
+teacher-logit cache (:mod:`cskd_lightning.logit_cache`) relies on it.
+
 The datamodules are the regular ones (:mod:`cskd_lightning.data.digits`, ``fashion_mnist``,
 ``cifar``) underneath: their ``_load`` reads the raw tensors, their split (``val_split``,
 ``seed``) and their normalisation statistics are reused, so the sets are identical; only the
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +52,7 @@ from .base import BaseDataModule, TensorImageDataset, resolve_val_count, stratif
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .digits import DigitsDataModule
 from .fashion_mnist import FashionMNISTDataModule
+from .sample_random import SampleRandom
 from .transforms import ToFloatNormalize
 
 __all__ = [
@@ -56,6 +63,8 @@ __all__ = [
     "DeviceDataModule",
     "DeviceDigitsDataModule",
     "DeviceFashionMNISTDataModule",
+    "SampleBatch",
+    "SampleRandom",
     "ShardedPermutation",
     "batch_crop_flip",
     "batch_cutout",
@@ -85,33 +94,50 @@ RAND_AUGMENT_OPS: tuple[str, ...] = (
 
 
 # ------------------------------------------------------------------------------- batched ops
-def _randint(low: int, high: int, size: tuple[int, ...], g: torch.Generator) -> Tensor:
-    return torch.randint(low, high, size, generator=g, device=g.device)
+#: The streams of :class:`SampleRandom` (one per use, so no two uses share numbers; the weak
+#: view's stream is the same with and without ``two_view``).
+STREAM_WEAK_CROP, STREAM_STRONG_CROP, STREAM_RAND_AUGMENT, STREAM_CUTOUT = 1, 2, 3, 4
+
+RandomSource = torch.Generator | SampleRandom
 
 
-def _rand(size: tuple[int, ...], g: torch.Generator) -> Tensor:
-    return torch.rand(size, generator=g, device=g.device)
+def _sample_random(source: RandomSource, batch: int) -> SampleRandom:
+    """``source`` itself, or per-sample numbers under a seed drawn from a plain generator."""
+    if isinstance(source, SampleRandom):
+        if source.batch != batch:
+            raise ValueError(f"SampleRandom of {source.batch} samples for a batch of {batch}")
+        return source
+    return SampleRandom.from_generator(source, batch)
 
 
-def batch_crop_flip(images: Tensor, padding: int, flip: bool, generator: torch.Generator) -> Tensor:
+def batch_crop_flip(
+    images: Tensor,
+    padding: int,
+    flip: bool,
+    generator: RandomSource,
+    stream: int = STREAM_WEAK_CROP,
+) -> Tensor:
     """Per-sample random crop (zero padding ``padding``) and horizontal flip, in one gather.
 
     ``images``: ``(B, C, H, W)``, any dtype, on the generator's device. Each sample gets its own
     offset in ``0..2 * padding`` along both axes (``RandomCrop(H, padding)``) and, with ``flip``,
-    is mirrored with probability 1/2. Returns a new ``(B, C, H, W)`` tensor of the input dtype.
+    is mirrored with probability 1/2. ``generator``: a :class:`SampleRandom` of the batch's
+    samples (draws of ``stream``: top, left, mirror), or a ``torch.Generator``. Returns a new
+    ``(B, C, H, W)`` tensor of the input dtype.
     """
     if padding == 0 and not flip:
         return images
     b, c, h, w = images.shape
+    rand = _sample_random(generator, b)
     padded = F.pad(images, (padding,) * 4) if padding else images
     hp, wp = h + 2 * padding, w + 2 * padding
     dev = images.device
-    top = _randint(0, 2 * padding + 1, (b, 1), generator)
-    left = _randint(0, 2 * padding + 1, (b, 1), generator)
+    offsets = rand.randint(0, 2 * padding + 1, stream, 2)  # (B, 2)
+    top, left = offsets[:, 0:1], offsets[:, 1:2]
     rows = top + torch.arange(h, device=dev)  # (B, H)
     cols = left + torch.arange(w, device=dev)  # (B, W)
     if flip:
-        mirror = _rand((b, 1), generator) < 0.5
+        mirror = rand.uniform(stream, 3)[:, 2:3] < 0.5  # (B, 1): draw 2 of the stream
         cols = torch.where(mirror, cols.flip(1), cols)
     index = (rows[:, :, None] * wp + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
     return padded.reshape(b, c, hp * wp).gather(2, index).reshape(b, c, h, w)
@@ -174,15 +200,20 @@ _COLOUR_OPS = (
 
 
 def batch_rand_augment(
-    x: Tensor, generator: torch.Generator, num_ops: int = 2, magnitude: int = 9
+    x: Tensor,
+    generator: RandomSource,
+    num_ops: int = 2,
+    magnitude: int = 9,
+    sync_free: bool | None = None,
 ) -> Tensor:
     """RandAugment-style strong augmentation of a whole batch, chosen per sample.
 
     ``x``: ``float32`` ``(B, C, H, W)`` in ``[0, 1]`` (square images). In each of ``num_ops``
-    rounds every sample gets one op of :data:`RAND_AUGMENT_OPS` (uniformly at random: a random
-    permutation of the batch is cut into ``len(RAND_AUGMENT_OPS)`` near-equal chunks, one per
-    op) and a random sign. Strengths follow torchvision's ``RandAugment(num_ops, magnitude,
-    num_magnitude_bins=31)`` (``f = magnitude / 30``; the defaults give ``f = 0.3``):
+    rounds every sample draws one op of :data:`RAND_AUGMENT_OPS` uniformly and a random sign,
+    from its own numbers (``generator``: a :class:`SampleRandom` of the batch's samples, stream
+    ``STREAM_RAND_AUGMENT``, or a ``torch.Generator``). Strengths follow torchvision's
+    ``RandAugment(num_ops, magnitude, num_magnitude_bins=31)`` (``f = magnitude / 30``; the
+    defaults give ``f = 0.3``):
 
     * brightness / color (saturation) / contrast / sharpness: blend with black / the grey image
       / the grey mean / PIL's 3x3 smoothed image by a factor ``1 +- 0.9 f``;
@@ -191,32 +222,35 @@ def batch_rand_augment(
     * rotate ``+-30 f`` degrees, shear x/y ``+-0.3 f``, translate x/y ``+-(150/331) f`` of the
       side; nearest neighbour, zero fill.
 
-    Differences from torchvision, on purpose for speed: the op counts are balanced within a
-    batch (each sample's op is still uniform); the geometric ops of all rounds are composed
-    into ONE ``grid_sample`` of the whole batch, applied before the colour ops (torchvision
-    keeps the draw order); each colour op runs on its chunk only (``index_select`` /
-    ``index_copy_``; every size is known from ``B``, so there is no host sync); ``Equalize`` is
-    left out; values stay float (no uint8 round trip). Returns a new ``(B, C, H, W)`` tensor in
-    ``[0, 1]``.
+    Differences from torchvision, on purpose for speed: the geometric ops of all rounds are
+    composed into ONE ``grid_sample`` of the whole batch, applied before the colour ops
+    (torchvision keeps the draw order); ``Equalize`` is left out; values stay float (no uint8
+    round trip). Each colour op runs on the samples that drew it: with ``sync_free=False``
+    (the default on the CPU) on that subset only (``nonzero`` + ``index_select`` /
+    ``index_copy_``, whose sizes are read on the host); with ``sync_free=True`` (the default on
+    an accelerator) on the whole batch, kept where drawn (``torch.where``: no host sync, as the
+    drawn counts are never read). Both give the same values, and every op acts on each sample
+    alone, so a sample's output does not depend on the rest of the batch. Returns a new
+    ``(B, C, H, W)`` tensor in ``[0, 1]``.
     """
     if num_ops <= 0:
         return x
     b, c, h, w = x.shape
     dev = x.device
+    rand = _sample_random(generator, b)
+    if sync_free is None:
+        sync_free = dev.type != "cpu"
     frac = float(magnitude) / 30.0
     n_ops = len(RAND_AUGMENT_OPS)
     op_ids = {name: i for i, name in enumerate(RAND_AUGMENT_OPS)}
-    bounds = [k * b // n_ops for k in range(n_ops + 1)]
-    # (B,): the op of each position of the permutation, k for bounds[k] <= j < bounds[k + 1]
-    # (computed on the device: a host-to-device copy would wait for the queued GPU work).
-    chunk_of = (n_ops * (torch.arange(b, device=dev) + 1) + b - 1) // b - 1
-    perms = [torch.randperm(b, generator=generator, device=dev) for _ in range(num_ops)]
-    signs = torch.where(_rand((num_ops, b), generator) < 0.5, -1.0, 1.0)
+    draws = rand.bits(STREAM_RAND_AUGMENT, 2 * num_ops)  # (B, 2 * num_ops)
+    ops = ((draws[:, :num_ops] * n_ops) >> 32).t()  # (num_ops, B) op of each sample per round
+    signs = torch.where((draws[:, num_ops:] >> 31).t() == 0, -1.0, 1.0)  # (num_ops, B)
 
     # geometric ops: one composed affine warp (normalised coordinates, square images).
     theta = torch.eye(3, device=dev).repeat(b, 1, 1)
     for r in range(num_ops):
-        op = torch.empty_like(chunk_of).index_copy_(0, perms[r], chunk_of)  # (B,) op per sample
+        op = ops[r]
 
         def amount(name: str, scale: float, r: int = r, op: Tensor = op) -> Tensor:
             return (op == op_ids[name]).float() * signs[r] * scale
@@ -250,31 +284,44 @@ def batch_rand_augment(
     step = float(2 ** round(magnitude / 7.5))  # posterize keeps 8 - round(m / 7.5) bits
     threshold = 1.0 - frac
     for r in range(num_ops):
+        factors = (1.0 + strength * signs[r]).view(-1, 1, 1, 1).to(x.dtype)  # (B, 1, 1, 1)
         for name in _COLOUR_OPS:
-            k = op_ids[name]
-            if bounds[k + 1] == bounds[k] or (name == "color" and c != 3):
+            if name == "color" and c != 3:
                 continue
-            idx = perms[r][bounds[k] : bounds[k + 1]]
-            factor = (1.0 + strength * signs[r].index_select(0, idx)).view(-1, 1, 1, 1)
-            out = _colour_op(name, x.index_select(0, idx), factor.to(x.dtype), step, threshold)
+            drawn = ops[r] == op_ids[name]  # (B,)
+            if sync_free:
+                out = _colour_op(name, x, factors, step, threshold)
+                x = torch.where(drawn.view(-1, 1, 1, 1), out, x)
+                continue
+            idx = drawn.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            factor = factors.index_select(0, idx)
+            out = _colour_op(name, x.index_select(0, idx), factor, step, threshold)
             x.index_copy_(0, idx, out)
     return x
 
 
-def batch_cutout(x: Tensor, generator: torch.Generator, max_fraction: float = 0.5) -> Tensor:
+def batch_cutout(
+    x: Tensor,
+    generator: RandomSource,
+    max_fraction: float = 0.5,
+    stream: int = STREAM_CUTOUT,
+) -> Tensor:
     """Zero one random square per sample (batched :class:`~cskd_lightning.data.Cutout`).
 
     ``x``: normalised ``(B, C, H, W)`` (the patch becomes 0 = the dataset mean). The side is
     uniform in ``1..round(max_fraction * min(H, W))``, the centre uniform over the image, the
-    square clipped at the borders. Returns a new tensor of the same shape and dtype.
+    square clipped at the borders (``generator``: a :class:`SampleRandom` of the batch's
+    samples, or a ``torch.Generator``). Returns a new tensor of the same shape and dtype.
     """
     b, _, h, w = x.shape
     max_side = round(max_fraction * min(h, w))
     if max_side <= 0:
         return x
-    side = _randint(1, max_side + 1, (b, 1), generator)
-    cy = _randint(0, h, (b, 1), generator)
-    cx = _randint(0, w, (b, 1), generator)
+    draws = _sample_random(generator, b).bits(stream, 3)  # (B, 3): side, centre row, column
+    side = 1 + ((draws[:, 0:1] * max_side) >> 32)  # (B, 1) in 1..max_side
+    cy, cx = (draws[:, 1:2] * h) >> 32, (draws[:, 2:3] * w) >> 32
     y0, x0 = cy - side // 2, cx - side // 2
     rows = torch.arange(h, device=x.device)
     cols = torch.arange(w, device=x.device)
@@ -333,21 +380,51 @@ class BatchAugment:
         mean, std = self._stats(x.device)
         return x.sub_(mean).div_(std)
 
-    def weak(self, raw: Tensor, g: torch.Generator) -> Tensor:
+    def weak(self, raw: Tensor, g: RandomSource) -> Tensor:
         """Crop/flip -> normalise. ``(B, C, H, W)`` ``float32``."""
-        x = batch_crop_flip(raw, self.crop_padding, self.flip, g)
+        x = batch_crop_flip(raw, self.crop_padding, self.flip, g, STREAM_WEAK_CROP)
         return self.normalize(self.to_unit(x))
 
-    def strong(self, raw: Tensor, g: torch.Generator) -> Tensor:
+    def strong(self, raw: Tensor, g: RandomSource) -> Tensor:
         """Crop/flip -> RandAugment-style ops -> normalise -> Cutout. ``(B, C, H, W)``."""
-        x = self.to_unit(batch_crop_flip(raw, self.crop_padding, self.flip, g))
-        x = batch_rand_augment(x, g, self.strong_num_ops, self.strong_magnitude)
+        x = batch_crop_flip(raw, self.crop_padding, self.flip, g, STREAM_STRONG_CROP)
+        x = batch_rand_augment(self.to_unit(x), g, self.strong_num_ops, self.strong_magnitude)
         return batch_cutout(self.normalize(x), g)
 
-    def __call__(self, raw: Tensor, g: torch.Generator) -> Tensor | tuple[Tensor, Tensor]:
+    def __call__(self, raw: Tensor, g: RandomSource) -> Tensor | tuple[Tensor, Tensor]:
+        """``g``: a :class:`SampleRandom` of the batch's samples (or a ``torch.Generator``)."""
+        g = _sample_random(g, int(raw.shape[0]))
         if self.two_view:
             return self.weak(raw, g), self.strong(raw, g)
         return self.weak(raw, g)
+
+
+@dataclass
+class SampleBatch:
+    """A batch that also carries the indices of its samples (what a teacher-logit cache needs).
+
+    It unpacks and indexes like the plain ``(x, y)`` tuple (``x, y = batch``, ``batch[1]``), so
+    code written for ``(x, y)`` batches keeps working; Lightning moves it to the device field by
+    field (a dataclass). ``index``: ``int64`` ``(B,)`` on the device; ``host_index``: the same
+    numbers as a host ``numpy`` array (read without a device sync); ``epoch``: the sampler's
+    epoch (``-1`` for evaluation batches); ``split``: ``"train"``, ``"val"`` or ``"test"``.
+    """
+
+    x: Tensor | tuple[Tensor, Tensor]
+    y: Tensor
+    index: Tensor
+    host_index: np.ndarray
+    epoch: int = -1
+    split: str = "train"
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.x, self.y))
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, item: int) -> Any:
+        return (self.x, self.y)[item]
 
 
 class ShardedPermutation:
@@ -406,17 +483,21 @@ class DeviceBatchLoader:
         sampler: the per-epoch order (:class:`ShardedPermutation`).
         transform: raw batch -> normalised batch or ``(weak, strong)`` (:class:`BatchAugment`).
         drop_last: drop the last partial batch.
-        seed: seeds the augmentation generator together with the epoch and rank.
+        seed: the augmentation seed: sample ``i`` of epoch ``e`` is augmented with the numbers
+            ``SampleRandom(seed, e, i)``, whatever its batch, position or process.
         resume_box: shared with a :class:`~cskd_lightning.resume.ResumableDataModule` (training
             loader only): the loader registers there as the active one, and a state restored
             from a checkpoint is applied when its next iterator is created.
+        with_indices: yield :class:`SampleBatch` (the batch plus its sample indices and epoch)
+            instead of plain tuples.
+        split: the split's name, carried by :class:`SampleBatch`.
 
     ``len(loader)`` is the number of batches per epoch. Each ``iter()`` yields
-    ``(x, y)`` / ``((x_weak, x_strong), y)`` for the sampler's current epoch; the random draws of
-    the augmentation come from a generator on the device seeded with ``(seed, epoch, rank)``, so
-    an epoch is reproducible. Its resume state (:meth:`get_resume_state`) is therefore just the
-    sampler's epoch and the global RNG states (for dropout and the like; the pipeline itself
-    does not use them).
+    ``(x, y)`` / ``((x_weak, x_strong), y)`` for the sampler's current epoch; the random numbers
+    of the augmentation are counter-based per sample (:class:`SampleRandom` of ``(seed, epoch,
+    index)``), so an epoch is reproducible. Its resume state (:meth:`get_resume_state`) is
+    therefore just the sampler's epoch and the global RNG states (for dropout and the like; the
+    pipeline itself does not use them).
     """
 
     batch_sampler = None  # Lightning inspects it next to ``sampler``
@@ -431,6 +512,8 @@ class DeviceBatchLoader:
         drop_last: bool,
         seed: int = 0,
         resume_box: LoaderStateBox | None = None,
+        with_indices: bool = False,
+        split: str = "train",
     ) -> None:
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
@@ -441,6 +524,8 @@ class DeviceBatchLoader:
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
         self.resume_box = resume_box
+        self.with_indices = bool(with_indices)
+        self.split = str(split)
 
     @property
     def device(self) -> torch.device:
@@ -469,12 +554,6 @@ class DeviceBatchLoader:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def _generator(self) -> torch.Generator:
-        state = np.random.SeedSequence([self.seed, self.sampler.epoch, self.sampler.rank])
-        g = torch.Generator(device=self.device)
-        g.manual_seed(int(state.generate_state(1, dtype=np.uint64)[0] >> 1))
-        return g
-
     def __iter__(self) -> Iterator[Batch]:
         box = self.resume_box
         if box is not None:
@@ -485,11 +564,19 @@ class DeviceBatchLoader:
         return self._batches()  # lazy: draws nothing before Lightning's set_epoch
 
     def _batches(self) -> Iterator[Batch]:
-        order = self.sampler.indices().to(self.device, non_blocking=True)
-        g = self._generator()
+        host_order = self.sampler.indices()
+        order = host_order.to(self.device, non_blocking=True)
+        epoch = self.sampler.epoch if self.split == "train" else -1
+        host = host_order.numpy()
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            yield self.transform(self.images[idx], g), self.labels[idx]
+            part = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = order[part]
+            x = self.transform(self.images[idx], SampleRandom(self.seed, max(epoch, 0), idx))
+            y = self.labels[idx]
+            if self.with_indices:
+                yield SampleBatch(x, y, idx, host[part], epoch, self.split)
+            else:
+                yield x, y
 
 
 # ------------------------------------------------------------------------------- datamodules
@@ -508,13 +595,21 @@ class DeviceDataModule(ResumableDataModule):
         strong_num_ops, strong_magnitude: :func:`batch_rand_augment` of the strong view.
         device: where to put the data when no trainer is attached (e.g. ``"cuda"`` in a bare
             loop); with a trainer it is always ``trainer.strategy.root_device``.
+        augment_seed: the seed of the augmentation's random numbers (``None``: the source's
+            ``seed``). The split and the sample order stay seeded by ``seed``. Fixing it across
+            a sweep over seeds gives every run the same views of each sample in each epoch,
+            which lets them share one teacher-logit cache.
 
     Batches: ``x`` ``float32`` ``(B, C, H, W)`` normalised, ``y`` ``int64`` ``(B,)``, on the
     device; two-view training batches ``((x_weak, x_strong), y)``. ``B`` is the per-process
     batch ``batch_size // world_size`` (a ``ValueError`` if it does not divide).
 
-    Resuming (:class:`~cskd_lightning.resume.ResumableDataModule`): the order and augmentation
-    of an epoch depend only on ``(seed, epoch, rank)``, so a run resumed at an epoch's end sees
+    With ``with_indices = True`` (set by a teacher-logit cache) the loaders yield
+    :class:`SampleBatch` (the same batch plus its sample indices).
+
+    Resuming (:class:`~cskd_lightning.resume.ResumableDataModule`): the order of an epoch
+    depends only on ``(seed, epoch, rank)`` and the augmentation of a sample only on
+    ``(augment_seed, epoch, index)``, so a run resumed at an epoch's end sees
     the data it would have seen; the global RNG states are saved and restored as for the
     regular datamodules.
     """
@@ -527,11 +622,14 @@ class DeviceDataModule(ResumableDataModule):
         strong_num_ops: int = 2,
         strong_magnitude: int = 9,
         device: str | torch.device | None = None,
+        augment_seed: int | None = None,
     ) -> None:
         super().__init__()
         if crop_padding < 0:
             raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
         self.source = source
+        self._augment_seed = None if augment_seed is None else int(augment_seed)
+        self.with_indices = False
         self.crop_padding = int(crop_padding)
         self.flip = bool(flip)
         self.strong_num_ops = int(strong_num_ops)
@@ -570,6 +668,11 @@ class DeviceDataModule(ResumableDataModule):
     @property
     def augment(self) -> bool:
         return self.source.augment
+
+    @property
+    def augment_seed(self) -> int:
+        """The seed of the augmentation's per-sample random numbers (default: ``seed``)."""
+        return self.seed if self._augment_seed is None else self._augment_seed
 
     @property
     def per_process_batch_size(self) -> int:
@@ -681,9 +784,43 @@ class DeviceDataModule(ResumableDataModule):
             sampler,
             self._transform(train),
             drop_last=train and n >= self.batch_size,
-            seed=self.seed,
+            seed=self.augment_seed,
             resume_box=self._resume_box if train else None,
+            with_indices=self.with_indices,
+            split=part,
         )
+
+    def split_tensors(self, part: str) -> tuple[Tensor, Tensor] | None:
+        """The raw images and labels of ``part`` (``"train"``, ``"val"``, ``"test"``) on the CPU,
+        or ``None`` if there is no such split (loads the data if needed)."""
+        if self._cpu is None:
+            self._cpu = self._load_cpu()
+        if f"{part}_images" not in self._cpu:
+            return None
+        return self._cpu[f"{part}_images"], self._cpu[f"{part}_labels"]
+
+    def eval_split(self) -> str:
+        """The split the validation loader iterates: ``"val"``, or ``"test"`` (no hold-out)."""
+        return "val" if self.split_tensors("val") is not None else "test"
+
+    def augmentation_settings(self) -> dict[str, Any]:
+        """Everything that determines a training view besides the image: the seed of the
+        per-sample numbers, the crop/flip/strong settings and the normalisation."""
+        if self._normalizer is None:
+            self._cpu = self._load_cpu()
+        t = self._transform(True)
+        return {
+            "augment_seed": self.augment_seed,
+            "augment": self.augment,
+            "crop_padding": t.crop_padding,
+            "flip": t.flip,
+            "two_view": t.two_view,
+            "strong_num_ops": t.strong_num_ops if t.two_view else None,
+            "strong_magnitude": t.strong_magnitude if t.two_view else None,
+            "mean": [float(v) for v in t.mean.flatten()],
+            "std": [float(v) for v in t.std.flatten()],
+            "scale": t.scale,
+        }
 
     def train_dataloader(self) -> DeviceBatchLoader:
         """Shuffled (``seed + epoch``), sharded, augmented per-process batches."""
@@ -714,6 +851,7 @@ class DeviceDigitsDataModule(DeviceDataModule):
         strong_num_ops: int = 2,
         strong_magnitude: int = 9,
         device: str | None = None,
+        augment_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -723,6 +861,7 @@ class DeviceDigitsDataModule(DeviceDataModule):
             strong_num_ops,
             strong_magnitude,
             device,
+            augment_seed,
         )
 
 
@@ -737,6 +876,7 @@ class DeviceFashionMNISTDataModule(DeviceDataModule):
         strong_num_ops: int = 2,
         strong_magnitude: int = 9,
         device: str | None = None,
+        augment_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -746,6 +886,7 @@ class DeviceFashionMNISTDataModule(DeviceDataModule):
             strong_num_ops,
             strong_magnitude,
             device,
+            augment_seed,
         )
 
 
@@ -760,6 +901,7 @@ class DeviceCIFAR10DataModule(DeviceDataModule):
         strong_num_ops: int = 2,
         strong_magnitude: int = 9,
         device: str | None = None,
+        augment_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -769,6 +911,7 @@ class DeviceCIFAR10DataModule(DeviceDataModule):
             strong_num_ops,
             strong_magnitude,
             device,
+            augment_seed,
         )
 
 
@@ -783,6 +926,7 @@ class DeviceCIFAR100DataModule(DeviceDataModule):
         strong_num_ops: int = 2,
         strong_magnitude: int = 9,
         device: str | None = None,
+        augment_seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -792,4 +936,5 @@ class DeviceCIFAR100DataModule(DeviceDataModule):
             strong_num_ops,
             strong_magnitude,
             device,
+            augment_seed,
         )
