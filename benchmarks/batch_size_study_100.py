@@ -383,6 +383,9 @@ def report(args: argparse.Namespace, teacher_acc: float | None) -> str:
     fill_no_memory_cells(accs, args)
     used = [r for r in rows if r["method"] in args.methods and r["seed"] in args.seeds]
     diffs = minus_control(accs)
+    memory_diffs = {
+        m: d for m, d in minus_control(accs, control="cskd_cswt").items() if "memory" in m
+    }
     text = (
         f"Test accuracy (%) of fmnist_pairs_student on the 10,000 test pairs, mean ± std over "
         f"seeds {args.seeds}; {args.steps} steps at every batch size, LR {args.lr} (warm-up "
@@ -393,12 +396,16 @@ def report(args: argparse.Namespace, teacher_acc: float | None) -> str:
         + table(accs, batches)
         + "\n\nMinus KD's accuracy with the same seed (points), mean ± std over seeds:\n\n"
         + table(diffs, batches, signed=True)
+        + "\n\nThe memory variants minus CSKD + CSWT with the same seed (points), mean ± std:\n\n"
+        + table(memory_diffs, batches, signed=True)
         + "\n\nPer seed "
         + " / ".join(str(s) for s in args.seeds)
         + ", test accuracy (%):\n\n"
         + table(accs, batches, per_seed=True)
         + "\n\nPer seed, minus KD (points):\n\n"
         + table(diffs, batches, signed=True, per_seed=True)
+        + "\n\nPer seed, the memory variants minus CSKD + CSWT (points):\n\n"
+        + table(memory_diffs, batches, signed=True, per_seed=True)
         + "\n"
     )
     (work / "table.md").write_text(text)
