@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import math
 import os
 import sys
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Mapping
@@ -19,10 +21,12 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from cskd_lightning.errors import InputError
+
 log = logging.getLogger("cskd_lightning")
 
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, PermissionError, KeyError)
-"""Errors caused by the user's input: reported in one clear line, without a traceback."""
+ERROR_FILE = "error.txt"
+PREVIOUS_ERROR_FILE = "error.previous.txt"
 
 
 def quiet_logs() -> None:
@@ -30,11 +34,10 @@ def quiet_logs() -> None:
     for pattern in (
         r".*does not have many workers.*",
         r".*isinstance\(treespec, LeafSpec\).*",
-        r".*module\(s\) in eval mode.*",
+        r".*module\(s\) in eval mode.*",  # the frozen teacher, on purpose
         r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
         r".*Checkpoint directory .* exists and is not empty.*",
         r".*`weights_only` was not set.*",
-        r".*Experiment logs directory .* exists and is not empty.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
     for name in (
@@ -147,53 +150,148 @@ def failed_job_value() -> float:
     return float("inf") if str(direction).lower().endswith("minimize") else float("-inf")
 
 
+class DeferredRunLog:
+    """Hold what would go to the job's log file (Hydra's ``<run dir>/<job>.log``) in memory
+    until the run's checks have passed, so a command that fails them leaves the file as it
+    was. :meth:`release` writes the held records and lets the file handlers log directly
+    again; :meth:`discard` drops them."""
+
+    def __init__(self) -> None:
+        self.root = logging.getLogger()
+        self.handlers = [h for h in self.root.handlers if isinstance(h, logging.FileHandler)]
+        self.memory = logging.handlers.MemoryHandler(capacity=1_000_000, flushLevel=100)
+        for handler in self.handlers:
+            self.root.removeHandler(handler)
+        self.root.addHandler(self.memory)
+        self.active = True
+
+    def _restore(self) -> list[logging.LogRecord]:
+        if not self.active:
+            return []
+        self.active = False
+        self.root.removeHandler(self.memory)
+        for handler in self.handlers:
+            self.root.addHandler(handler)
+        records, self.memory.buffer = self.memory.buffer, []
+        return records
+
+    def release(self) -> None:
+        for record in self._restore():
+            for handler in self.handlers:
+                if record.levelno >= handler.level:
+                    handler.handle(record)
+
+    def discard(self) -> None:
+        self._restore()
+
+
+_run_log: DeferredRunLog | None = None
+
+
+def checks_passed() -> None:
+    """Called by a task once its checks pass: from now on it may write to its run directory
+    (the held log records go to the log file)."""
+    if _run_log is not None:
+        _run_log.release()
+
+
+def _record_failure(output_dir: Path) -> None:
+    """Write the traceback of the exception being handled to ``<output_dir>/error.txt``."""
+    if not is_global_zero():
+        return
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / ERROR_FILE).write_text(traceback.format_exc())
+    except OSError:  # e.g. the unwritable output directory the error is about
+        pass
+
+
+def _retire_old_failure(output_dir: Path) -> None:
+    """A job that now succeeded keeps an earlier attempt's error as ``error.previous.txt``."""
+    old = output_dir / ERROR_FILE
+    if is_global_zero() and old.is_file():
+        os.replace(old, output_dir / PREVIOUS_ERROR_FILE)
+
+
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
     """Run ``task(cfg)`` and return its ``optimized_metric`` for a sweeper.
 
-    A failure is recorded in ``<output_dir>/error.txt``. Inside a multirun the error is logged
-    and the sweep goes on (the job's metric is NaN); in a single run a user error ends the
-    program with one clear message (set ``HYDRA_FULL_ERROR=1`` for the traceback).
+    An :class:`~cskd_lightning.errors.InputError` (a mistake in the input) in a single run ends
+    the program with one line on stderr, ``Error: <message>``, exit status 1, and nothing in
+    the run directory changed (set ``HYDRA_FULL_ERROR=1`` for the traceback). Any other
+    exception is a bug: its traceback goes to ``<output_dir>/error.txt`` and stderr. In a
+    multirun every failure is recorded in the job's ``error.txt`` and the sweep goes on (the
+    job returns the worst value for the sweeper); the multirun then exits with status 1,
+    listing the failed jobs (:class:`FailedJobsReport`).
     """
+    global _run_log
     quiet_logs()
     env_before = {k: os.environ[k] for k in DDP_ENV_KEYS if k in os.environ}
     relaunch_this_job_in_ddp_children()
+    output_dir = Path(cfg.paths.output_dir)
+    _run_log = DeferredRunLog()
     try:
         metrics = task(cfg)
     except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
-        output_dir = Path(cfg.paths.output_dir)
-        if is_global_zero():
-            try:
-                output_dir.mkdir(parents=True, exist_ok=True)
-                (output_dir / "error.txt").write_text(traceback.format_exc())
-            except OSError:  # e.g. the unwritable output directory the error is about
-                pass
+        input_error = isinstance(err, InputError)
+        if input_error and not is_multirun():
+            _run_log.discard()
+        else:
+            _run_log.release()
         if is_multirun():
+            _record_failure(output_dir)
             log.error(
                 "Job failed: %s: %s (traceback in %s)",
                 type(err).__name__,
                 err,
-                output_dir / "error.txt",
+                output_dir / ERROR_FILE,
             )
             return failed_job_value()
-        if isinstance(err, USER_ERRORS) and os.environ.get("HYDRA_FULL_ERROR") != "1":
+        if not input_error:
+            _record_failure(output_dir)
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        if input_error:
             print(f"Error: {err}", file=sys.stderr)
-            sys.exit(1)
-        raise
+        else:  # a bug: the whole traceback (Hydra would print only its last line)
+            traceback.print_exc()
+            print(f"(traceback also in {output_dir / ERROR_FILE})", file=sys.stderr)
+        sys.exit(1)
     finally:
+        if _run_log is not None:
+            _run_log.release()
+            _run_log = None
         if is_multirun():
             end_distributed_job(env_before)
+    _retire_old_failure(output_dir)
     metric = cfg.get("optimized_metric")
     return to_float(metrics.get(metric)) if metric else None
 
 
 class FailedJobsReport(HydraCallback):
-    """After a multirun, list the jobs that failed and where their errors are."""
+    """After a multirun, list the jobs of this multirun that failed and exit with status 1.
+
+    A job directory's ``error.txt`` counts when it was written after the multirun started, so a
+    rerun into the same sweep directory does not report an earlier attempt's failure.
+    """
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self.started = time.time()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = sorted(sweep_dir.glob("*/error.txt"))
-        if failed:
-            log.error("%d job(s) of the multirun failed:", len(failed))
-            for path in failed:
-                lines = path.read_text().strip().splitlines()
-                log.error("  %s: %s", path.parent, lines[-1] if lines else "")
+        failed = sorted(
+            path
+            for path in sweep_dir.glob(f"*/{ERROR_FILE}")
+            if path.stat().st_mtime >= self.started - 1.0
+        )
+        if not failed:
+            return
+        log.error("%d job(s) of the multirun failed:", len(failed))
+        for path in failed:
+            lines = path.read_text().strip().splitlines()
+            log.error("  %s: %s", path.parent, lines[-1] if lines else "")
+        sys.exit(1)

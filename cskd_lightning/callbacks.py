@@ -22,6 +22,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from cskd_lightning.errors import InputError
+from cskd_lightning.loggers import RunCSVLogger
 from cskd_lightning.losses import functional
 from cskd_lightning.losses.distributed import distributed_world_size, gather_batch
 from cskd_lightning.losses.functional import cswt_temperature, per_class_batch_cosine
@@ -88,7 +90,7 @@ class TemperatureMonitor(L.Callback):
     def __init__(self, max_logged_classes: int = 20) -> None:
         super().__init__()
         if max_logged_classes < 0:
-            raise ValueError(f"max_logged_classes must be >= 0; got {max_logged_classes}.")
+            raise InputError(f"max_logged_classes must be >= 0; got {max_logged_classes}.")
         self.max_logged_classes = int(max_logged_classes)
         self.t_low = DEFAULT_T_LOW
         self.t_high = DEFAULT_T_HIGH
@@ -229,7 +231,7 @@ class TemperatureMonitor(L.Callback):
     def csv_path(trainer: L.Trainer) -> Path:
         """Where ``class_cosine.csv`` goes: the first CSV logger's directory, else log_dir."""
         for logger in trainer.loggers:
-            if isinstance(logger, CSVLogger):
+            if isinstance(logger, (CSVLogger, RunCSVLogger)):
                 return Path(logger.log_dir) / CLASS_COSINE_CSV
         return Path(trainer.log_dir or trainer.default_root_dir) / CLASS_COSINE_CSV
 

@@ -17,11 +17,44 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cskd_lightning.errors import InputError, MissingInputError
+
 STRIP_PREFIXES = ("student.", "model.", "module.")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file that cannot be read or does not fit its model."""
+
+
+ZIP_MAGIC = b"PK\x03\x04"
+"""The start of a ``torch.save`` file (a zip archive) since PyTorch 1.6."""
+LFS_POINTER = b"version https://git-lfs"
+
+
+def describe_file(path: Path, head: bytes) -> str | None:
+    """Why ``path`` (whose first bytes are ``head``) is not a PyTorch file, or ``None`` if it
+    may be one: a zip archive (``torch.save``) or a pickle (the legacy format)."""
+    if not head:
+        return "it is empty (0 bytes)"
+    if head.startswith(ZIP_MAGIC) or (head[0] == 0x80 and len(head) > 1 and head[1] <= 5):
+        return None
+    if head.startswith(LFS_POINTER):
+        return (
+            "it is a Git LFS pointer, not the file itself: fetch the real file with "
+            "`git lfs pull` in its repository"
+        )
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
+        return (
+            "it is an HTML/XML page, not a checkpoint: a download that went wrong (a login, "
+            "error or redirect page); download it again"
+        )
+    try:
+        sample = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "it is not a PyTorch file (neither a zip archive nor a pickle)"
+    first = sample.strip().splitlines()[0][:60] if sample.strip() else ""
+    return f"it is a text file (it starts with {first!r}), not a PyTorch file"
 
 
 def read_checkpoint(
@@ -29,13 +62,20 @@ def read_checkpoint(
 ) -> Any:
     """``torch.load`` a file on the CPU, safely unless ``trust`` is set.
 
-    Raises :class:`FileNotFoundError` naming a missing path and :class:`CheckpointError` for a
-    truncated file or one that needs full unpickling while ``trust`` is off (the message names
+    The file's first bytes are looked at first: an empty file, a text, YAML, CSV or HTML file
+    or a Git LFS pointer is named for what it is. Raises :class:`MissingInputError` for a
+    missing path and :class:`CheckpointError` for a file that is not a PyTorch file, is
+    truncated, or needs full unpickling while ``trust`` is off (the message names
     ``trust_flag``, the option that allows it).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
+        raise MissingInputError(f"Checkpoint not found: {path}")
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    problem = describe_file(path, head)
+    if problem is not None:
+        raise CheckpointError(f"{path} is not a checkpoint: {problem}.")
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as err:
@@ -46,10 +86,11 @@ def read_checkpoint(
                 "(Python: trust=True)."
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint ({err}).") from None
-    except (RuntimeError, EOFError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
+        first = str(err).splitlines()[0] if str(err) else ""
         raise CheckpointError(
             f"{path} is truncated or corrupt and could not be read ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). Re-create or re-download it."
+            f"{first}). Re-create or re-download it."
         ) from None
 
 

@@ -7,7 +7,10 @@ and prints and returns the test metrics; they are also written to ``<run_dir>/ev
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,8 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app import quiet_logs, to_float, write_json
-from cskd_lightning.checkpoints import load_weights
+from cskd_lightning.checkpoints import load_weights, read_checkpoint
+from cskd_lightning.errors import InputError, MissingInputError
 from cskd_lightning.losses import CELoss
 from cskd_lightning.module import DistillationModule
 
@@ -24,16 +28,45 @@ log = logging.getLogger("cskd_lightning")
 
 
 def find_run_checkpoint(run_dir: Path) -> Path:
-    """A run's best checkpoint (``checkpoints/best-*.ckpt``), else ``last.ckpt``, ``student.pt``."""
-    candidates = sorted((run_dir / "checkpoints").glob("best-*.ckpt"))
-    candidates += [run_dir / "checkpoints" / "last.ckpt", run_dir / "student.pt"]
-    for path in candidates:
-        if path.is_file():
+    """The checkpoint a run's own test used: the one ``summary.json`` names (relative to the run
+    directory, so a moved or copied run still finds its own file). Without a summary (an
+    unfinished run): the best checkpoint recorded in ``checkpoints/last.ckpt``, else
+    ``last.ckpt`` itself, else ``student.pt``."""
+    summary_file = run_dir / "summary.json"
+    if summary_file.is_file():
+        named = json.loads(summary_file.read_text()).get("student", {}).get("best_checkpoint")
+        if named:
+            path = Path(named) if Path(named).is_absolute() else run_dir / named
+            if not path.is_file():
+                raise MissingInputError(
+                    f"{summary_file} names the best checkpoint {named}, but {path} is not there. "
+                    "Give the file to test with ckpt_path=<file>."
+                )
             return path
-    raise FileNotFoundError(
-        f"No checkpoint in {run_dir} (looked for checkpoints/best-*.ckpt, checkpoints/last.ckpt "
-        "and student.pt). Is it a cskd-train run directory?"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        recorded = _best_recorded_in(last)
+        if recorded is not None:
+            return recorded
+        return last
+    if (run_dir / "student.pt").is_file():
+        return run_dir / "student.pt"
+    raise MissingInputError(
+        f"No checkpoint in {run_dir} (looked for summary.json's best checkpoint, "
+        "checkpoints/last.ckpt and student.pt). Is it a cskd-train run directory?"
     )
+
+
+def _best_recorded_in(last: Path) -> Path | None:
+    """The best model that the ``ModelCheckpoint`` state inside ``last`` records, in the same
+    directory as ``last`` (the directory may have moved)."""
+    checkpoint = read_checkpoint(last)
+    for key, state in checkpoint.get("callbacks", {}).items():
+        if "ModelCheckpoint" in key and isinstance(state, dict) and state.get("monitor"):
+            best = state.get("best_model_path")
+            if best and (last.parent / Path(str(best)).name).is_file():
+                return last.parent / Path(str(best)).name
+    return None
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -44,7 +77,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if not saved.is_file():
         saved = run_dir / ".hydra" / "config.yaml"
     if not saved.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"No config.yaml in {run_dir}: run_dir must be a cskd-train run directory."
         )
     run_cfg = OmegaConf.load(saved)
@@ -75,8 +108,11 @@ def main(cfg: DictConfig) -> None:
     quiet_logs()
     try:
         evaluate(cfg)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"Error: {err}") from None
+    except InputError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

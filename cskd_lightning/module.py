@@ -14,17 +14,17 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from cskd_lightning.errors import InputError, NonFiniteLossError
 from cskd_lightning.losses.base import DistillationLoss
 
 log = logging.getLogger(__name__)
-
-# The frozen teacher is in eval mode on purpose; Lightning's generic hint about it is noise here.
-warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training")
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 TEACHER_PREFIX = "teacher."
+TEACHER_ACC_LOGGED_KEY = "teacher_val_acc_logged"
+"""Checkpoint key: ``val/teacher_acc`` was logged already (it is logged once per run)."""
 
 
 def logits_of(output: Tensor | tuple | list) -> Tensor:
@@ -95,7 +95,7 @@ class DistillationModule(L.LightningModule):
             ignore=["student", "teacher", "loss", "optimizer", "scheduler"], logger=False
         )
         if getattr(loss, "requires_teacher", True) and teacher is None:
-            raise ValueError(
+            raise InputError(
                 f"{type(loss).__name__} distils from a teacher, but teacher=None. Pass a teacher "
                 "model, or use a teacher-free loss such as CELoss."
             )
@@ -123,13 +123,13 @@ class DistillationModule(L.LightningModule):
     def _resolve_num_classes(self, num_classes: int | None) -> int:
         student_classes = num_classes or infer_num_classes(self.student)
         if student_classes is None:
-            raise ValueError(
+            raise InputError(
                 "Could not infer the class count from the student (no nn.Linear head): "
                 "pass num_classes=... to DistillationModule."
             )
         teacher_classes = infer_num_classes(self.teacher) if self.teacher is not None else None
         if teacher_classes is not None and teacher_classes != student_classes:
-            raise ValueError(
+            raise InputError(
                 f"Teacher predicts {teacher_classes} classes but the student {student_classes}. "
                 "Build both models with the data's num_classes."
             )
@@ -151,8 +151,13 @@ class DistillationModule(L.LightningModule):
         self.train_metrics = accuracy_pair().clone(prefix="train/")
         self.val_metrics = accuracy_pair().clone(prefix="val/")
         self.test_metrics = accuracy_pair().clone(prefix="test/")
+        # Persistent: the best accuracy so far is part of the training state, so a resumed run
+        # reports the best over the whole run, not over the epochs after the restart.
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)
+        # Measured once, at the first validation (the teacher is frozen), logged every epoch.
         self.teacher_val_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.teacher_val_acc.persistent(True)
 
     # --- the teacher stays frozen ---------------------------------------------------------
     def train(self, mode: bool = True) -> DistillationModule:
@@ -216,7 +221,7 @@ class DistillationModule(L.LightningModule):
         views = [self._format_input(v) for v in views]
         needed = getattr(self.loss, "num_views", 1)
         if len(views) < needed:
-            raise ValueError(
+            raise InputError(
                 f"{type(self.loss).__name__} needs {needed} views per image but the batches "
                 f"have {len(views)}. Turn on the datamodule's two-view mode "
                 "(data.datamodule.two_view=true)."
@@ -244,7 +249,7 @@ class DistillationModule(L.LightningModule):
         if not bool(((y < 0) | (y >= self.num_classes)).any()):  # one host sync
             return
         low, high = int(y.min()), int(y.max())
-        raise ValueError(
+        raise InputError(
             f"Labels out of range: found labels in [{low}, {high}] but the models predict "
             f"{self.num_classes} classes (labels must be in [0, {self.num_classes - 1}]). "
             "Check the dataset's labels or the models' num_classes."
@@ -252,7 +257,7 @@ class DistillationModule(L.LightningModule):
 
     def _check_class_counts(self, student: Tensor, teacher: Tensor | None) -> None:
         if teacher is not None and teacher.shape[-1] != student.shape[-1]:
-            raise ValueError(
+            raise InputError(
                 f"Teacher predicts {teacher.shape[-1]} classes but the student "
                 f"{student.shape[-1]}. Build both models with the data's num_classes."
             )
@@ -265,7 +270,7 @@ class DistillationModule(L.LightningModule):
             for k, v in terms.items()
             if v.numel() == 1 and not torch.isfinite(v)
         }
-        raise FloatingPointError(
+        raise NonFiniteLossError(
             f"Non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): "
             + ", ".join(f"{k}={v}" for k, v in bad.items())
             + ". Lower the learning rate, check the inputs for NaN/inf, or use 32-bit precision."
@@ -329,8 +334,12 @@ class DistillationModule(L.LightningModule):
             return
         self.val_acc_best.update(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
-        if self._teacher_acc_pending:
-            self.log("val/teacher_acc", self.teacher_val_acc.compute(), sync_dist=True)
+        if self.teacher is not None:
+            with warnings.catch_warnings():
+                # A resumed run restores the measured state without calling update().
+                warnings.filterwarnings("ignore", message=r".*was called before the ``update``")
+                teacher_acc = self.teacher_val_acc.compute()
+            self.log("val/teacher_acc", teacher_acc, sync_dist=True)
             self._teacher_acc_pending = False
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
@@ -351,14 +360,24 @@ class DistillationModule(L.LightningModule):
 
     # --- checkpoints stay student-sized -------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TEACHER_ACC_LOGGED_KEY] = (
+            self.teacher is not None and not self._teacher_acc_pending
+        )
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.setdefault("state_dict", {})
+        # Checkpoints from before these metrics were persistent: start their records afresh.
+        for name in ("val_acc_best", "teacher_val_acc"):
+            for key, value in getattr(self, name).state_dict(prefix=f"{name}.").items():
+                state.setdefault(key, value)
+        # The teacher's validation accuracy is logged once, at the run's first validation.
+        if checkpoint.get(TEACHER_ACC_LOGGED_KEY):
+            self._teacher_acc_pending = False
         if self.teacher is None:
             return
-        state = checkpoint.setdefault("state_dict", {})
         for key, value in self.teacher.state_dict().items():
             state.setdefault(TEACHER_PREFIX + key, value)
 

@@ -1,18 +1,20 @@
-"""Checks run before any training, so that a bad input fails in one clear line, early.
+"""Checks run before anything is trained or written, so a bad input fails in one clear line.
 
-Each raises one of :data:`cskd_lightning.app.USER_ERRORS` (``ValueError``, ``PermissionError``,
-...) with what is wrong, where (the config key) and how to fix it; ``cskd-train`` prints it as
-``Error: <message>`` without a traceback. ``docs/errors.md`` lists them all.
+Each raises an :class:`~cskd_lightning.errors.InputError` saying what is wrong, where (the
+config key) and how to fix it; ``cskd-train`` prints it as ``Error: <message>`` without a
+traceback. ``docs/errors.md`` lists them all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app import USER_ERRORS
+from cskd_lightning.errors import InputError, UnwritablePathError
 
 
 # --------------------------------------------------------------------------- output dir
@@ -43,8 +45,8 @@ def output_dir_problem(path: Path) -> str | None:
     return None
 
 
-def _dir_error(path: Path, problem: str, key: str) -> PermissionError:
-    return PermissionError(
+def _dir_error(path: Path, problem: str, key: str) -> UnwritablePathError:
+    return UnwritablePathError(
         f"Output directory {path} cannot be written: {problem}. Choose a writable location "
         f"with {key}=<dir> (or paths.log_dir=<dir>)."
     )
@@ -95,20 +97,22 @@ class OutputDirCheck(HydraCallback):
 # --------------------------------------------------------------------------- instantiate
 @contextlib.contextmanager
 def config_errors() -> Iterator[None]:
-    """Turn Hydra's ``InstantiationException`` around a user error (unknown model, bad loss
-    argument, ...) back into that error, naming the config key: no traceback for it."""
+    """Turn Hydra's ``InstantiationException`` around an :class:`InputError` (unknown model, bad
+    loss argument, ...) back into that error, naming the config key: no traceback for it."""
     try:
         yield
     except InstantiationException as err:
         cause = err.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
-        if not isinstance(cause, USER_ERRORS):
+        if not isinstance(cause, InputError):
             raise
         match = re.search(r"full_key:\s*(\S+)", str(err))
-        where = f" (config: {match.group(1)})" if match else ""
-        message = cause.args[0] if isinstance(cause, KeyError) and cause.args else str(cause)
-        raise type(cause)(f"{message}{where}") from err
+        key = match.group(1) if match else None
+        if key and getattr(cause, "key", None):
+            key = f"{key}.{cause.key}"
+        where = f" (config: {key})" if key else ""
+        raise type(cause)(f"{cause}{where}", key=key) from err
 
 
 # --------------------------------------------------------------------------- class counts
@@ -141,7 +145,7 @@ def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
     known = {k: v for k, v in counts.items() if v is not None}
     if len(set(known.values())) > 1:
         listed = ", ".join(f"{k} = {v}" for k, v in known.items())
-        raise ValueError(
+        raise InputError(
             f"Class counts disagree: {listed}. They must all be equal: build both models with "
             "num_classes=${data.num_classes} (the pairs' default) and set data.num_classes to "
             "the dataset's class count."
@@ -149,9 +153,9 @@ def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
 
 
 # --------------------------------------------------------------------------- batch size
-def _batch_level_error(loss: Any, where: str, cfg: DictConfig) -> ValueError:
+def _batch_level_error(loss: Any, where: str, cfg: DictConfig) -> InputError:
     name = type(loss).__name__
-    return ValueError(
+    return InputError(
         f"{where}, but {name} (distill={cfg.distill.get('name')}) has batch-level terms "
         "(batch_level=True): it compares predictions across the samples of a batch, and with "
         "one sample per batch those terms are constant and teach nothing. Use "
@@ -187,3 +191,134 @@ def instantiate_model(model_cfg: DictConfig) -> Any:
     """``hydra.utils.instantiate`` for a model config (user errors unwrapped)."""
     with config_errors():
         return hydra.utils.instantiate(model_cfg)
+
+
+# --------------------------------------------------------------------------- cache dir
+def check_cache_dir(cfg: DictConfig) -> None:
+    """The teacher cache (``paths.cache_dir``, ``CSKD_CACHE_DIR``) must be a writable directory
+    or creatable; found before any teacher trains (its file is written after training)."""
+    if cfg.teacher.get("ckpt_path") or cfg.pair.teacher.get("pretrained", False):
+        return  # nothing will be cached
+    cache = Path(str(cfg.paths.cache_dir)).expanduser()
+    problem = output_dir_problem(cache / "teachers")
+    if problem is not None:
+        raise UnwritablePathError(
+            f"The teacher cache {cache} cannot be used: {problem}. Point CSKD_CACHE_DIR (or "
+            "paths.cache_dir=<dir>) at a writable directory."
+        )
+
+
+# --------------------------------------------------------------------------- run dir
+RUN_CONFIG = "config.yaml"
+RUN_SUMMARY = "summary.json"
+
+
+@dataclass
+class ExistingRun:
+    """What the run directory already holds: nothing of a run (``config`` is ``None``), an
+    unfinished run (``config`` but no ``summary``), or a finished one."""
+
+    config: dict[str, Any] | None = None
+    summary: dict[str, Any] | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+
+def inspect_run_dir(cfg: DictConfig, output_dir: Path) -> ExistingRun:
+    """Read the run that ``output_dir`` holds, if any, and refuse to mix it with another.
+
+    A run directory with a ``config.yaml`` whose relevant settings differ from ``cfg`` is
+    refused (unless ``resume_allow_config_change=true``): a new run there would overwrite its
+    record. A run without ``summary.json`` is unfinished: it can only be resumed
+    (``ckpt_path=...``).
+    """
+    from cskd_lightning.resume import ALLOW_CHANGE_FLAG, diff_configs, relevant_config
+
+    saved = output_dir / RUN_CONFIG
+    if not saved.is_file():
+        return ExistingRun()
+    try:
+        before = relevant_config(OmegaConf.load(saved))
+    except Exception as err:  # noqa: BLE001 - any unreadable config is reported the same way
+        raise InputError(
+            f"{saved} cannot be read ({type(err).__name__}: {err}), so {output_dir} cannot be "
+            "checked: choose another hydra.run.dir."
+        ) from None
+    diff = diff_configs(before, relevant_config(cfg))
+    # With ckpt_path, the resume check compares against the checkpoint's own stored config.
+    if diff and not cfg.get("ckpt_path") and not cfg.get("resume_allow_config_change", False):
+        listed = "; ".join(diff[:10]) + (f" (+{len(diff) - 10} more)" if len(diff) > 10 else "")
+        raise InputError(
+            f"{output_dir} already holds a run made with other settings (run -> now: {listed}). "
+            "Choose another hydra.run.dir for these settings, or repeat the run's own settings "
+            f"(ckpt_path=last resumes it; {ALLOW_CHANGE_FLAG} continues it with the new ones)."
+        )
+    summary_file = output_dir / RUN_SUMMARY
+    summary = None
+    if summary_file.is_file() and not diff:
+        try:
+            summary = json.loads(summary_file.read_text())
+        except ValueError:
+            summary = None
+    if summary is None and not cfg.get("ckpt_path"):
+        raise InputError(
+            f"{output_dir} holds an unfinished run (config.yaml, no summary.json). Resume it "
+            "with ckpt_path=last, or choose another hydra.run.dir for a new run."
+        )
+    return ExistingRun(config=before, summary=summary)
+
+
+# --------------------------------------------------------------------------- data
+def check_data(datamodule: Any) -> None:
+    """Load the data once (``prepare_data`` and ``setup("fit")``), so a missing or corrupt
+    dataset is found before anything is written; the datamodule keeps what it loaded."""
+    if hasattr(datamodule, "prepare_data"):
+        datamodule.prepare_data()
+    if hasattr(datamodule, "setup"):
+        datamodule.setup("fit")
+
+
+def check_world_size(datamodule: Any, world_size: int) -> None:
+    """The global batch sizes must divide by the trainer's process count."""
+    if world_size > 1 and hasattr(datamodule, "check_world_size"):
+        datamodule.check_world_size(world_size)
+
+
+# --------------------------------------------------------------------------- selection
+TUNE_ON_TEST_FLAG = "tune_on_test_set=true"
+
+
+def selection_of(datamodule: Any) -> str:
+    """Which split ``val/*`` (and so ``val/acc_best`` and the best checkpoint) is measured on:
+    ``"validation"`` (a held-out split), ``"test"`` (``val_split: 0``: the test set, the
+    convention of the published CIFAR and ImageNet tables) or ``"unknown"`` (a datamodule that
+    does not say)."""
+    val_is_test = getattr(datamodule, "val_is_test", None)
+    if val_is_test is None:
+        return "unknown"
+    return "test" if val_is_test else "validation"
+
+
+def sweeper_direction() -> Any:
+    """The running sweeper's ``direction`` (an optimising sweeper such as Optuna), else None."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return HydraConfig.get().sweeper.get("direction")
+    except ValueError:  # not inside a Hydra app
+        return None
+
+
+def check_tuning_selection(cfg: DictConfig, selection: str) -> None:
+    """An optimising sweeper must not tune on the test set unless the user says so."""
+    if selection != "test" or sweeper_direction() is None or cfg.get("tune_on_test_set"):
+        return
+    raise InputError(
+        f"This sweep optimises {cfg.get('optimized_metric')}, but with "
+        "data.datamodule.val_split=0 the validation metrics are computed on the TEST set, so "
+        "the search would tune on it. Hold out a validation split (e.g. "
+        "data.datamodule.val_split=5000), or pass "
+        f"{TUNE_ON_TEST_FLAG} to tune on the test set knowingly."
+    )

@@ -44,8 +44,25 @@ REPORT = "report.md"
 PLOTS = ("val_acc.png", "cswt_temperature.png", "class_cosine.png")
 
 #: Overrides that never split runs into groups: the seed is what a group averages over, the
-#: method is in the label already, the rest only moves files or changes the display.
-IGNORED_OVERRIDES = ("seed", "distill", "hydra", "paths", "callbacks", "logger")
+#: method (``distill=<name>``) is in the label already, the rest only moves files, resumes or
+#: changes the display. ``distill.loss.*`` values do split groups.
+IGNORED_OVERRIDES = (
+    "seed",
+    "hydra",
+    "paths",
+    "callbacks",
+    "logger",
+    "ckpt_path",
+    "resume_allow_config_change",
+    "resume_trust_checkpoint",
+    "resume_from_sibling",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+)
+IGNORED_EXACTLY = ("distill",)
+
+#: ``--group-by`` names that are not overrides: fields of ``summary.json``.
+SUMMARY_KEYS = {"method": "method", "data": "data", "pair": "pair", "selection": "selection"}
 
 CLASS_COS_PREFIX = "monitor/class_cos/"
 
@@ -106,7 +123,12 @@ def read_run(path: Path) -> Run:
     """Read one run directory: ``summary.json``, ``metrics.csv`` and the per-class cosines."""
     summary = json.loads((path / SUMMARY).read_text())
     epochs = read_metrics(path / METRICS) if (path / METRICS).is_file() else {}
-    run = Run(path=path, summary=summary, epochs=epochs, overrides=read_overrides(path))
+    overrides = (
+        parse_overrides(summary["overrides"])
+        if isinstance(summary.get("overrides"), list)
+        else read_overrides(path)
+    )
+    run = Run(path=path, summary=summary, epochs=epochs, overrides=overrides)
     run.class_cosine = _class_cosine(run)
     return run
 
@@ -146,8 +168,13 @@ def read_overrides(path: Path) -> dict[str, str]:
         items = OmegaConf.to_container(OmegaConf.load(file))
     except Exception:  # noqa: BLE001 - a damaged file only loses the label's detail
         return {}
+    return parse_overrides(items if isinstance(items, list) else [])
+
+
+def parse_overrides(items: Iterable[Any]) -> dict[str, str]:
+    """``["a.b=1", "+c=2"]`` -> ``{"a.b": "1", "c": "2"}``."""
     result = {}
-    for item in items if isinstance(items, list) else []:
+    for item in items:
         key, _, value = str(item).partition("=")
         result[key.lstrip("+~")] = value
     return result
@@ -207,7 +234,9 @@ class Group:
 
 
 def _ignored(key: str) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in IGNORED_OVERRIDES)
+    return key in IGNORED_EXACTLY or any(
+        key == p or key.startswith(p + ".") for p in IGNORED_OVERRIDES
+    )
 
 
 def varying_overrides(items: Iterable[dict[str, str]]) -> list[str]:
@@ -217,18 +246,44 @@ def varying_overrides(items: Iterable[dict[str, str]]) -> list[str]:
     return [k for k in keys if len({o.get(k) for o in items}) > 1]
 
 
-def group_runs(runs: Sequence[Run]) -> list[Group]:
-    """Group runs by method, data, pair and every differing override except the seed."""
-    varying = varying_overrides(r.overrides for r in runs)
-    several_data = len({(r.summary.get("data"), r.summary.get("pair")) for r in runs}) > 1
+def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> list[Group]:
+    """Group runs so that a group's runs differ by their seed alone.
+
+    By default: by method, data and pair (when they differ) and every override that differs
+    between the runs (the seed and file locations aside), e.g. ``distill.loss.temperature`` or
+    an Optuna trial's parameters. ``group_by``: group by these keys only instead, override keys
+    or ``method``, ``data``, ``pair``, ``selection`` (the other differences are then averaged
+    over, and the report says so). Values show in the group's label.
+    """
+    if group_by:
+        keys = list(group_by)
+    else:
+        several_data = len({(r.summary.get("data"), r.summary.get("pair")) for r in runs}) > 1
+        keys = ["method", *(["data", "pair"] if several_data else [])]
+        keys += varying_overrides(r.overrides for r in runs)
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        parts = [run.method]
-        if several_data:
-            parts.append(f"{run.summary.get('data')}/{run.summary.get('pair')}")
-        parts += [f"{k}={run.overrides.get(k, '(default)')}" for k in varying]
-        groups.setdefault(" ".join(parts), []).append(run)
+        parts = []
+        for key in keys:
+            if key in SUMMARY_KEYS:
+                value = run.method if key == "method" else run.summary.get(SUMMARY_KEYS[key])
+                parts.append(str(value) if key == "method" else f"{key}={value}")
+            else:
+                parts.append(f"{key}={run.overrides.get(key, '(default)')}")
+        groups.setdefault(" ".join(parts) or "all runs", []).append(run)
     return [Group(label, sorted(rs, key=lambda r: str(r.seed))) for label, rs in groups.items()]
+
+
+def repeated_seeds(groups: Sequence[Group]) -> list[str]:
+    """Groups in which a seed occurs more than once: runs that differ in something the grouping
+    does not show (a changed default, another code version) or plain repeats."""
+    out = []
+    for group in groups:
+        seeds = [str(r.seed) for r in group.runs]
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            out.append(f"`{group.label}`: seed {', '.join(repeated)} more than once")
+    return out
 
 
 # --- statistics -----------------------------------------------------------------------------
@@ -317,8 +372,17 @@ def _cell(values: Sequence[float], n_runs: int, scale: float, digits: int) -> st
     return text if not values or len(values) == n_runs else f"{text} (n={len(values)})"
 
 
+def selection_text(runs: Sequence[Run]) -> str:
+    """Which split picked the best epoch (``summary.json``'s ``selection``) for these runs."""
+    return ", ".join(sorted({str(r.summary.get("selection", "unknown")) for r in runs}))
+
+
 def render_markdown(
-    root: Path, groups: Sequence[Group], failed: Sequence[FailedJob], plots: Sequence[str]
+    root: Path,
+    groups: Sequence[Group],
+    failed: Sequence[FailedJob],
+    plots: Sequence[str],
+    group_by: Sequence[str] | None = None,
 ) -> str:
     """The text of ``report.md``."""
     runs = [r for g in groups for r in g.runs]
@@ -341,10 +405,27 @@ def render_markdown(
             "the seeds have. Accuracies are top-1 in percent. *best val acc* is the highest "
             "validation accuracy over the epochs, *last-epoch val acc* the final epoch's; "
             "*best epoch* is the (1-based) epoch where the validation accuracy peaked; the "
-            "student's test accuracy is measured with the best checkpoint.",
+            "student's test accuracy is measured with the best checkpoint. *selected on* is "
+            "the split the best epoch was chosen on: `validation` (a held-out split) or `test` "
+            "(`val_split=0`: the published tables' best-test-epoch convention, which flatters "
+            "the accuracy).",
             "",
         ]
-        header = ["method", "seeds", *[c[0] for c in COLUMNS]]
+        if group_by:
+            lines += [
+                f"Grouped by {', '.join(f'`{k}`' for k in group_by)} (`--group-by`): runs that "
+                "differ in anything else are averaged together.",
+                "",
+            ]
+        repeats = repeated_seeds(groups)
+        if repeats:
+            lines += [
+                "**Repeated seeds** (these runs differ in something not shown, or are repeats):",
+                "",
+                *[f"- {r}" for r in repeats],
+                "",
+            ]
+        header = ["method", "seeds", "selected on", *[c[0] for c in COLUMNS]]
         rows = []
         for group in groups:
             seeds = ", ".join(str(r.seed) for r in group.runs)
@@ -352,7 +433,14 @@ def render_markdown(
                 _cell(group.values(get), len(group.runs), scale, digits)
                 for _, get, scale, digits in COLUMNS
             ]
-            rows.append([f"`{group.label}`", f"{len(group.runs)} ({seeds})", *cells])
+            rows.append(
+                [
+                    f"`{group.label}`",
+                    f"{len(group.runs)} ({seeds})",
+                    selection_text(group.runs),
+                    *cells,
+                ]
+            )
         lines += _table(header, rows) + [""]
 
         lines += ["## Runs", ""]
@@ -363,8 +451,17 @@ def render_markdown(
                 for _, get, scale, digits in COLUMNS:
                     value = get(run)
                     cells.append("–" if value is None else format_mean_std([value], scale, digits))
-                rows.append([f"`{group.label}`", str(run.seed), *cells, _relative(run.path, root)])
-        lines += _table(["method", "seed", *[c[0] for c in COLUMNS], "directory"], rows) + [""]
+                rows.append(
+                    [
+                        f"`{group.label}`",
+                        str(run.seed),
+                        selection_text([run]),
+                        *cells,
+                        _relative(run.path, root),
+                    ]
+                )
+        header = ["method", "seed", "selected on", *[c[0] for c in COLUMNS], "directory"]
+        lines += _table(header, rows) + [""]
 
     lines += ["## Failed jobs", ""]
     if failed:
@@ -639,16 +736,20 @@ def plot_class_cosine(groups: Sequence[Group], path: Path) -> bool:
 
 
 # --- entry points ---------------------------------------------------------------------------
-def generate_report(root: Path, out: Path | None = None) -> Path:
+def generate_report(
+    root: Path, out: Path | None = None, group_by: Sequence[str] | None = None
+) -> Path:
     """Read every run under ``root``; write ``report.md`` and the plots into ``out``/``root``.
 
-    Returns the path of ``report.md``. Raises :class:`NoRunsError` when ``root`` holds neither
-    runs nor failed jobs.
+    ``group_by``: the keys to group runs by (see :func:`group_runs`). Returns the path of
+    ``report.md``. Raises :class:`NoRunsError` when ``root`` holds neither runs nor failed jobs.
     """
-    return _generate(root, out)[0]
+    return _generate(root, out, group_by)[0]
 
 
-def _generate(root: Path, out: Path | None) -> tuple[Path, list[Run], list[FailedJob]]:
+def _generate(
+    root: Path, out: Path | None, group_by: Sequence[str] | None = None
+) -> tuple[Path, list[Run], list[FailedJob]]:
     root = Path(root).resolve()
     if not root.is_dir():
         raise NoRunsError(f"{root} is not a directory.")
@@ -660,14 +761,14 @@ def _generate(root: Path, out: Path | None) -> tuple[Path, list[Run], list[Faile
             "run) and no error.txt (a failed job) in it or below it. Point cskd-report at a run "
             "directory or a multirun directory."
         )
-    groups = group_runs(runs)
+    groups = group_runs(runs, group_by)
     out.mkdir(parents=True, exist_ok=True)
     plots = []
     for name, draw in zip(PLOTS, (plot_val_acc, plot_temperatures, plot_class_cosine), strict=True):
         if groups and draw(groups, out / name):
             plots.append(name)
     report = out / REPORT
-    report.write_text(render_markdown(root, groups, failed, plots))
+    report.write_text(render_markdown(root, groups, failed, plots, group_by))
     return report, runs, failed
 
 
@@ -683,9 +784,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="where to write the report (default: DIR)"
     )
+    parser.add_argument(
+        "--group-by",
+        default=None,
+        help="comma-separated keys to group runs by, instead of every override that differs: "
+        "override keys (e.g. distill.loss.temperature) or method, data, pair, selection",
+    )
     args = parser.parse_args(argv)
+    group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
     try:
-        report, runs, failed = _generate(args.dir, args.out)
+        report, runs, failed = _generate(args.dir, args.out, group_by)
     except NoRunsError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2

@@ -46,7 +46,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
+import shutil
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,10 +58,14 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from cskd_lightning.checkpoint_io import temp_path_for
 from cskd_lightning.checkpoints import CheckpointError, read_checkpoint
+from cskd_lightning.errors import InputError, MissingInputError
 
 log = logging.getLogger("cskd_lightning")
 
@@ -76,6 +83,8 @@ IGNORED_KEYS = (
     "ckpt_path",
     "resume_allow_config_change",
     "resume_trust_checkpoint",
+    "resume_from_sibling",
+    "tune_on_test_set",
     "train",
     "test",
     "optimized_metric",
@@ -341,7 +350,7 @@ def check_config(
             listed,
         )
         return
-    raise ValueError(
+    raise InputError(
         f"Cannot resume from {path}: it was made with a different config. Differing keys "
         f"(checkpoint -> now): {listed}. Resume with the original values, start a fresh run "
         f"(ckpt_path=null), or pass {ALLOW_CHANGE_FLAG} to resume anyway."
@@ -365,11 +374,11 @@ def _mid_epoch_warning(checkpoint: Mapping[str, Any], path: Path) -> None:
 
 # --------------------------------------------------------------------------- finding
 def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
-    """``*.ckpt`` files in ``ckpt_dir``, newest first (``last*`` first on a tie)."""
+    """The ``*.ckpt`` files in ``ckpt_dir`` (sorted by name; which is newest is decided by the
+    progress recorded inside them, :func:`newest_good_checkpoint`)."""
     if not ckpt_dir.is_dir():
         return []
-    files = [p for p in ckpt_dir.glob("*.ckpt") if p.is_file()]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name.startswith("last")))[::-1]
+    return sorted(p for p in ckpt_dir.glob("*.ckpt") if p.is_file())
 
 
 def _check_resumable(checkpoint: Any, path: Path) -> None:
@@ -392,9 +401,23 @@ def load_resumable(path: Path, trust: bool = False) -> dict[str, Any]:
     return checkpoint
 
 
+def progress_of(checkpoint: Mapping[str, Any]) -> tuple[int, int]:
+    """``(global_step, epoch)`` recorded in a training checkpoint (``-1`` where absent)."""
+
+    def number(key: str) -> int:
+        try:
+            return int(checkpoint.get(key, -1))
+        except (TypeError, ValueError):
+            return -1
+
+    return number("global_step"), number("epoch")
+
+
 def newest_good_checkpoint(ckpt_dir: Path, trust: bool = False) -> tuple[Path, dict[str, Any]]:
-    """The newest checkpoint in ``ckpt_dir`` that loads; unreadable ones are logged, skipped."""
-    problems = []
+    """The checkpoint in ``ckpt_dir`` that is furthest into training, by the global step and
+    epoch recorded inside it (never by file time: a copy keeps the progress, not the time);
+    ``last*.ckpt`` wins a tie. Files that do not load are logged and skipped."""
+    problems, good = [], []
     for path in checkpoint_candidates(ckpt_dir):
         try:
             checkpoint = load_resumable(path, trust)
@@ -402,13 +425,16 @@ def newest_good_checkpoint(ckpt_dir: Path, trust: bool = False) -> tuple[Path, d
             problems.append(str(err))
             log.warning("Skipping %s: %s", path, err)
             continue
-        if problems:
-            log.warning("Falling back to the newest good checkpoint: %s", path)
-        return path, checkpoint
-    raise CheckpointError(
-        f"No usable checkpoint in {ckpt_dir}: "
-        + (" | ".join(problems) if problems else "no *.ckpt files")
-    )
+        good.append(((*progress_of(checkpoint), path.name.startswith("last")), path, checkpoint))
+    if not good:
+        raise CheckpointError(
+            f"No usable checkpoint in {ckpt_dir}: "
+            + (" | ".join(problems) if problems else "no *.ckpt files")
+        )
+    _, path, checkpoint = max(good, key=lambda item: item[0])
+    if problems:
+        log.warning("Falling back to the furthest good checkpoint: %s", path)
+    return path, checkpoint
 
 
 def _saved_run_config(run_dir: Path) -> dict[str, Any] | None:
@@ -424,18 +450,15 @@ def _saved_run_config(run_dir: Path) -> dict[str, Any] | None:
 def search_sibling_runs(
     output_dir: Path, now: Mapping[str, Any], trust: bool = False
 ) -> tuple[Path, dict[str, Any]]:
-    """The newest good checkpoint of a sibling run directory with the same relevant config."""
+    """The furthest good checkpoint among the sibling run directories (the other directories
+    in ``output_dir``'s parent) whose saved and stored config match ``now``."""
     here = output_dir.resolve()
     parent = here.parent
-    runs = []
-    if parent.is_dir():
-        for run in parent.iterdir():
-            if run.is_dir() and run.resolve() != here:
-                files = checkpoint_candidates(run / "checkpoints")
-                if files:
-                    runs.append((files[0].stat().st_mtime_ns, run))
-    differing = []
-    for _, run in sorted(runs, reverse=True):
+    found, differing = [], []
+    runs = sorted(r for r in parent.iterdir() if r.is_dir()) if parent.is_dir() else []
+    for run in runs:
+        if run.resolve() == here or not checkpoint_candidates(run / "checkpoints"):
+            continue
         saved = _saved_run_config(run)
         if saved is not None and (diff := diff_configs(saved, now)):
             differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
@@ -450,9 +473,12 @@ def search_sibling_runs(
             if diff := diff_configs(stored["config"], now):
                 differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
                 continue
+        found.append((progress_of(checkpoint), path, checkpoint))
+    if found:
+        _, path, checkpoint = max(found, key=lambda item: item[0])
         log.info(
-            "ckpt_path=last: %s has no checkpoint; resuming from %s, the newest checkpoint of a "
-            "sibling run with the same config.",
+            "ckpt_path=last with resume_from_sibling=true: %s has no checkpoint; resuming from "
+            "%s, the furthest checkpoint of a sibling run with the same config.",
             output_dir / "checkpoints",
             path,
         )
@@ -464,10 +490,11 @@ def search_sibling_runs(
         if differing
         else ""
     )
-    raise FileNotFoundError(
-        f"ckpt_path=last: no checkpoint in {output_dir / 'checkpoints'} and no run in {parent} "
-        f"with the same config has one.{other} Restart with hydra.run.dir=<the run's directory>, "
-        "give the checkpoint's path (ckpt_path=<file>), or drop ckpt_path to start afresh."
+    raise MissingInputError(
+        f"ckpt_path=last resume_from_sibling=true: no checkpoint in {output_dir / 'checkpoints'} "
+        f"and no run in {parent} with the same config has one.{other} Restart with "
+        "hydra.run.dir=<the run's directory>, give the checkpoint's path (ckpt_path=<file>), or "
+        "drop ckpt_path to start afresh."
     )
 
 
@@ -481,8 +508,10 @@ class ResumeChoice:
 def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
     """Which checkpoint ``cfg.ckpt_path`` resumes from (see the module docstring), checked.
 
-    Raises ``FileNotFoundError`` (nothing to resume), :class:`CheckpointError` (a ``ValueError``:
-    unreadable or not a training checkpoint) or ``ValueError`` (made with another config).
+    ``None``: start afresh (no ``ckpt_path``, or ``ckpt_path=last`` with no checkpoint in the
+    run directory). Raises :class:`~cskd_lightning.errors.MissingInputError` (a named file that
+    is not there), :class:`CheckpointError` (unreadable, or not a training checkpoint) or
+    :class:`~cskd_lightning.errors.InputError` (made with another config).
     """
     given = cfg.get("ckpt_path")
     if not given:
@@ -493,18 +522,110 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
         ckpt_dir = output_dir / "checkpoints"
         if checkpoint_candidates(ckpt_dir):
             path, checkpoint = newest_good_checkpoint(ckpt_dir, trust)
-        else:
+        elif cfg.get("resume_from_sibling", False):
             path, checkpoint = search_sibling_runs(output_dir, now, trust)
+        else:
+            log.info(
+                "ckpt_path=last: no checkpoint in %s, so this is a new run. (To continue a "
+                "run of another directory, give hydra.run.dir=<that directory>, or add "
+                "resume_from_sibling=true to take the furthest checkpoint of a sibling run "
+                "with the same config.)",
+                ckpt_dir,
+            )
+            return None
     else:
         path = Path(str(given)).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"ckpt_path: no checkpoint at {path}. Give an existing .ckpt file, or "
                 "ckpt_path=last to resume this run's newest checkpoint."
             )
         checkpoint = load_resumable(path, trust)
     check_config(checkpoint, now, path, bool(cfg.get("resume_allow_config_change", False)))
     _mid_epoch_warning(checkpoint, path)
-    epoch, step = checkpoint.get("epoch"), checkpoint.get("global_step")
+    step, epoch = progress_of(checkpoint)
     log.info("Resuming from %s (saved after epoch %s, global step %s)", path, epoch, step)
     return ResumeChoice(path=path, epoch=epoch, global_step=step)
+
+
+# --------------------------------------------------------------------------- wall time
+class RunClock(L.Callback):
+    """The run's wall time over all its segments (a resumed run continues the count).
+
+    Its state, saved in every checkpoint, is the time from the first segment's start to that
+    checkpoint; a resumed run adds its own time to the state of the checkpoint it resumed
+    from. Work that was redone after a crash is counted once.
+    """
+
+    def __init__(self, started: float) -> None:
+        self.started = float(started)
+        self.before = 0.0
+        self.segments = 1
+        self._restored: dict[str, Any] | None = None
+
+    def elapsed(self) -> float:
+        """Seconds of this run so far, earlier segments included."""
+        return self.before + time.time() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_s": self.elapsed(), "segments": self.segments}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Also called when a checkpoint is loaded for testing: only a resumed fit counts.
+        self._restored = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._restored is not None:
+            self.before = float(self._restored.get("elapsed_s", 0.0))
+            self.segments = int(self._restored.get("segments", 1)) + 1
+            self._restored = None
+
+
+# --------------------------------------------------------------------------- best checkpoint
+class RunModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose best-k record follows a resume from another run directory.
+
+    When the restored state's ``dirpath`` is another run's (``resume_from_sibling=true``), that
+    run's best-k files are copied into this run's directory and the record points at the
+    copies, instead of being dropped (Lightning's behaviour): the best model of the whole
+    training is still the one tested, and the other run's directory is left untouched.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if (
+            old
+            and self.dirpath
+            and os.path.realpath(str(old)) != os.path.realpath(str(self.dirpath))
+        ):
+            state_dict = self._adopt(dict(state_dict), Path(str(old)), Path(str(self.dirpath)))
+        super().load_state_dict(state_dict)
+
+    def _adopt(self, state: dict[str, Any], old_dir: Path, new_dir: Path) -> dict[str, Any]:
+        """Copy the previous run's best-k files into ``new_dir`` and point the record at them."""
+
+        def moved(path: Any) -> Any:
+            if not path or Path(str(path)).parent != old_dir:
+                return path
+            return str(new_dir / Path(str(path)).name)
+
+        copied = []
+        if rank_zero_only.rank == 0:
+            new_dir.mkdir(parents=True, exist_ok=True)
+            for path in state.get("best_k_models", {}):
+                src = Path(str(path))
+                if src.parent == old_dir and src.is_file():
+                    tmp = temp_path_for(new_dir / src.name)
+                    shutil.copy2(src, tmp)
+                    os.replace(tmp, new_dir / src.name)
+                    copied.append(src.name)
+        state["best_k_models"] = {moved(k): v for k, v in state.get("best_k_models", {}).items()}
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            state[key] = moved(state.get(key))
+        state["dirpath"] = self.dirpath
+        log.info(
+            "Carried the best-checkpoint record over from %s (copied: %s).",
+            old_dir,
+            ", ".join(copied) or "none",
+        )
+        return state

@@ -12,12 +12,12 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cskd_lightning.app import instantiate_group, is_global_zero, optional_instantiate, to_float
 from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint
+from cskd_lightning.loggers import RunCSVLogger
 from cskd_lightning.losses import CELoss
 from cskd_lightning.module import DistillationModule
 
@@ -95,7 +95,9 @@ def teacher_datamodule(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.
 
 
 def _plain_trainer(cfg: DictConfig, output_dir: Path, max_epochs: int | None = None) -> L.Trainer:
-    """A trainer like the run's, without checkpoints, for the teacher stage."""
+    """A trainer like the run's, without checkpoints, for the teacher stage. Only a training
+    (``max_epochs`` given) writes a log (``<output_dir>/metrics.csv``); a test of a ready
+    teacher leaves the directory as it is."""
     callbacks = [
         c
         for c in instantiate_group(cfg.get("callbacks"))
@@ -103,7 +105,7 @@ def _plain_trainer(cfg: DictConfig, output_dir: Path, max_epochs: int | None = N
     ]
     overrides: dict[str, Any] = {
         "callbacks": callbacks,
-        "logger": CSVLogger(save_dir=str(output_dir), name="", version=""),
+        "logger": RunCSVLogger(output_dir) if max_epochs is not None else False,
         "enable_checkpointing": False,
         "default_root_dir": str(output_dir),
     }
@@ -149,26 +151,38 @@ def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def prepare_teacher(
-    cfg: DictConfig, datamodule: L.LightningDataModule, output_dir: Path
-) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the pair's teacher and give it weights; return it with a record of where from.
-
-    ``teacher.ckpt_path`` set: load that file (checked before any training). A pair whose
-    teacher is ``pretrained: true`` (torchvision weights) is used as built. Else reuse the
-    cached teacher for this exact data/model/recipe/seed, or train one and cache it.
-    """
+def build_teacher(cfg: DictConfig) -> tuple[nn.Module, Path | None]:
+    """The pair's teacher model, with the weights of ``teacher.ckpt_path`` when one is given
+    (read and checked: a bad file fails here, before anything is written or trained)."""
     teacher = hydra.utils.instantiate(cfg.pair.teacher.model)
+    given = cfg.teacher.get("ckpt_path")
+    if not given:
+        return teacher, None
+    path = Path(given).expanduser()
+    load_weights(teacher, path, trust=bool(cfg.teacher.get("trust_checkpoint", False)))
+    return teacher, path
+
+
+def prepare_teacher(
+    cfg: DictConfig,
+    datamodule: L.LightningDataModule,
+    output_dir: Path,
+    built: tuple[nn.Module, Path | None] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Give the pair's teacher its weights; return it with a record of where they came from.
+
+    ``built``: the result of :func:`build_teacher` (made here when omitted). A teacher loaded
+    from ``teacher.ckpt_path`` or one that is ``pretrained: true`` (torchvision weights) is
+    used as built. Else reuse the cached teacher for this exact data/model/recipe/seed, or
+    train one and cache it.
+    """
+    teacher, given = built if built is not None else build_teacher(cfg)
     stage_dir = output_dir / "teacher"
     datamodule = teacher_datamodule(cfg, datamodule)
-    given = cfg.teacher.get("ckpt_path")
-    if given:
-        path = Path(given).expanduser()
-        load_weights(teacher, path, trust=bool(cfg.teacher.get("trust_checkpoint", False)))
-        log.info("Teacher weights loaded from %s", path)
+    if given is not None:
+        log.info("Teacher weights loaded from %s", given)
         acc = evaluate_teacher(cfg, teacher, datamodule, stage_dir)
-        return teacher.eval(), {"source": str(path.resolve()), "test_acc": acc, "cached": False}
-
+        return teacher.eval(), {"source": str(given.resolve()), "test_acc": acc, "cached": False}
     if cfg.pair.teacher.get("pretrained", False):
         log.info(
             "Teacher %s comes with pretrained weights: no teacher training.",

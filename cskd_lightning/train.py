@@ -13,9 +13,12 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app import (
+    checks_passed,
     instantiate_group,
     is_global_zero,
     optional_instantiate,
@@ -23,17 +26,28 @@ from cskd_lightning.app import (
     to_float,
     write_json,
 )
+from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
+from cskd_lightning.loggers import RunCSVLogger
 from cskd_lightning.module import DistillationModule
 from cskd_lightning.preflight import (
+    RUN_CONFIG,
+    RUN_SUMMARY,
+    ExistingRun,
     check_batch_for_loss,
+    check_cache_dir,
     check_class_counts,
+    check_data,
     check_output_dir,
     check_per_process_batch,
+    check_tuning_selection,
+    check_world_size,
     config_errors,
+    inspect_run_dir,
+    selection_of,
 )
-from cskd_lightning.resume import RunConfigRecorder, relevant_config, resolve_resume
+from cskd_lightning.resume import RunClock, RunConfigRecorder, relevant_config, resolve_resume
 from cskd_lightning.summary import print_summary
-from cskd_lightning.teacher_stage import prepare_teacher
+from cskd_lightning.teacher_stage import build_teacher, prepare_teacher
 
 log = logging.getLogger("cskd_lightning")
 
@@ -41,11 +55,15 @@ log = logging.getLogger("cskd_lightning")
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train a student as ``cfg`` says and return the metrics (a sweeper reads from them).
 
-    Steps: check the inputs (output directory, checkpoint to resume, class counts, batch size);
-    seed; datamodule; teacher (given, cached or trained); student, loss and module; callbacks,
-    loggers and trainer; fit (resuming ``ckpt_path``, see :mod:`cskd_lightning.resume`); test
-    the best checkpoint; write ``student.pt`` and ``summary.json`` into the run directory; print
-    a short table.
+    1. Checks, before anything is written or trained: the run directory is writable; every
+       object the config builds (datamodule, loss, models, teacher weights, loggers, trainer);
+       class counts and batch sizes; the data itself; the teacher cache; the checkpoint to
+       resume; what the run directory holds (the same settings, or nothing: a finished run is
+       reported, not redone, and an unfinished one only resumed); and that an optimising sweep
+       does not tune on the test set.
+    2. Then: ``config.yaml`` (a new run), the teacher (given, cached or trained), the student
+       run (fit, resuming ``ckpt_path``; see :mod:`cskd_lightning.resume`), the test of the
+       best checkpoint, ``student.pt`` and ``summary.json``, and a short table.
     """
     with config_errors():
         return _train(cfg)
@@ -54,40 +72,65 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def _train(cfg: DictConfig) -> dict[str, Any]:
     started = time.time()
     output_dir = Path(cfg.paths.output_dir)
-    # Checks first: a bad input fails before anything is written or trained.
+    # --- 1. checks: a bad input fails here, with the run directory as it was -----------------
     check_output_dir(output_dir, "hydra.run.dir")
-    resume = resolve_resume(cfg, output_dir)
-    if is_global_zero():
-        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     L.seed_everything(cfg.seed, workers=True)
-
     datamodule = hydra.utils.instantiate(cfg.data.datamodule)
     loss = hydra.utils.instantiate(cfg.distill.loss)
     check_batch_for_loss(cfg, loss)
     check_class_counts(cfg, datamodule, hydra.utils.instantiate(cfg.pair.student.model))
-    teacher, teacher_info = prepare_teacher(cfg, datamodule, output_dir)
+    teacher = build_teacher(cfg)
+    clock = RunClock(started)
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=[
+            CommitCheckpointsAfterLogging(output_dir / "checkpoints"),
+            *instantiate_group(cfg.get("callbacks")),
+            RunConfigRecorder(relevant_config(cfg)),
+            clock,
+        ],
+        logger=loggers or False,
+        plugins=[AtomicCheckpointIO()],
+    )
+    check_per_process_batch(cfg, loss, trainer.world_size)
+    check_world_size(datamodule, trainer.world_size)
+    check_data(datamodule)
+    check_cache_dir(cfg)
+    resume = resolve_resume(cfg, output_dir)
+    # The other processes of a DDP run start after rank 0 has begun writing the run directory.
+    existing = inspect_run_dir(cfg, output_dir) if is_global_zero() else ExistingRun()
+    if existing.finished:
+        log.info("%s holds this run, finished: nothing to do (its summary follows).", output_dir)
+        print_summary(existing.summary)
+        return dict(existing.summary.get("metrics", {}))
+    selection = selection_of(datamodule)
+    check_tuning_selection(cfg, selection)
+
+    # --- 2. the run ---------------------------------------------------------------------------
+    checks_passed()
+    if is_global_zero() and existing.config is None:
+        write_run_config(cfg, output_dir)
+    for logger in loggers:
+        if isinstance(logger, RunCSVLogger):
+            kept = logger.keep_history(resume.epoch if resume else None)
+            if kept and resume:
+                log.info(
+                    "Kept %d rows of %s (epochs up to %s).", kept, logger.metrics_file, resume.epoch
+                )
+    teacher_model, teacher_info = prepare_teacher(cfg, datamodule, output_dir, teacher)
 
     L.seed_everything(cfg.seed, workers=True)
     student = hydra.utils.instantiate(cfg.pair.student.model)
     recipe = cfg.pair.student.recipe
     module = DistillationModule(
         student,
-        teacher if loss.requires_teacher else None,
+        teacher_model if loss.requires_teacher else None,
         loss,
         optimizer=optional_instantiate(recipe.get("optimizer")),
         scheduler=optional_instantiate(recipe.get("scheduler")),
         **cfg.get("module", {}),
     )
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=[
-            *instantiate_group(cfg.get("callbacks")),
-            RunConfigRecorder(relevant_config(cfg)),
-        ],
-        logger=instantiate_group(cfg.get("logger")) or False,
-    )
-    check_per_process_batch(cfg, loss, trainer.world_size)
-
     if cfg.get("train", True):
         trainer.fit(
             module,
@@ -97,8 +140,8 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         )
     metrics = {k: to_float(v) for k, v in trainer.callback_metrics.items()}
 
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if cfg.get("test", True):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if not best:
             log.warning("No best checkpoint was saved: testing the final weights.")
         results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
@@ -106,27 +149,86 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
 
     if trainer.is_global_zero:
         module.export_student(output_dir / "student.pt")
-        summary = {
-            "method": cfg.distill.name,
-            "seed": cfg.seed,
-            "data": cfg.data.name,
-            "pair": cfg.pair.name,
-            "teacher": {"model": cfg.pair.teacher.model.name, **teacher_info},
-            "student": {
-                "model": cfg.pair.student.model.name,
-                "test_acc": metrics.get("test/acc"),
-                "val_acc_best": metrics.get("val/acc_best"),
-                "val_acc_last": metrics.get("val/acc"),
-                "best_checkpoint": trainer.checkpoint_callback.best_model_path
-                if trainer.checkpoint_callback
-                else None,
-            },
-            "wall_time_s": round(time.time() - started, 2),
-            "output_dir": str(output_dir.resolve()),
-        }
-        write_json(output_dir / "summary.json", summary)
+        summary = make_summary(cfg, output_dir, metrics, teacher_info, best, selection, clock)
+        write_json(output_dir / RUN_SUMMARY, summary)
         print_summary(summary)
     return metrics
+
+
+def write_run_config(cfg: DictConfig, output_dir: Path) -> None:
+    """The new run's records: the resolved ``config.yaml`` and, as Hydra writes them,
+    ``.hydra/{config,hydra,overrides}.yaml`` (Hydra itself writes nothing into the run
+    directory, so a command that fails its checks leaves an existing run as it was)."""
+    OmegaConf.save(cfg, output_dir / RUN_CONFIG, resolve=True)
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    records = output_dir / ".hydra"
+    records.mkdir(exist_ok=True)
+    OmegaConf.save(cfg, records / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), records / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), records / "overrides.yaml")
+
+
+def task_overrides(output_dir: Path) -> list[str]:
+    """The run's command-line overrides, as first given (``.hydra/overrides.yaml``)."""
+    path = output_dir / ".hydra" / "overrides.yaml"
+    if path.is_file():
+        return [str(o) for o in OmegaConf.load(path)]
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return []
+
+
+def _epoch_of(checkpoint: str) -> int | None:
+    if not checkpoint:
+        return None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    return int(state["epoch"]) if "epoch" in state else None
+
+
+def make_summary(
+    cfg: DictConfig,
+    output_dir: Path,
+    metrics: dict[str, Any],
+    teacher_info: dict[str, Any],
+    best: str,
+    selection: str,
+    clock: RunClock,
+) -> dict[str, Any]:
+    """The run's ``summary.json``: what was trained, how it scored, where the files are.
+
+    ``student.best_checkpoint`` is relative to the run directory (the directory may move);
+    ``selection`` says which split picked the best epoch (``validation`` or ``test``);
+    ``wall_time_s`` adds up every segment of a resumed run.
+    """
+    best_file = None
+    if best:
+        try:
+            best_file = str(Path(best).resolve().relative_to(output_dir.resolve()))
+        except ValueError:  # outside the run directory
+            best_file = str(Path(best).resolve())
+    return {
+        "method": cfg.distill.name,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "pair": cfg.pair.name,
+        "selection": selection,
+        "overrides": task_overrides(output_dir),
+        "teacher": {"model": cfg.pair.teacher.model.name, **teacher_info},
+        "student": {
+            "model": cfg.pair.student.model.name,
+            "test_acc": metrics.get("test/acc"),
+            "val_acc_best": metrics.get("val/acc_best"),
+            "val_acc_last": metrics.get("val/acc"),
+            "best_epoch": _epoch_of(best),
+            "best_checkpoint": best_file,
+        },
+        "metrics": {k: v for k, v in metrics.items() if v is not None},
+        "segments": clock.segments,
+        "wall_time_s": round(clock.elapsed(), 2),
+        "output_dir": str(output_dir.resolve()),
+    }
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cskd_lightning.conf", config_name="train")

@@ -141,26 +141,38 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
     assert metrics["test/acc"] == pytest.approx(trained, abs=1e-6)
 
 
-def test_multirun_records_a_failing_job_and_runs_the_others(tmp_path: Path) -> None:
+def test_multirun_records_a_failing_job_runs_the_others_and_exits_1(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    done = run_cli(
-        [
-            "cskd-train",
-            "-m",
-            *FAST,
-            "distill=cskd",
-            "distill.loss.temperature=4.0,-1.0",
-            f"hydra.sweep.dir={sweep}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-        ],
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    common = [
+        "cskd-train",
+        "-m",
+        *FAST,
+        "distill=cskd",
+        f"hydra.sweep.dir={sweep}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
+    done = run_cli([*common, "distill.loss.temperature=4.0,-1.0"], cwd=tmp_path)
+    assert done.returncode == 1, done.stderr[-3000:]
     assert read_summary(sweep / "0")["method"] == "cskd"
     error = (sweep / "1" / "error.txt").read_text()
     assert "temperature must be a positive number" in error
     assert not (sweep / "1" / "summary.json").exists()
-    assert "1 job(s) of the multirun failed" in done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "1 job(s) of the multirun failed" in output and f"{sweep / '1'}:" in output
+    first = (sweep / "0" / "summary.json").read_bytes()
+
+    # The same sweep directory again, the bad value fixed: job 0 is finished (reported, not
+    # redone), job 1 now runs; no failure of the earlier attempt is reported.
+    again = run_cli([*common, "distill.loss.temperature=4.0,3.0"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "failed" not in again.stdout + again.stderr
+    assert (sweep / "0" / "summary.json").read_bytes() == first
+    assert "holds this run, finished" in (sweep / "0" / "train.log").read_text()
+    assert read_summary(sweep / "1")["overrides"][-1] == "distill.loss.temperature=3.0"
+    assert not (sweep / "1" / "error.txt").exists()
+    assert (
+        "temperature must be a positive number" in (sweep / "1" / "error.previous.txt").read_text()
+    )
 
 
 def test_unknown_group_option_lists_the_choices(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from cskd_lightning.errors import InputError
 from cskd_lightning.resume import ResumableDataLoader, ResumableDataModule
 
 from .transforms import Cutout, TensorRandAugment, TwoViewTransform
@@ -46,7 +47,7 @@ class TensorImageDataset(Dataset):
     def __init__(self, images: Tensor, targets: Tensor | Sequence[int]) -> None:
         targets = torch.as_tensor(targets, dtype=torch.int64)
         if images.ndim != 4 or images.shape[0] != targets.shape[0]:
-            raise ValueError(
+            raise InputError(
                 f"expected images (N, C, H, W) and targets (N,), got {tuple(images.shape)} and "
                 f"{tuple(targets.shape)}"
             )
@@ -103,7 +104,7 @@ def resolve_val_count(val_split: float | int, n: int) -> int:
     ``5000.0`` from a config) counts as a count.
     """
     if isinstance(val_split, bool) or not isinstance(val_split, (int, float, np.integer)):
-        raise TypeError(f"val_split must be a float fraction or an int count, got {val_split!r}")
+        raise InputError(f"val_split must be a float fraction or an int count, got {val_split!r}")
     if isinstance(val_split, (int, np.integer)):
         count = int(val_split)
     elif 0.0 <= val_split < 1.0:
@@ -111,11 +112,11 @@ def resolve_val_count(val_split: float | int, n: int) -> int:
     elif float(val_split).is_integer():
         count = int(val_split)
     else:
-        raise ValueError(
+        raise InputError(
             f"val_split={val_split} is neither a fraction in [0, 1) nor an integer count"
         )
     if count < 0 or count >= n:
-        raise ValueError(
+        raise InputError(
             f"val_split={val_split} must hold out between 0 and {n - 1} of {n} samples"
         )
     return count
@@ -136,7 +137,7 @@ def stratified_split(
     try:
         keep, held = train_test_split(idx, test_size=count, stratify=y, random_state=seed)
     except ValueError as err:
-        raise ValueError(
+        raise InputError(
             f"cannot hold out a stratified split of {count} of {len(y)} samples "
             f"({len(np.unique(y))} classes): {err}. Use a larger or smaller val_split "
             "(0 uses the test set for validation)."
@@ -184,15 +185,15 @@ class BaseDataModule(ResumableDataModule):
     ) -> None:
         super().__init__()
         if int(batch_size) != batch_size or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
         if eval_batch_size is not None and (
             int(eval_batch_size) != eval_batch_size or eval_batch_size < 1
         ):
-            raise ValueError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
+            raise InputError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
         if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+            raise InputError(f"num_workers must be >= 0, got {num_workers}")
         if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or val_split < 0:
-            raise ValueError(f"val_split must be a fraction or count >= 0, got {val_split!r}")
+            raise InputError(f"val_split must be a fraction or count >= 0, got {val_split!r}")
         self.batch_size = int(batch_size)
         self.eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
         self.num_workers = int(num_workers)
@@ -264,19 +265,29 @@ class BaseDataModule(ResumableDataModule):
         """Number of processes of the attached trainer (1 without a trainer)."""
         return int(self.trainer.world_size) if self.trainer is not None else 1
 
-    def _divide_batches(self) -> None:
-        world = self.world_size
+    @property
+    def val_is_test(self) -> bool:
+        """True when no validation split is held out (``val_split == 0``): the validation loader
+        then iterates the test set, so ``val/*`` metrics are test-set metrics."""
+        return not self.val_split
+
+    def check_world_size(self, world: int) -> None:
+        """Raise an :class:`InputError` unless both global batch sizes divide by ``world``."""
         for name, value in (
             ("batch_size", self.batch_size),
             ("eval_batch_size", self.eval_batch_size),
         ):
             if value is not None and value % world != 0:
                 lower = max(world, value // world * world)
-                raise ValueError(
+                raise InputError(
                     f"{name}={value} is the GLOBAL batch and must be divisible by the number of "
                     f"processes ({world}); set data.datamodule.{name} to a multiple of {world} "
                     f"(e.g. {lower} or {lower + world}) or change the number of devices/nodes."
                 )
+
+    def _divide_batches(self) -> None:
+        world = self.world_size
+        self.check_world_size(world)
         self.per_process_batch_size = self.batch_size // world
         self.per_process_eval_batch_size = (self.eval_batch_size or self.batch_size) // world
 

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from cskd_lightning.errors import InputError, MissingInputError
+
 from .base import BaseDataModule, TensorImageDataset, Transform
 from .transforms import RandomCropTensor, RandomHorizontalFlipTensor, ToFloatNormalize
 
@@ -26,9 +28,9 @@ def _load_pickle(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             obj = pickle.load(f, encoding="latin1")
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as err:
-        raise ValueError(f"cannot read CIFAR file {path}: corrupt or truncated ({err})") from err
+        raise InputError(f"cannot read CIFAR file {path}: corrupt or truncated ({err})") from err
     if not isinstance(obj, dict):
-        raise ValueError(f"CIFAR file {path} does not hold a dict (got {type(obj).__name__})")
+        raise InputError(f"CIFAR file {path} does not hold a dict (got {type(obj).__name__})")
     return obj
 
 
@@ -99,17 +101,17 @@ class _CIFARDataModule(BaseDataModule):
             path = self.folder / name
             entry = _load_pickle(path)
             if "data" not in entry or self.label_key not in entry:
-                raise ValueError(f"CIFAR file {path} lacks the 'data' or '{self.label_key}' key")
+                raise InputError(f"CIFAR file {path} lacks the 'data' or '{self.label_key}' key")
             data = np.asarray(entry["data"], dtype=np.uint8)
             if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-                raise ValueError(
+                raise InputError(
                     f"CIFAR file {path}: 'data' has shape {data.shape}, want (N, 3072)"
                 )
             lab = np.asarray(entry[self.label_key], dtype=np.int64)
             if lab.shape != (data.shape[0],):
-                raise ValueError(f"CIFAR file {path}: {len(lab)} labels for {data.shape[0]} images")
+                raise InputError(f"CIFAR file {path}: {len(lab)} labels for {data.shape[0]} images")
             if lab.size and (lab.min() < 0 or lab.max() >= self.num_classes):
-                raise ValueError(f"CIFAR file {path}: labels outside 0..{self.num_classes - 1}")
+                raise InputError(f"CIFAR file {path}: labels outside 0..{self.num_classes - 1}")
             datas.append(data)
             labels.append(lab)
         images = torch.from_numpy(np.concatenate(datas).reshape(-1, 3, 32, 32))
@@ -120,7 +122,7 @@ class _CIFARDataModule(BaseDataModule):
             self.prepare_data()  # Lightning already called it on rank 0 otherwise
         missing = self._missing()
         if missing:
-            raise FileNotFoundError(
+            raise MissingInputError(
                 f"{type(self).__name__}: CIFAR data not found in {self.folder} (missing "
                 f"{', '.join(p.name for p in missing)}). Set data.datamodule.download=true to "
                 f"download it into {self.data_dir}, or point data.datamodule.data_dir at the "

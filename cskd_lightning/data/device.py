@@ -578,6 +578,13 @@ class DeviceDataModule(ResumableDataModule):
         return self.source.per_process_batch_size
 
     @property
+    def val_is_test(self) -> bool:
+        return self.source.val_is_test
+
+    def check_world_size(self, world: int) -> None:
+        self.source.check_world_size(world)
+
+    @property
     def per_process_eval_batch_size(self) -> int:
         return self.source.per_process_eval_batch_size
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cskd_lightning.errors import InputError, MissingInputError
+
 from .base import BaseDataModule, TensorImageDataset, Transform
 from .transforms import RandomCropTensor, RandomHorizontalFlipTensor, ToFloatNormalize
 
@@ -44,24 +46,24 @@ def read_idx(path: str | os.PathLike, kind: str) -> np.ndarray:
         else:
             raw = path.read_bytes()
     except (OSError, EOFError, zlib.error) as err:
-        raise ValueError(
+        raise InputError(
             f"cannot read Fashion-MNIST file {path}: corrupt or truncated ({err})"
         ) from err
 
     expected_magic, header = (IMAGES_MAGIC, 16) if kind == "images" else (LABELS_MAGIC, 8)
     if len(raw) < header:
-        raise ValueError(f"Fashion-MNIST file {path} is truncated ({len(raw)} bytes of header)")
+        raise InputError(f"Fashion-MNIST file {path} is truncated ({len(raw)} bytes of header)")
     fields = np.frombuffer(raw, dtype=">u4", count=header // 4)
     magic, n = int(fields[0]), int(fields[1])
     if magic != expected_magic:
-        raise ValueError(
+        raise InputError(
             f"Fashion-MNIST file {path} has magic number {magic:#010x}, expected "
             f"{expected_magic:#010x} for idx {kind}"
         )
     shape: tuple[int, ...] = (n,) if kind == "labels" else (n, int(fields[2]), int(fields[3]))
     size = int(np.prod(shape))
     if len(raw) != header + size:
-        raise ValueError(
+        raise InputError(
             f"Fashion-MNIST file {path} has {len(raw) - header} data bytes, expected {size} "
             f"for shape {shape} (truncated or corrupt)"
         )
@@ -92,7 +94,7 @@ def find_fashion_mnist_files(data_dir: str | os.PathLike) -> dict[str, Path]:
                     break
         if len(found) == len(FILES):
             return found
-    raise FileNotFoundError(_missing_message(data_dir))
+    raise MissingInputError(_missing_message(data_dir))
 
 
 class FashionMNISTDataModule(BaseDataModule):
@@ -163,16 +165,16 @@ class FashionMNISTDataModule(BaseDataModule):
             images = read_idx(files[f"{part}_images"], "images")
             labels = read_idx(files[f"{part}_labels"], "labels")
             if images.shape[0] != labels.shape[0]:
-                raise ValueError(
+                raise InputError(
                     f"{files[f'{part}_images']} has {images.shape[0]} images but "
                     f"{files[f'{part}_labels']} has {labels.shape[0]} labels"
                 )
             if images.shape[1:] != (28, 28):
-                raise ValueError(
+                raise InputError(
                     f"{files[f'{part}_images']}: expected 28x28 images, got {images.shape[1:]}"
                 )
             if labels.size and int(labels.max()) >= self.num_classes:
-                raise ValueError(f"{files[f'{part}_labels']}: label {int(labels.max())} >= 10")
+                raise InputError(f"{files[f'{part}_labels']}: label {int(labels.max())} >= 10")
             splits.append(
                 TensorImageDataset(
                     torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))

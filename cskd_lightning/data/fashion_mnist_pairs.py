@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cskd_lightning.errors import InputError
+
 from .base import BaseDataModule, TensorImageDataset, Transform
 from .fashion_mnist import DEFAULT_DIR, MEAN, STD, FashionMNISTDataModule
 from .transforms import RandomCropTensor, ToFloatNormalize
@@ -44,7 +46,7 @@ def draw_pair_indices(
     Returns two ``int64`` arrays of shape ``(n_pairs,)``.
     """
     if n_images < 1 or n_pairs < 1:
-        raise ValueError(f"need at least one image and one pair, got {n_images} and {n_pairs}")
+        raise InputError(f"need at least one image and one pair, got {n_images} and {n_pairs}")
     entropy = int(seed) if isinstance(seed, (int, np.integer)) else [int(s) for s in seed]
     rng = np.random.default_rng(np.random.SeedSequence(entropy))
     repeats = -(-n_pairs // n_images)
@@ -131,7 +133,7 @@ class FashionMNISTPairsDataModule(BaseDataModule):
             ("num_test_pairs", num_test_pairs),
         ):
             if isinstance(value, bool) or int(value) != value or value < 1:
-                raise ValueError(
+                raise InputError(
                     f"data.datamodule.{name} must be a positive integer, got {value!r}"
                 )
         self.data_dir = str(data_dir)

@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
+from cskd_lightning.errors import InputError, MissingInputError
+
 from .base import BaseDataModule, Transform
 from .transforms import ToFloatNormalize
 
@@ -71,7 +73,7 @@ class ImageNetDataModule(BaseDataModule):
             augment=augment,
         )
         if num_classes < 1 or image_size < 1:
-            raise ValueError(
+            raise InputError(
                 f"num_classes and image_size must be >= 1, got {num_classes}, {image_size}"
             )
         self.data_dir = str(data_dir)
@@ -85,7 +87,7 @@ class ImageNetDataModule(BaseDataModule):
         root = Path(self.data_dir)
         for sub in ("train", "val"):
             if not (root / sub).is_dir():
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"ImageNet folder {root / sub} not found: "
                     f"data.datamodule.data_dir={root} must contain "
                     "train/ and val/ with one sub-folder of images per class"
@@ -93,13 +95,13 @@ class ImageNetDataModule(BaseDataModule):
         train = ImageFolder(str(root / "train"))
         val = ImageFolder(str(root / "val"))
         if len(train.classes) != self.num_classes:
-            raise ValueError(
+            raise InputError(
                 f"found {len(train.classes)} class folders in {root / 'train'} but "
                 f"num_classes={self.num_classes}; set data.num_classes={len(train.classes)} "
                 "or fix the folder"
             )
         if val.classes != train.classes:
-            raise ValueError(
+            raise InputError(
                 f"class folders differ between {root / 'train'} ({len(train.classes)}) and "
                 f"{root / 'val'} ({len(val.classes)})"
             )

@@ -17,6 +17,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.transforms import RandAugment
 
+from cskd_lightning.errors import InputError
+
 __all__ = [
     "Cutout",
     "TwoViewTransform",
@@ -38,7 +40,7 @@ class RandomCropTensor:
     def __init__(self, size: int | Sequence[int], padding: int = 0) -> None:
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         if height <= 0 or width <= 0 or padding < 0:
-            raise ValueError(
+            raise InputError(
                 f"RandomCropTensor needs size > 0 and padding >= 0, got {size}, {padding}"
             )
         self.size = size if isinstance(size, int) else (int(height), int(width))
@@ -55,7 +57,7 @@ class RandomCropTensor:
             padded = img
         ph, pw = padded.shape[-2:]
         if ph < self.height or pw < self.width:
-            raise ValueError(f"crop size {self.size} larger than padded image {ph}x{pw}")
+            raise InputError(f"crop size {self.size} larger than padded image {ph}x{pw}")
         top = int(torch.randint(0, ph - self.height + 1, (1,)))
         left = int(torch.randint(0, pw - self.width + 1, (1,)))
         return padded[:, top : top + self.height, left : left + self.width]
@@ -91,7 +93,7 @@ class ToFloatNormalize:
         self.mean = torch.tensor(list(mean), dtype=torch.float32).view(-1, 1, 1)
         self.std = torch.tensor(list(std), dtype=torch.float32).view(-1, 1, 1)
         if (self.std <= 0).any():
-            raise ValueError(f"std must be positive, got {list(std)}")
+            raise InputError(f"std must be positive, got {list(std)}")
         self.scale = float(scale)
 
     def __call__(self, img: Tensor) -> Tensor:
@@ -154,9 +156,9 @@ class Cutout:
         random_size: bool = True,
     ) -> None:
         if size is not None and size < 0:
-            raise ValueError(f"Cutout size must be >= 0, got {size}")
+            raise InputError(f"Cutout size must be >= 0, got {size}")
         if not 0.0 <= max_fraction <= 1.0:
-            raise ValueError(f"Cutout max_fraction must be in [0, 1], got {max_fraction}")
+            raise InputError(f"Cutout max_fraction must be in [0, 1], got {max_fraction}")
         self.size = size
         self.max_fraction = float(max_fraction)
         self.random_size = random_size if size is None else False

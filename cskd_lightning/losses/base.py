@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
+
+from cskd_lightning.errors import InputError
 
 
 @dataclass
@@ -49,22 +52,34 @@ class DistillationLoss(nn.Module):
         self.progress = TrainingProgress(epoch, global_step, max_epochs)
 
 
+def as_number(name: str, value: Any) -> float:
+    """``value`` as a float, or an :class:`InputError` naming ``name`` (e.g. ``"abc"``)."""
+    if isinstance(value, bool):
+        raise InputError(f"{name} must be a number; got {value!r}.", key=name)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number; got {value!r}.", key=name) from None
+
+
 def check_positive(name: str, value: float) -> float:
-    """Return ``value`` as float, or raise a ValueError naming ``name`` if not finite and > 0."""
-    value = float(value)
+    """Return ``value`` as float, or raise an :class:`InputError` naming ``name`` if it is not a
+    finite number > 0."""
+    value = as_number(name, value)
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive number; got {value}.")
+        raise InputError(f"{name} must be a positive number; got {value}.", key=name)
     return value
 
 
 def check_weight(name: str, value: float) -> float:
-    """Return ``value`` as float, or raise a ValueError naming ``name`` if negative/not finite.
-
-    A weight of 0 switches a term off (``ce_weight=0`` is pure distillation).
+    """Return ``value`` as float, or raise an :class:`InputError` naming ``name`` if negative or
+    not finite. A weight of 0 switches a term off (``ce_weight=0`` is pure distillation).
     """
-    value = float(value)
+    value = as_number(name, value)
     if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name} must be a non-negative number (0 switches it off); got {value}.")
+        raise InputError(
+            f"{name} must be a non-negative number (0 switches it off); got {value}.", key=name
+        )
     return value
 
 
@@ -72,8 +87,9 @@ def check_cswt_range(t_low: float, t_high: float) -> tuple[float, float]:
     """Validate CSWT's ``(t_low, t_high)``: both positive and ``t_low <= t_high``."""
     t_low, t_high = check_positive("t_low", t_low), check_positive("t_high", t_high)
     if t_low > t_high:
-        raise ValueError(
+        raise InputError(
             f"t_low ({t_low}) must not exceed t_high ({t_high}): the most similar "
-            "sample gets t_low, the least similar t_high. Swap the two values."
+            "sample gets t_low, the least similar t_high. Swap the two values.",
+            key="t_low",
         )
     return t_low, t_high

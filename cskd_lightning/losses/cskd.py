@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cskd_lightning.errors import InputError
 from cskd_lightning.losses.base import (
     DistillationLoss,
     check_cswt_range,
@@ -101,7 +102,7 @@ class CSKDLoss(DistillationLoss):
         self.gather = bool(gather)
         self.logit_standardization = bool(logit_standardization)
         if isinstance(memory_size, bool) or int(memory_size) != memory_size or memory_size < 0:
-            raise ValueError(
+            raise InputError(
                 f"memory_size must be a non-negative integer (0 switches the memory off); "
                 f"got {memory_size!r}."
             )
@@ -113,7 +114,7 @@ class CSKDLoss(DistillationLoss):
             or int(memory_warmup_steps) != memory_warmup_steps
             or memory_warmup_steps < 0
         ):
-            raise ValueError(
+            raise InputError(
                 f"memory_warmup_steps must be a non-negative integer; got {memory_warmup_steps!r}."
             )
         self.memory_warmup_steps = int(memory_warmup_steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cskd_lightning.errors import InputError
 from cskd_lightning.losses.base import DistillationLoss, check_positive, check_weight
 from cskd_lightning.losses.functional import cross_entropy, dkd_terms, standardize_logits
 
@@ -50,7 +51,7 @@ class DKDLoss(DistillationLoss):
         self.temperature = check_positive("temperature", temperature)
         self.ce_weight = check_weight("ce_weight", ce_weight)
         if int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
-            raise ValueError(
+            raise InputError(
                 f"warmup_epochs must be a whole number >= 0 (0: no warm-up); got {warmup_epochs}."
             )
         self.warmup_epochs = int(warmup_epochs)

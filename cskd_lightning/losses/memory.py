@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cskd_lightning.errors import InputError
+
 
 class LogitMemory:
     """The last ``size`` rows of ``(student, teacher)`` logits, detached, oldest first.
@@ -32,7 +34,7 @@ class LogitMemory:
     def __init__(self, size: int) -> None:
         size = int(size)
         if size <= 0:
-            raise ValueError(f"LogitMemory needs a positive size; got {size}.")
+            raise InputError(f"LogitMemory needs a positive size; got {size}.")
         self.size = size
         self.student: Tensor | None = None
         self.teacher: Tensor | None = None

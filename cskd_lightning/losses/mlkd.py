@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from cskd_lightning.errors import InputError
 from cskd_lightning.losses.base import check_positive, check_weight
 from cskd_lightning.losses.functional import (
     batch_consistency_loss,
@@ -63,7 +64,7 @@ class MLKDLoss(TwoViewLoss):
         super().__init__()
         temps = [float(t) for t in temperatures]
         if not temps:
-            raise ValueError("MLKDLoss needs at least one temperature.")
+            raise InputError("MLKDLoss needs at least one temperature.")
         self.temperatures = tuple(check_positive("temperatures[]", t) for t in temps)
         self.ce_weight = check_weight("ce_weight", ce_weight)
         self.kd_weight = check_weight("kd_weight", kd_weight)

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 from torch import Tensor
 
+from cskd_lightning.errors import InputError
 from cskd_lightning.losses.base import DistillationLoss
 from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.functional import cross_entropy
@@ -19,13 +20,13 @@ def split_views(logits: Sequence[Tensor] | Tensor, owner: str, role: str) -> tup
     logits to a loss with ``num_views = 2``.
     """
     if isinstance(logits, Tensor) or len(logits) != 2:
-        raise ValueError(
+        raise InputError(
             f"{owner} is a two-view loss: {role} must be a (weak, strong) pair of (B, C) logits. "
             "Train with data.datamodule.two_view=true (the module then passes both views)."
         )
     weak, strong = logits
     if weak.shape != strong.shape:
-        raise ValueError(
+        raise InputError(
             f"{owner}: the weak and strong {role} differ in shape: "
             f"{tuple(weak.shape)} and {tuple(strong.shape)}."
         )

@@ -24,6 +24,8 @@ from typing import Any
 
 from torch import nn
 
+from cskd_lightning.errors import InputError
+
 from .registry import register_model
 
 __all__ = ["TORCHVISION_MODELS", "resolve_weights", "build_torchvision_model"]
@@ -68,7 +70,7 @@ def resolve_weights(name: str, weights: Any) -> Any:
         except KeyError:
             pass
     available = ", ".join(["DEFAULT", *(m.name for m in enum_cls)])
-    raise ValueError(f"Unknown weights {weights!r} for {name!r}. Available: {available}")
+    raise InputError(f"Unknown weights {weights!r} for {name!r}. Available: {available}")
 
 
 def _replace_last_linear(model: nn.Module, num_classes: int) -> None:

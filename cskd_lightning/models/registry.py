@@ -13,6 +13,8 @@ from typing import TypeVar
 
 from torch import nn
 
+from cskd_lightning.errors import InputError
+
 ModelFactory = Callable[..., nn.Module]
 F = TypeVar("F", bound=ModelFactory)
 
@@ -56,7 +58,7 @@ def get_model_factory(name: str) -> ModelFactory:
         return _REGISTRY[name]
     except KeyError:
         available = ", ".join(list_models())
-        raise ValueError(f"Unknown model {name!r}. Available: {available}") from None
+        raise InputError(f"Unknown model {name!r}. Available: {available}") from None
 
 
 def create_model(name: str, num_classes: int = 100, in_channels: int = 3, **kwargs) -> nn.Module:

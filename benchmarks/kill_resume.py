@@ -1,0 +1,234 @@
+"""Kill a real ``cskd-train`` run at random moments, resume it, and check the whole record.
+
+One uninterrupted run is the reference. Then, for each of ``--trials`` trials, the same run is
+started in its own directory and killed with SIGKILL at a random moment, of one of three kinds
+in turn:
+
+* ``random``: after a random delay, uniform over the reference run's duration (any phase:
+  start-up, training, validation, checkpoint writes, testing);
+* ``checkpoint``: as soon as a checkpoint's temporary file appears after a random epoch (a
+  checkpoint being written, or written and waiting for the epoch's log);
+* ``validated``: as soon as ``metrics.csv`` holds the validation row of a random epoch (the
+  moment between validation and the epoch's end, where the checkpoints are saved).
+
+Each killed run is resumed with ``ckpt_path=last`` and compared with the reference: the
+student's weights (``student.pt`` and ``last.ckpt``), ``metrics.csv`` byte for byte, and
+``summary.json`` (best accuracy, best epoch, best checkpoint, every metric). A trial passes
+when all are identical.
+
+    python benchmarks/kill_resume.py --trials 20 --out docs/benchmarks/kill_resume.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RUN = [
+    "pair.teacher.recipe.max_epochs=1",
+    "pair.student.recipe.max_epochs=6",
+    "pair.student.model.name=digits_teacher",  # a 98k-parameter student: saves take a while
+    "+trainer.limit_train_batches=6",
+    "trainer.deterministic=true",
+    "+data.datamodule.augment=true",
+    "callbacks.progress_bar=null",
+]
+KINDS = ("random", "checkpoint", "validated")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def command(run_dir: Path, cache: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "cskd_lightning.train",
+        *RUN,
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={cache}",
+        *extra,
+    ]
+
+
+def state_of(run_dir: Path) -> dict[str, object]:
+    """What a finished run is compared on."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    return {
+        "metrics.csv": (run_dir / "metrics.csv").read_bytes(),
+        "summary": {"student": summary["student"], "metrics": summary["metrics"]},
+        "student.pt": torch.load(run_dir / "student.pt", weights_only=True),
+        "last.ckpt": last,
+    }
+
+
+def differences(a: dict[str, object], b: dict[str, object]) -> list[str]:
+    out = []
+    for key in ("metrics.csv", "summary"):
+        if a[key] != b[key]:
+            out.append(key)
+    for key in ("student.pt", "last.ckpt"):
+        x, y = a[key], b[key]
+        if x.keys() != y.keys() or not all(torch.equal(x[k], y[k]) for k in x):
+            out.append(key)
+    return out
+
+
+def last_epoch(run_dir: Path) -> int | None:
+    path = run_dir / "checkpoints" / "last.ckpt"
+    try:
+        return int(torch.load(path, weights_only=True, map_location="cpu")["epoch"])
+    except Exception:  # noqa: BLE001 - absent or being replaced
+        return None
+
+
+def validated_epochs(run_dir: Path) -> set[int]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return set()
+    lines = path.read_text().splitlines()
+    if not lines:
+        return set()
+    header = lines[0].split(",")
+    if "val/acc" not in header:
+        return set()
+    col, ep = header.index("val/acc"), header.index("epoch")
+    out = set()
+    for line in lines[1:]:
+        cells = line.split(",")
+        if len(cells) > col and cells[col]:
+            out.add(int(float(cells[ep])))
+    return out
+
+
+def kill_trial(run_dir: Path, cache: Path, kind: str, rng: random.Random, duration: float):
+    """Start the run and kill it as ``kind`` says; return what the kill hit."""
+    proc = subprocess.Popen(
+        command(run_dir, cache), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    started = time.monotonic()
+    target_epoch = rng.randrange(0, 5)
+    delay = rng.uniform(0.0, duration)
+    ckpts = run_dir / "checkpoints"
+    while proc.poll() is None:
+        now = time.monotonic() - started
+        if kind == "random" and now >= delay:
+            break
+        if kind == "checkpoint" and ckpts.is_dir() and list(ckpts.glob(".*.tmp")):
+            epoch = last_epoch(run_dir)
+            if (epoch if epoch is not None else -1) + 1 >= target_epoch:
+                break
+        if kind == "validated" and target_epoch in validated_epochs(run_dir):
+            break
+        time.sleep(0.002)
+    killed_at = time.monotonic() - started
+    finished = proc.poll() is not None
+    if not finished:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return {
+        "kind": kind,
+        "target": f"{delay:.1f} s" if kind == "random" else f"epoch {target_epoch}",
+        "killed_at_s": round(killed_at, 2),
+        "finished_before_kill": finished,
+        "last_ckpt_epoch": last_epoch(run_dir),
+        "tmp_files": sorted(p.name for p in ckpts.glob(".*.tmp")) if ckpts.is_dir() else [],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the kill moments")
+    parser.add_argument("--out", type=Path, default=None, help="write a markdown record here")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="kill_resume_"))
+    work.mkdir(parents=True, exist_ok=True)
+    cache = work / "cache"
+    rng = random.Random(args.seed)
+
+    reference = work / "reference"
+    shutil.rmtree(reference, ignore_errors=True)
+    subprocess.run(command(reference, cache), env=ENV, check=True, capture_output=True)  # teacher
+    shutil.rmtree(reference)
+    started = time.monotonic()
+    done = subprocess.run(command(reference, cache), env=ENV, capture_output=True, text=True)
+    duration = time.monotonic() - started
+    if done.returncode != 0:
+        print(done.stderr[-3000:], file=sys.stderr)
+        return 1
+    expected = state_of(reference)
+
+    rows = []
+    for trial in range(args.trials):
+        run_dir = work / f"trial{trial:02d}"
+        shutil.rmtree(run_dir, ignore_errors=True)
+        hit = kill_trial(run_dir, cache, KINDS[trial % len(KINDS)], rng, duration)
+        resumed = subprocess.run(
+            command(run_dir, cache, "ckpt_path=last"), env=ENV, capture_output=True, text=True
+        )
+        if resumed.returncode != 0:
+            diff = [f"resume failed: {resumed.stderr.strip().splitlines()[-1:]}"]
+        else:
+            diff = differences(expected, state_of(run_dir))
+        rows.append({**hit, "identical": not diff, "differs": diff})
+        print(json.dumps(rows[-1]), flush=True)
+
+    passed = sum(r["identical"] for r in rows)
+    line = f"{passed} of {len(rows)} resumes ended bit-identical with the whole record"
+    print(line)
+    if args.out:
+        write_record(args.out, rows, line, duration)
+    return 0 if passed == len(rows) else 1
+
+
+def write_record(path: Path, rows: list[dict], line: str, duration: float) -> None:
+    kinds = {k: sum(r["kind"] == k for r in rows) for k in KINDS}
+    table = [
+        "| trial | kill | target | killed at | last.ckpt epoch then | pending temp files | "
+        "identical |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for i, r in enumerate(rows):
+        state = "finished first" if r["finished_before_kill"] else f"{r['killed_at_s']} s"
+        epoch = "none" if r["last_ckpt_epoch"] is None else str(r["last_ckpt_epoch"])
+        ok = "yes" if r["identical"] else "no: " + ", ".join(r["differs"])
+        tmp = ", ".join(r["tmp_files"]) or "-"
+        table.append(f"| {i} | {r['kind']} | {r['target']} | {state} | {epoch} | {tmp} | {ok} |")
+    text = "\n".join(
+        [
+            "# Kill and resume: the whole record survives",
+            "",
+            "```bash",
+            "python benchmarks/kill_resume.py --trials 20 --out docs/benchmarks/kill_resume.md",
+            "```",
+            "",
+            f"**{line}.** Kinds of kill: "
+            + ", ".join(f"{n} `{k}`" for k, n in kinds.items())
+            + f" (see the script's docstring). The uninterrupted reference run took "
+            f"{duration:.1f} s (digits, a 98k-parameter student, 6 epochs of 6 steps, "
+            "`trainer.deterministic=true`, random crops on). Compared after each resume: "
+            "`student.pt` and `last.ckpt` weights, `metrics.csv` byte for byte, and "
+            "`summary.json`'s student record and metrics.",
+            "",
+            *table,
+            "",
+        ]
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
