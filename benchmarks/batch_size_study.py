@@ -1,6 +1,6 @@
 """How test accuracy moves with the global batch size: KD vs CSKD + CSWT vs CSKD + CSWT + memory.
 
-METHOD.md section 7: CSKD's per-class batch cosine and the CSWT min/max are taken over the batch
+CSKD's per-class batch cosine and the CSWT min/max are taken over the batch
 axis, so the method's loss depends on the batch size. This study trains the Fashion-MNIST pair
 (``pair=fashion_mnist``: ``fmnist_teacher`` -> ``fmnist_student``) at several global batch sizes
 with

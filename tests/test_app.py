@@ -46,7 +46,11 @@ def test_every_data_config_builds_a_datamodule(data: str, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("pair", group_options("pair"))
 def test_every_pair_config_builds_both_models(pair: str, tmp_path: Path) -> None:
-    data = {"digits": "digits", "fashion_mnist": "fashion_mnist"}.get(pair)
+    data = {
+        "digits": "digits",
+        "fashion_mnist": "fashion_mnist",
+        "fashion_mnist_pairs": "fashion_mnist_pairs",
+    }.get(pair)
     if data is None:
         data = "imagenet" if pair.startswith("imagenet") else "cifar100"
     overrides = [f"pair={pair}", f"data={data}"]

@@ -114,6 +114,47 @@ def test_extended_batch_matches_the_float64_reference(ref, standardize: bool) ->
         seen_s, seen_t = np.concatenate([seen_s, np64(zs)]), np.concatenate([seen_t, np64(zt)])
 
 
+@pytest.mark.parametrize("warmup", [1, 3])
+def test_memory_is_filled_but_not_read_during_its_warm_up(ref, warmup: int) -> None:
+    """``memory_warmup_steps=W``: the first W training calls are the plain method on the batch
+    (float64 reference without memory rows), from call W + 1 on the reference on the batch with
+    the last ``size`` rows the test fed in, which include the warm-up batches."""
+    size = 7
+    loss = CSKDLoss(memory_size=size, memory_warmup_steps=warmup)
+    seen_s, seen_t = np.zeros((0, CLASSES)), np.zeros((0, CLASSES))
+    for step in range(warmup + 2):
+        zs, zt, y = batch(50 + step)
+        reading = step >= warmup
+        mem_s = seen_s[-size:] if reading else seen_s[:0]
+        mem_t = seen_t[-size:] if reading else seen_t[:0]
+        out = loss(zs, zt, y)
+        expected = reference_terms(ref, zs, zt, y, mem_s, mem_t)
+        for key, value in expected.items():
+            assert float(out[key]) == pytest.approx(value, rel=1e-10, abs=1e-12), (step, key)
+        assert float(out["memory_rows"]) == len(mem_s) == (min(4 * step, size) if reading else 0)
+        seen_s, seen_t = np.concatenate([seen_s, np64(zs)]), np.concatenate([seen_t, np64(zt)])
+
+
+def test_memory_warm_up_counts_training_calls_only_and_restarts_on_reset() -> None:
+    loss = CSKDLoss(memory_size=8, memory_warmup_steps=2)
+    zs, zt, y = batch(60)
+    loss.eval()
+    assert float(loss(zs, zt, y)["memory_rows"]) == 0.0  # eval calls do not count
+    loss.train()
+    assert [float(loss(*batch(61 + k))["memory_rows"]) for k in range(3)] == [0.0, 0.0, 8.0]
+    loss.eval()
+    assert float(loss(zs, zt, y)["memory_rows"]) == 8.0  # read in eval once read in training
+    loss.train()
+    loss.reset_memory()
+    assert [float(loss(*batch(70 + k))["memory_rows"]) for k in range(3)] == [0.0, 0.0, 8.0]
+    plain_first_call = CSKDLoss()(*batch(80))["loss"]
+    warm = CSKDLoss(memory_size=8, memory_warmup_steps=1)(*batch(80))["loss"]
+    assert torch.equal(warm, plain_first_call)  # warm-up: the plain method, bit for bit
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="memory_warmup_steps"):
+            CSKDLoss(memory_size=8, memory_warmup_steps=bad)
+
+
 GOLDEN_LOSS_STEP_4 = 16.237262176581734
 """``reference_terms`` on the fourth batch of ``test_golden_value_after_the_memory_fills``."""
 

@@ -12,6 +12,7 @@ import json
 import math
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pytest
 import torch
@@ -474,6 +475,27 @@ def test_configs_carry_the_published_defaults(tmp_path: Path) -> None:
         assert cfg.data.datamodule.two_view is two_view, name
     cfg = compose_train(["distill=cskd_full", "data=cifar100"], tmp_path / "c100")
     assert cfg.data.datamodule.two_view is True  # whatever the dataset
+
+
+def test_dkd_ls_preset_follows_the_authors_current_train_script(tmp_path: Path) -> None:
+    """``distill=dkd_ls`` against the numbers of logit-standardization-KD's ``tools/train.py``
+    (github.com/sunshangquan/logit-standardization-KD, current since its commit 6b58661 of
+    2024-05-18; read 2026-12-01). With ``--logit-stand`` on DKD it sets
+    ``DKD.ALPHA = DKD.ALPHA * kd_weight``, ``DKD.BETA = DKD.BETA * kd_weight`` and
+    ``DKD.T = base_temp``, from mdistiller's DKD defaults (``mdistiller/engine/cfg.py``:
+    CE_WEIGHT 1.0, ALPHA 1.0, BETA 8.0, T 4.0, WARMUP 20) and the script's argument defaults
+    ``--kd-weight 9 --base-temp 2``. (Before that commit it set ``BETA = ALPHA * kd_weight``
+    with the scaled alpha, 81, and left T = 4.)"""
+    kd_weight, base_temp = 9.0, 2.0
+    mdistiller_dkd = {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "warmup": 20}
+    cfg = compose_train(["distill=dkd_ls"], tmp_path)
+    loss = hydra.utils.instantiate(cfg.distill.loss)
+    assert isinstance(loss, DKDLoss) and loss.logit_standardization
+    assert loss.alpha == mdistiller_dkd["alpha"] * kd_weight == 9.0
+    assert loss.beta == mdistiller_dkd["beta"] * kd_weight == 72.0
+    assert loss.temperature == base_temp
+    assert loss.ce_weight == mdistiller_dkd["ce_weight"]
+    assert loss.warmup_epochs == mdistiller_dkd["warmup"]
 
 
 @pytest.mark.slow

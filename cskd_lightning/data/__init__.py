@@ -14,9 +14,11 @@ from .device import (
     DeviceDataModule,
     DeviceDigitsDataModule,
     DeviceFashionMNISTDataModule,
+    DeviceFashionMNISTPairsDataModule,
 )
 from .digits import DigitsDataModule
 from .fashion_mnist import FashionMNISTDataModule
+from .fashion_mnist_pairs import FashionMNISTPairsDataModule
 from .imagenet import ImageNetDataModule
 from .transforms import Cutout, TwoViewTransform
 
@@ -30,8 +32,10 @@ __all__ = [
     "DeviceDataModule",
     "DeviceDigitsDataModule",
     "DeviceFashionMNISTDataModule",
+    "DeviceFashionMNISTPairsDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
+    "FashionMNISTPairsDataModule",
     "ImageNetDataModule",
     "TwoViewTransform",
 ]

@@ -52,6 +52,7 @@ from .base import BaseDataModule, TensorImageDataset, resolve_val_count, stratif
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .digits import DigitsDataModule
 from .fashion_mnist import FashionMNISTDataModule
+from .fashion_mnist_pairs import FashionMNISTPairsDataModule
 from .sample_random import SampleRandom
 from .transforms import ToFloatNormalize
 
@@ -63,6 +64,7 @@ __all__ = [
     "DeviceDataModule",
     "DeviceDigitsDataModule",
     "DeviceFashionMNISTDataModule",
+    "DeviceFashionMNISTPairsDataModule",
     "SampleBatch",
     "SampleRandom",
     "ShardedPermutation",
@@ -881,6 +883,33 @@ class DeviceFashionMNISTDataModule(DeviceDataModule):
     ) -> None:
         super().__init__(
             FashionMNISTDataModule(**kwargs),
+            crop_padding,
+            flip,
+            strong_num_ops,
+            strong_magnitude,
+            device,
+            augment_seed,
+        )
+
+
+class DeviceFashionMNISTPairsDataModule(DeviceDataModule):
+    """:class:`~cskd_lightning.data.FashionMNISTPairsDataModule` on the device (``uint8``
+    ``(1, 28, 56)``; crop with padding 2, no flip: mirroring swaps the halves and so the label).
+    ``**kwargs`` (``data_dir``, ``batch_size``, ``num_train_pairs``, ``pair_seed``...) go to the
+    source, so the pairs, the split and the normalisation are the regular datamodule's."""
+
+    def __init__(
+        self,
+        crop_padding: int = 2,
+        flip: bool = False,
+        strong_num_ops: int = 2,
+        strong_magnitude: int = 9,
+        device: str | None = None,
+        augment_seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            FashionMNISTPairsDataModule(**kwargs),
             crop_padding,
             flip,
             strong_num_ops,

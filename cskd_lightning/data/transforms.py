@@ -32,16 +32,19 @@ __all__ = [
 class RandomCropTensor:
     """Zero-pad a ``(C, H, W)`` tensor by ``padding`` on each side, then take a random
     ``size x size`` crop (``torchvision.transforms.RandomCrop(size, padding)`` for tensors).
+    ``size`` may also be ``(height, width)`` for non-square crops.
 
-    Output: tensor of shape ``(C, size, size)`` and the input dtype.
+    Output: tensor of shape ``(C, height, width)`` and the input dtype.
     """
 
-    def __init__(self, size: int, padding: int = 0) -> None:
-        if size <= 0 or padding < 0:
+    def __init__(self, size: int | Sequence[int], padding: int = 0) -> None:
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        if height <= 0 or width <= 0 or padding < 0:
             raise InputError(
                 f"RandomCropTensor needs size > 0 and padding >= 0, got {size}, {padding}"
             )
-        self.size = int(size)
+        self.size = size if isinstance(size, int) else (int(height), int(width))
+        self.height, self.width = int(height), int(width)
         self.padding = int(padding)
 
     def __call__(self, img: Tensor) -> Tensor:
@@ -53,11 +56,11 @@ class RandomCropTensor:
         else:
             padded = img
         ph, pw = padded.shape[-2:]
-        if ph < self.size or pw < self.size:
+        if ph < self.height or pw < self.width:
             raise InputError(f"crop size {self.size} larger than padded image {ph}x{pw}")
-        top = int(torch.randint(0, ph - self.size + 1, (1,)))
-        left = int(torch.randint(0, pw - self.size + 1, (1,)))
-        return padded[:, top : top + self.size, left : left + self.size]
+        top = int(torch.randint(0, ph - self.height + 1, (1,)))
+        left = int(torch.randint(0, pw - self.width + 1, (1,)))
+        return padded[:, top : top + self.height, left : left + self.width]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, padding={self.padding})"

@@ -61,6 +61,14 @@ class CSKDLoss(DistillationLoss):
     empties it. CE stays on the current batch. ``memory_size=0`` (the default) is the plain
     method, unchanged.
 
+    With ``memory_warmup_steps=W > 0`` the memory is written from the first training call but
+    only read from call ``W + 1`` on: the first ``W`` training calls are the plain method on the
+    current batch (``memory_rows`` 0), so the memory never holds logits of a student that has
+    not trained yet, and it is already full when reading starts. Eval calls always read it
+    once it is read in training. The count of training calls is not checkpointed either (a
+    resumed run waits ``W`` calls again; :meth:`reset_memory` resets it too).
+    ``memory_warmup_steps=0`` (the default) reads the memory from the start.
+
     Returns the terms ``loss``, ``ce``, ``cs`` (and ``cs_cswt``) plus the diagnostics
     ``cos_mean`` (mean per-class batch cosine at ``T``) and, with CSWT, ``cswt_t_mean``,
     ``cswt_t_min``, ``cswt_t_max`` (over the extended batch with a memory), and with a memory
@@ -82,6 +90,7 @@ class CSKDLoss(DistillationLoss):
         logit_standardization: bool = False,
         memory_size: int = 0,
         memory_rescale: bool = True,
+        memory_warmup_steps: int = 0,
     ) -> None:
         super().__init__()
         self.temperature = check_positive("temperature", temperature)
@@ -100,11 +109,22 @@ class CSKDLoss(DistillationLoss):
         self.memory_size = int(memory_size)
         self.memory = LogitMemory(self.memory_size) if self.memory_size else None
         self.memory_rescale = bool(memory_rescale)
+        if (
+            isinstance(memory_warmup_steps, bool)
+            or int(memory_warmup_steps) != memory_warmup_steps
+            or memory_warmup_steps < 0
+        ):
+            raise InputError(
+                f"memory_warmup_steps must be a non-negative integer; got {memory_warmup_steps!r}."
+            )
+        self.memory_warmup_steps = int(memory_warmup_steps)
+        self.training_calls = 0
 
     def reset_memory(self) -> None:
-        """Empty the logit memory (a no-op without one)."""
+        """Empty the logit memory (a no-op without one) and restart its warm-up count."""
         if self.memory is not None:
             self.memory.clear()
+        self.training_calls = 0
 
     def distillation_terms(self, student_logits: Tensor, teacher_logits: Tensor) -> dict:
         """The teacher terms on (already gathered) ``(B, C)`` logits, unweighted."""
@@ -141,7 +161,12 @@ class CSKDLoss(DistillationLoss):
     def _with_memory(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[dict, Tensor]:
         """The teacher terms on ``[current; memory]``, then the current rows join the memory."""
         assert self.memory is not None
-        extended_s, extended_t = self.memory.extend(student_logits, teacher_logits)
+        if self.training:
+            self.training_calls += 1
+        if self.memory_warmup_steps == 0 or self.training_calls > self.memory_warmup_steps:
+            extended_s, extended_t = self.memory.extend(student_logits, teacher_logits)
+        else:  # warm-up: the plain method on the current batch; the memory only fills
+            extended_s, extended_t = student_logits, teacher_logits
         current = student_logits.shape[0]
         used = extended_s.shape[0] - current
         terms = self.distillation_terms(extended_s, extended_t)

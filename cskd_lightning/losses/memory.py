@@ -1,7 +1,7 @@
 """A detached FIFO memory of recent (student, teacher) logits that extends the batch axis.
 
 CSKD's per-class cosine and the CSWT min/max are taken over the batch axis, so their value
-depends on how many samples the batch holds (METHOD.md section 7). :class:`LogitMemory` keeps
+depends on how many samples the batch holds. :class:`LogitMemory` keeps
 the last ``size`` rows of logits seen in training (after gathering, under DDP) and puts them
 below the current batch, like MoCo's queue of keys: the batch-axis terms then see
 ``B + len(memory)`` rows at any batch size ``B``. Only the current rows carry gradient.

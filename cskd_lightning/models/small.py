@@ -2,6 +2,10 @@
 
 * ``digits_teacher`` / ``digits_student``: for sklearn's 8x8 digits (10 classes).
 * ``fmnist_teacher`` / ``fmnist_student``: for 28x28 Fashion-MNIST (10 classes).
+* ``fmnist_pairs_teacher`` / ``fmnist_pairs_student``: for the 28x56 Fashion-MNIST pairs
+  (100 classes, :class:`~cskd_lightning.data.FashionMNISTPairsDataModule`). Their pools keep
+  a left and a right cell (``pool_size`` ``(2, 4)`` and ``(1, 2)``): a global average pool
+  cannot tell which half an object is in, and the label depends on it.
 
 Each teacher has more than 10x the parameters of its student.  The networks are
 stacks of ``Conv3x3(bias=False) -> BatchNorm -> ReLU`` (with optional 2x2
@@ -23,13 +27,16 @@ from .registry import register_model
 __all__ = ["SmallCNN", "SMALL_CONFIGS"]
 
 # name -> (layers, pool_size); a layer is a conv output width (int) or "M" for a
-# 2x2 max-pool.  Students use global average pooling (pool_size 1), teachers keep
-# a 2x2 grid, which widens the accuracy gap that distillation can close.
-SMALL_CONFIGS: dict[str, tuple[Sequence[int | str], int]] = {
+# 2x2 max-pool; pool_size is a side or (height, width).  Students use global average
+# pooling (pool_size 1; (1, 2) on the pairs), teachers keep a finer grid, which widens
+# the accuracy gap that distillation can close.
+SMALL_CONFIGS: dict[str, tuple[Sequence[int | str], int | tuple[int, int]]] = {
     "digits_student": ((4, 8, 8), 1),
     "digits_teacher": ((32, 64, "M", 128), 2),
     "fmnist_student": ((8, "M", 16, "M", 24), 1),
     "fmnist_teacher": ((32, "M", 64, "M", 128), 2),
+    "fmnist_pairs_student": ((8, "M", 16, "M", 16), (1, 2)),
+    "fmnist_pairs_teacher": ((16, "M", 32, "M", 64), (2, 4)),
 }
 
 
@@ -40,7 +47,8 @@ class SmallCNN(nn.Module):
         cfg: Conv widths, with ``"M"`` for a 2x2 max-pool.
         num_classes: Classifier outputs.
         in_channels: Input image channels.
-        pool_size: Side of the adaptive average pool before the classifier.
+        pool_size: Side, or ``(height, width)``, of the adaptive average pool before the
+            classifier.
         dropout: Dropout probability before the classifier (0 disables it).
 
     Shapes: ``(B, in_channels, H, W) -> (B, num_classes)`` for ``H, W >= 8``
@@ -52,7 +60,7 @@ class SmallCNN(nn.Module):
         cfg: Sequence[int | str],
         num_classes: int = 10,
         in_channels: int = 1,
-        pool_size: int = 2,
+        pool_size: int | tuple[int, int] = 2,
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
@@ -70,9 +78,10 @@ class SmallCNN(nn.Module):
                 ]
                 channels = v
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(pool_size)
+        pool_h, pool_w = (pool_size, pool_size) if isinstance(pool_size, int) else pool_size
+        self.pool = nn.AdaptiveAvgPool2d((pool_h, pool_w))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.classifier = nn.Linear(channels * pool_size * pool_size, num_classes)
+        self.classifier = nn.Linear(channels * pool_h * pool_w, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -111,3 +120,17 @@ def fmnist_student(num_classes: int = 100, in_channels: int = 3, **kwargs) -> Sm
 def fmnist_teacher(num_classes: int = 100, in_channels: int = 3, **kwargs) -> SmallCNN:
     """3-conv CNN (32/pool/64/pool/128 channels, 2x2 pool) for 28x28 Fashion-MNIST (~98k)."""
     return _small("fmnist_teacher", num_classes, in_channels, **kwargs)
+
+
+@register_model("fmnist_pairs_student")
+def fmnist_pairs_student(num_classes: int = 100, in_channels: int = 3, **kwargs) -> SmallCNN:
+    """Tiny 3-conv CNN (8/pool/16/pool/16, average pool to 1x2) for the 28x56 Fashion-MNIST
+    pairs (6,908 params with 1 channel and 100 classes)."""
+    return _small("fmnist_pairs_student", num_classes, in_channels, **kwargs)
+
+
+@register_model("fmnist_pairs_teacher")
+def fmnist_pairs_teacher(num_classes: int = 100, in_channels: int = 3, **kwargs) -> SmallCNN:
+    """3-conv CNN (16/pool/32/pool/64, average pool to 2x4) for the 28x56 Fashion-MNIST pairs
+    (74,708 params with 1 channel and 100 classes: 10.8x the student)."""
+    return _small("fmnist_pairs_teacher", num_classes, in_channels, **kwargs)
