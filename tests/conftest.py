@@ -1,4 +1,4 @@
-"""Shared fixtures: an independent float64 reference of the method's formulas (METHOD.md).
+"""Shared fixtures: an independent float64 reference of the method's formulas (docs/method.md).
 
 The reference uses numpy and plain loops on purpose: it shares no code with the library, so a
 test that compares the two checks the math, not one implementation against itself.

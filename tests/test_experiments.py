@@ -1,7 +1,7 @@
 """The reproduction experiments (conf/experiment, conf/pair): each composes to the recipe it
-claims (METHOD.md sections 5 and 6), builds its models and loss, and runs a few batches end to end
-on generated CIFAR-100 / ImageFolder data. Nothing is downloaded: ImageNet teachers are built with
-``weights=null`` and a guard makes any torchvision weight download fail the test.
+claims (docs/method.md sections 5 and 6), builds its models and loss, and runs a few batches end
+to end on generated CIFAR-100 / ImageFolder data. Nothing is downloaded: ImageNet teachers are
+built with ``weights=null`` and a guard makes any torchvision weight download fail the test.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from cskd_lightning.train import train
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
-# METHOD.md section 5: the 11 CIFAR-100 pairs of the published code (teacher, student).
+# docs/method.md section 5: the 11 CIFAR-100 pairs of the published code (teacher, student).
 CIFAR_PAIRS = [
     ("resnet56", "resnet20"),
     ("resnet110", "resnet32"),
@@ -38,7 +38,7 @@ CIFAR_PAIRS = [
 ]
 PAIR_MODELS = {f"{t}_{s}".lower(): (t, s) for t, s in CIFAR_PAIRS}
 LIGHT_STUDENTS = ("ShuffleV1", "ShuffleV2", "MobileNetV2")  # LR 0.01 in both recipes
-# METHOD.md section 6: teacher, student, KD, DKD, MLKD top-1 (the pairs it lists).
+# docs/method.md section 6: teacher, student, KD, DKD, MLKD top-1 (the pairs it lists).
 PUBLISHED = {
     "resnet32x4_resnet8x4": ("79.42", "72.50", "73.33", "76.32", "77.08"),
     "wrn_40_2_wrn_16_2": ("75.61", "73.26", "74.92", "76.23", "76.63"),

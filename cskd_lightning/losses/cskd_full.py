@@ -18,7 +18,7 @@ from cskd_lightning.losses.two_view import TwoViewLoss
 
 
 class CSKDFullLoss(TwoViewLoss):
-    """The full CSKD recipe of the published training code (METHOD.md section 5).
+    """The full CSKD recipe of the published training code (docs/method.md section 5).
 
     Inputs: ``(weak, strong)`` tuples of ``(B, C)`` student and teacher logits (two augmented
     views of the same images, same order) and ``(B,)`` targets. With ``T = temperature`` and
