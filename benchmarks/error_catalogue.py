@@ -29,6 +29,11 @@ def cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", "<br>")
 
 
+def code(text: str) -> str:
+    """A Markdown code span, which may itself hold backticks."""
+    return f"`` {cell(text)} ``" if "`" in text else f"`{cell(text)}`"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--write", type=Path, default=None, help="the errors.md to update")
@@ -46,16 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         if (
             outcome.returncode != 1
             or len(lines) != 1
-            or fill(case.expected, ws) not in (outcome.message)
+            or fill(case.expected, ws) not in outcome.message
         ):
             failures.append(case.name)
-        example = " ".join(case.overrides) or f"`hydra.run.dir={case.run_dir}`"
-        env = " ".join(f"{k}={v}" for k, v in case.env.items())
-        shown = (f"{env} " if env else "") + example
+        parts = [f"{k}={v}" for k, v in case.env.items()] + list(case.overrides)
+        if case.run_dir != "{run}":
+            parts.append(f"hydra.run.dir={case.run_dir}")
+        shown = " ".join(parts)
+        for key, value in (("{files}", "files"), ("{run}", "run"), ("{unfinished}", "unfinished")):
+            shown = shown.replace(key, f"/tmp/demo/{value}")
         message = outcome.message.replace(str(ws.root), "/tmp/demo")
-        shown = shown.replace("{files}", "/tmp/demo/files").replace("{run}", "/tmp/demo/run")
-        shown = shown.replace("{unfinished}", "/tmp/demo/unfinished")
-        rows.append(f"| {cell(case.what)} | `{cell(shown)}` | `{cell(message)}` |")
+        rows.append(f"| {cell(case.what)} | {code(shown)} | {code(message)} |")
     print(
         f"{len(CASES) - len(failures)} of {len(CASES)} cases ended as documented; run "
         f"directory and teacher cache {'unchanged' if unchanged else 'CHANGED'}"
