@@ -52,15 +52,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(payload: Any, path: Path) -> None:
-    """``torch.save(payload)`` to ``path`` through a temporary file, ``fsync`` and rename."""
+def write_temporary(payload: Any, path: Path) -> Path:
+    """``torch.save(payload)`` into ``path``'s temporary file, flushed to disk; returns it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_for(path)
     with open(tmp, "wb") as handle:
         torch.save(payload, handle)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    return tmp
+
+
+def write_atomically(payload: Any, path: Path) -> None:
+    """``torch.save(payload)`` to ``path`` through a temporary file, ``fsync`` and rename."""
+    os.replace(write_temporary(payload, path), path)
     fsync_dir(path.parent)
 
 
@@ -86,12 +91,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if not self._held:
             write_atomically(checkpoint, target)
             return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path_for(target)
-        with open(tmp, "wb") as handle:
-            torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_temporary(checkpoint, target)
         self._pending.append(("replace", target))
 
     def remove_checkpoint(self, path: Any) -> None:

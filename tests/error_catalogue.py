@@ -9,14 +9,12 @@ Used by ``tests/test_error_catalogue.py`` (which checks every case) and by
 from __future__ import annotations
 
 import hashlib
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from app_helpers import run_cli
 
 BASE = [
     "pair.teacher.recipe.max_epochs=1",
@@ -272,17 +270,9 @@ def snapshot(*roots: Path) -> dict[str, str]:
     return out
 
 
-def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: int = 300):
-    """Run ``cskd-train`` (``python -m cskd_lightning.train``) and capture its output."""
-    environment = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "cskd_lightning.train", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def cli(args: list[str], cwd: Path, env: dict[str, str] | None = None):
+    """Run ``cskd-train`` and capture its output (one thread, as the other CLI tests)."""
+    return run_cli(["cskd-train", *args], cwd=cwd, OMP_NUM_THREADS="1", **(env or {}))
 
 
 def prepare(ws: Workspace) -> None:
