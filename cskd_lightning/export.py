@@ -23,7 +23,9 @@ Preprocessing maps a *raw* image as the dataset provides it (``uint8`` pixels ``
 Fashion-MNIST and CIFAR, ``sklearn.datasets.load_digits`` pixels ``0..16`` for the digits) to
 the model's input, per channel: ``x -> (x / scale - mean) / std``.
 
-:func:`load_student` turns the file back into ``(model, preprocess, info)``.
+:func:`load_student` turns the file back into ``(model, preprocess, info)``; :func:`export_model`
+writes the model as TorchScript or ONNX and :func:`check_export` compares the exported model's
+logits with PyTorch's (``cskd-export`` does both).
 """
 
 from __future__ import annotations
@@ -48,11 +50,16 @@ __all__ = [
     "FORMAT_VERSION",
     "LoadedStudent",
     "Preprocess",
+    "EXPORT_FORMATS",
     "build_model",
+    "check_export",
     "class_names_of",
+    "example_batch",
+    "export_model",
     "input_shape_of",
     "load_student",
     "preprocessing_of",
+    "run_exported",
     "save_student",
     "student_artifact",
 ]
@@ -313,10 +320,130 @@ def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> 
     problems = describe_mismatch(model, state)
     if problems:
         raise CheckpointError(
-            f"The weights in {path} do not fit the model it names ({obj['model']}):\n  "
-            f"{problems}"
+            f"The weights in {path} do not fit the model it names ({obj['model']}):\n  {problems}"
         )
     model.load_state_dict(state, strict=True)
     model.to(map_location).eval()
     info = {k: v for k, v in obj.items() if k != "state_dict"}
     return LoadedStudent(model, Preprocess.from_dict(obj.get("preprocessing")), info)
+
+
+# --------------------------------------------------------------------------- TorchScript, ONNX
+EXPORT_FORMATS = {"torchscript": ".ts", "onnx": ".onnx"}
+"""The formats :func:`export_model` writes, and their file suffixes."""
+
+
+class _Logits(nn.Module):
+    """``model``'s logits alone (models may return ``(logits, features)``)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.model(x)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def example_batch(input_shape: Sequence[int], batch_size: int = 8, seed: int = 0) -> Tensor:
+    """A reproducible batch ``(batch_size, *input_shape)`` of standard-normal model inputs (what
+    normalised images look like)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(int(batch_size), *map(int, input_shape), generator=g)
+
+
+def _onnx_modules() -> Any:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401  (the torch.onnx exporter needs it)
+    except ImportError as err:
+        raise CheckpointError(
+            f"ONNX export needs the onnx extra ({err.name} is not installed): "
+            "pip install 'cskd-lightning[onnx]'."
+        ) from None
+
+
+def export_model(
+    model: nn.Module,
+    path: str | Path,
+    fmt: str,
+    input_shape: Sequence[int],
+    opset: int | None = None,
+) -> Path:
+    """Write ``model`` (eval mode, on the CPU) to ``path`` as ``fmt`` (``"torchscript"``: a
+    traced ``torch.jit`` module, read with ``torch.jit.load``; ``"onnx"``: input ``"input"``
+    ``(B, *input_shape)`` with a dynamic batch axis, output ``"logits"`` ``(B, C)``)."""
+    if fmt not in EXPORT_FORMATS:
+        raise CheckpointError(
+            f"Unknown export format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}.",
+            key="format",
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapped = _Logits(model).cpu().eval()
+    x = example_batch(input_shape, batch_size=2)
+    with torch.no_grad():
+        if fmt == "torchscript":
+            traced = torch.jit.trace(wrapped, x)
+            traced.save(str(path))
+        else:
+            _onnx_modules()
+            batch = torch.export.Dim("batch", min=1)
+            torch.onnx.export(
+                wrapped,
+                (x,),
+                str(path),
+                dynamo=True,
+                dynamic_shapes=({0: batch},),
+                input_names=["input"],
+                output_names=["logits"],
+                opset_version=opset,
+                external_data=False,
+            )
+    return path
+
+
+def run_exported(path: str | Path, fmt: str, x: Tensor) -> Tensor:
+    """The logits of the exported model in ``path`` on ``x`` (ONNX through onnxruntime)."""
+    if fmt == "torchscript":
+        with torch.no_grad():
+            return torch.jit.load(str(path), map_location="cpu")(x)
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CheckpointError(
+            "Checking an ONNX export needs onnxruntime: pip install 'cskd-lightning[onnx]'."
+        ) from None
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+
+def check_export(
+    model: nn.Module,
+    path: str | Path,
+    fmt: str,
+    input_shape: Sequence[int],
+    batch_size: int = 8,
+    atol: float = 1e-4,
+) -> float:
+    """Compare the exported model's logits with ``model``'s on a batch of
+    :func:`example_batch` inputs (another batch size than the export's); return the largest
+    absolute difference. Raises :class:`CheckpointError` above ``atol * (1 + max |logit|)``."""
+    x = example_batch(input_shape, batch_size, seed=1)
+    with torch.no_grad():
+        expected = _Logits(model).cpu().eval()(x)
+    got = run_exported(path, fmt, x)
+    if got.shape != expected.shape:
+        raise CheckpointError(
+            f"The {fmt} export {path} gives logits {tuple(got.shape)}, the model "
+            f"{tuple(expected.shape)}."
+        )
+    diff = float((got - expected).abs().max())
+    bound = atol * (1.0 + float(expected.abs().max()))
+    if not diff <= bound:
+        raise CheckpointError(
+            f"The {fmt} export {path} differs from the PyTorch model by up to {diff:.3g} on a "
+            f"batch of {batch_size} (allowed {bound:.3g}): the model uses an operation the "
+            "exporter does not translate faithfully."
+        )
+    return diff

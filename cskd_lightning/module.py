@@ -446,8 +446,8 @@ class DistillationModule(L.LightningModule):
         recorded = checkpoint.get(TEACHER_RECORD_KEY)
         if isinstance(recorded, dict) and recorded != _teacher_record(self.teacher):
             warnings.warn(
-                f"The teacher given to {type(self).__name__} ({type(self.teacher).__name__}) is not "
-                f"the one this checkpoint was trained with ({recorded.get('class')}, weights "
+                f"The teacher given to {type(self).__name__} ({type(self.teacher).__name__}) is "
+                f"not the one this checkpoint was trained with ({recorded.get('class')}, weights "
                 f"{recorded.get('weights')}); checkpoints hold no teacher weights, so it keeps "
                 "the weights it has (random, if it was just built). Load the trained teacher's "
                 "weights first (e.g. cskd_lightning.checkpoints.load_weights(teacher, path)) and "
