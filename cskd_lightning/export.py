@@ -267,6 +267,9 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
     if spec.get("target") is None:
         from cskd_lightning.models import create_model
 
+        if kwargs.get("weights") is not None:  # pretrained init: the file's weights replace it
+            kwargs["weights"] = None
+
         return create_model(**kwargs)
     return _import(str(spec["target"]))(**kwargs)
 
