@@ -402,6 +402,7 @@ def export_model(
                 output_names=["logits"],
                 opset_version=opset,
                 external_data=False,
+                verbose=False,
             )
     return path
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,10 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     """The ``cskd-export`` console script."""
     quiet_logs()
+    # format=torchscript is a request for torch.jit, deprecated or not (the README says so).
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+    for name in ("onnx_ir", "onnxscript"):  # the ONNX exporter's per-pass notes
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         export(cfg)
     except InputError as err:
