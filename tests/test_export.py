@@ -162,3 +162,16 @@ def test_load_from_checkpoint_never_gives_a_silently_random_teacher(run: Path) -
         module.student.state_dict()["classifier.weight"],
         load_student(run / "student.pt").model.state_dict()["classifier.weight"],
     )
+
+
+def test_the_device_pipeline_records_the_same_preprocessing() -> None:
+    from cskd_lightning.data import DeviceDigitsDataModule, DigitsDataModule
+    from cskd_lightning.export import class_names_of, input_shape_of, preprocessing_of
+
+    regular, device = DigitsDataModule(), DeviceDigitsDataModule()
+    regular.setup("fit")
+    device.setup("fit")
+    assert preprocessing_of(device) == preprocessing_of(regular)
+    assert preprocessing_of(regular)["mean"] == [regular.mean[0]]
+    assert class_names_of(device) == class_names_of(regular)
+    assert input_shape_of(device) == [1, 8, 8]
