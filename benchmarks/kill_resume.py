@@ -67,7 +67,7 @@ def state_of(run_dir: Path) -> dict[str, object]:
     return {
         "metrics.csv": (run_dir / "metrics.csv").read_bytes(),
         "summary": {"student": summary["student"], "metrics": summary["metrics"]},
-        "student.pt": torch.load(run_dir / "student.pt", weights_only=True),
+        "student.pt": torch.load(run_dir / "student.pt", weights_only=True)["state_dict"],
         "last.ckpt": last,
     }
 

@@ -1,5 +1,7 @@
 """cskd-lightning: Cosine Similarity Knowledge Distillation for PyTorch Lightning."""
 
+from cskd_lightning.api import distill
+from cskd_lightning.export import load_student
 from cskd_lightning.losses import (
     CELoss,
     CSKDFullLoss,
@@ -24,4 +26,6 @@ __all__ = [
     "DistillationModule",
     "KDLoss",
     "MLKDLoss",
+    "distill",
+    "load_student",
 ]

@@ -25,6 +25,8 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 TEACHER_PREFIX = "teacher."
 TEACHER_ACC_LOGGED_KEY = "teacher_val_acc_logged"
 """Checkpoint key: ``val/teacher_acc`` was logged already (it is logged once per run)."""
+TEACHER_RECORD_KEY = "teacher_record"
+"""Checkpoint key: which teacher trained it (class and weight hash), its weights stripped."""
 
 
 def logits_of(output: Tensor | tuple | list) -> Tensor:
@@ -38,6 +40,13 @@ def infer_num_classes(model: nn.Module) -> int | None:
         return model.num_classes
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     return linears[-1].out_features if linears else None
+
+
+def _teacher_record(teacher: nn.Module) -> dict[str, str]:
+    """The teacher's class and a content hash of its ``state_dict`` (blake2b, 128 bits)."""
+    from cskd_lightning.logit_cache import state_dict_hash
+
+    return {"class": type(teacher).__name__, "weights": state_dict_hash(teacher)}
 
 
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -388,10 +397,37 @@ class DistillationModule(L.LightningModule):
         }
 
     # --- checkpoints stay student-sized -------------------------------------------------------
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls, checkpoint_path: Any, *args: Any, **kwargs: Any
+    ) -> DistillationModule:
+        """Lightning's ``load_from_checkpoint``, with the models and loss passed in.
+
+        A checkpoint holds the student's weights and the hyperparameters, but not the models'
+        construction, the loss or the teacher's weights (they are stripped to keep it
+        student-sized): pass ``student=`` (the architecture; its weights are loaded),
+        ``teacher=`` (the trained teacher, weights loaded, or ``None`` with a teacher-free loss
+        to evaluate the student only) and ``loss=``. A teacher whose weights differ from the
+        one the checkpoint was trained with gets a warning (see :meth:`on_load_checkpoint`).
+        """
+        missing = [name for name in ("student", "teacher", "loss") if name not in kwargs]
+        if missing:
+            raise InputError(
+                f"{cls.__name__}.load_from_checkpoint needs {', '.join(m + '=' for m in missing)}"
+                ": a checkpoint holds the student's weights but not the models, the loss or the "
+                "teacher's weights. Pass student=<the architecture, e.g. create_model(name, "
+                "num_classes=...)>, teacher=<the trained teacher, e.g. load_weights(create_model"
+                "(...), teacher_checkpoint)> or teacher=None with loss=CELoss() to evaluate the "
+                "student alone, and loss=<the loss>."
+            )
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[TEACHER_ACC_LOGGED_KEY] = (
             self.teacher is not None and not self._teacher_acc_pending
         )
+        if self.teacher is not None:
+            checkpoint[TEACHER_RECORD_KEY] = _teacher_record(self.teacher)
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
             del state[key]
@@ -407,6 +443,18 @@ class DistillationModule(L.LightningModule):
             self._teacher_acc_pending = False
         if self.teacher is None:
             return
+        recorded = checkpoint.get(TEACHER_RECORD_KEY)
+        if isinstance(recorded, dict) and recorded != _teacher_record(self.teacher):
+            warnings.warn(
+                f"The teacher given to {type(self).__name__} ({type(self.teacher).__name__}) is "
+                f"not the one this checkpoint was trained with ({recorded.get('class')}, weights "
+                f"{recorded.get('weights')}); checkpoints hold no teacher weights, so it keeps "
+                "the weights it has (random, if it was just built). Load the trained teacher's "
+                "weights first (e.g. cskd_lightning.checkpoints.load_weights(teacher, path)) and "
+                "pass teacher=teacher, or pass teacher=None with loss=CELoss() to only evaluate.",
+                UserWarning,
+                stacklevel=2,
+            )
         for key, value in self.teacher.state_dict().items():
             state.setdefault(TEACHER_PREFIX + key, value)
 

@@ -28,6 +28,7 @@ from cskd_lightning.app import (
     write_json,
 )
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
+from cskd_lightning.export import save_student
 from cskd_lightning.loggers import RunCSVLogger
 from cskd_lightning.logit_cache import build_logit_cache
 from cskd_lightning.module import DistillationModule
@@ -65,7 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
        does not tune on the test set.
     2. Then: ``config.yaml`` (a new run), the teacher (given, cached or trained), the student
        run (fit, resuming ``ckpt_path``; see :mod:`cskd_lightning.resume`), the test of the
-       best checkpoint, ``student.pt`` and ``summary.json``, and a short table.
+       best checkpoint, ``student.pt`` (a :mod:`cskd_lightning.export` artifact) and
+       ``summary.json``, and a short table.
     """
     with config_errors():
         return _train(cfg)
@@ -160,7 +162,21 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update({k: to_float(v) for k, v in (results[0] if results else {}).items()})
 
     if trainer.is_global_zero:
-        module.export_student(output_dir / "student.pt")
+        save_student(
+            output_dir / "student.pt",
+            module.student,
+            OmegaConf.to_container(cfg.pair.student.model, resolve=True),
+            module.num_classes,
+            datamodule,
+            run={
+                "method": cfg.distill.name,
+                "seed": cfg.seed,
+                "data": cfg.data.name,
+                "teacher": cfg.pair.teacher.model.name,
+                "test_acc": metrics.get("test/acc"),
+                "val_acc_best": metrics.get("val/acc_best"),
+            },
+        )
         summary = make_summary(cfg, output_dir, metrics, teacher_info, best, selection, clock)
         write_json(output_dir / RUN_SUMMARY, summary)
         print_summary(summary)

@@ -38,7 +38,11 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run a console script (``cskd-train ...``) through this Python, capturing its output."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    module = {"cskd-train": "cskd_lightning.train", "cskd-eval": "cskd_lightning.eval"}[args[0]]
+    module = {
+        "cskd-train": "cskd_lightning.train",
+        "cskd-eval": "cskd_lightning.eval",
+        "cskd-export": "cskd_lightning.export_cli",
+    }[args[0]]
     return subprocess.run(
         [sys.executable, "-m", module, *args[1:]],
         cwd=cwd,

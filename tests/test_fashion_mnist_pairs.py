@@ -216,5 +216,5 @@ def test_cskd_train_runs_on_the_pairs(tmp_path: Path) -> None:
     assert "fashion_mnist_pairs" in (tmp_path / "run" / "config.yaml").read_text()
     for role in ("teacher", "student"):
         assert 0.0 <= summary[role]["test_acc"] <= 1.0
-    state = torch.load(tmp_path / "run" / "student.pt", weights_only=True)
+    state = torch.load(tmp_path / "run" / "student.pt", weights_only=True)["state_dict"]
     assert state["classifier.weight"].shape == (100, 32)

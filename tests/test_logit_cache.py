@@ -172,7 +172,7 @@ def test_the_dataloader_path_is_refused_in_one_line(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- end to end
 def _student(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "student.pt", weights_only=True)
+    return torch.load(run_dir / "student.pt", weights_only=True)["state_dict"]
 
 
 def _same_weights(a: Path, b: Path) -> None:

@@ -206,8 +206,8 @@ def test_resume_config_check_and_sibling_runs(
     assert "furthest checkpoint of a sibling run with the same config" in caplog.text
     best = runs / "b" / read_summary(runs / "b")["student"]["best_checkpoint"]
     assert best.parent == runs / "b" / "checkpoints" and best.is_file()
-    a = torch.load(runs / "a" / "student.pt", weights_only=True)
-    b = torch.load(runs / "b" / "student.pt", weights_only=True)
+    a = torch.load(runs / "a" / "student.pt", weights_only=True)["state_dict"]
+    b = torch.load(runs / "b" / "student.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
     # Siblings with another config are not used: the error says why.

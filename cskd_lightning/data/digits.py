@@ -33,6 +33,9 @@ class DigitsDataModule(BaseDataModule):
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 8
+    #: ``load_digits`` pixels are ``0..16``; ``_load`` divides them by 16 before the transforms.
+    raw_scale: float = 16.0
+    classes: tuple[str, ...] = tuple(str(d) for d in range(10))
 
     def __init__(
         self,

@@ -29,6 +29,11 @@ LABELS_MAGIC = 0x00000801  # unsigned byte, 1 dim
 #: mean / std of the 60,000 training images scaled to [0, 1].
 MEAN = (0.2860,)
 STD = (0.3530,)
+#: the names of labels 0..9.
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
 
 
 def read_idx(path: str | os.PathLike, kind: str) -> np.ndarray:
@@ -115,6 +120,7 @@ class FashionMNISTDataModule(BaseDataModule):
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 28
+    classes: tuple[str, ...] = CLASSES
 
     def __init__(
         self,

@@ -1,0 +1,178 @@
+"""One call from two models and a datamodule to a distilled student: :func:`distill`.
+
+For code that wants neither Hydra nor a LightningModule: it builds the same
+:class:`~cskd_lightning.DistillationModule` and loss that ``cskd-train distill=<method>`` does
+and runs a Lightning ``Trainer`` on them::
+
+    student, metrics = distill(student, teacher, datamodule, method="cskd_cswt", max_epochs=20)
+
+The method names are those of ``cskd-train``'s ``distill`` group, with the same loss settings
+(:data:`METHODS`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+from torch import nn
+
+from cskd_lightning.errors import InputError
+from cskd_lightning.losses import (
+    CELoss,
+    CSKDFullLoss,
+    CSKDLoss,
+    DistillationLoss,
+    DISTLoss,
+    DKDLoss,
+    KDLoss,
+    MLKDLoss,
+)
+from cskd_lightning.module import DistillationModule, OptimizerFactory, SchedulerFactory
+
+__all__ = ["METHODS", "distill", "make_loss"]
+
+_CSKD = {"temperature": 4.0, "alpha": 2.0, "ce_weight": 1.0, "kd_weight": 1.0, "gather": True}
+_CSWT = {**_CSKD, "cswt": True, "t_low": 2.0, "t_high": 6.0}
+
+METHODS: dict[str, tuple[type[DistillationLoss], dict[str, Any]]] = {
+    "ce": (CELoss, {}),
+    "cskd": (CSKDLoss, {**_CSKD, "cswt": False}),
+    "cskd_cswt": (CSKDLoss, _CSWT),
+    "cskd_cswt_ls": (CSKDLoss, {**_CSWT, "logit_standardization": True}),
+    "cskd_cswt_memory": (CSKDLoss, {**_CSWT, "memory_size": 256}),
+    "cskd_full": (
+        CSKDFullLoss,
+        {
+            "temperature": 4.0,
+            "alpha": 2.0,
+            "t_low": 2.0,
+            "t_high": 6.0,
+            "ce_weight": 1.0,
+            "kd_weight": 1.0,
+            "weak_weight": 0.5,
+            "gather": True,
+        },
+    ),
+    "dist": (
+        DISTLoss,
+        {"beta": 2.0, "gamma": 2.0, "tau": 4.0, "ce_weight": 1.0, "gather": True},
+    ),
+    "dkd": (
+        DKDLoss,
+        {
+            "alpha": 1.0,
+            "beta": 8.0,
+            "temperature": 4.0,
+            "ce_weight": 1.0,
+            "warmup_epochs": 20,
+            "logit_standardization": False,
+        },
+    ),
+    "dkd_ls": (
+        DKDLoss,
+        {
+            "alpha": 9.0,
+            "beta": 72.0,
+            "temperature": 2.0,
+            "ce_weight": 1.0,
+            "warmup_epochs": 20,
+            "logit_standardization": True,
+        },
+    ),
+    "kd": (KDLoss, {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}),
+    "kd_ls": (
+        KDLoss,
+        {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 9.0, "logit_standardization": True},
+    ),
+    "mlkd": (
+        MLKDLoss,
+        {
+            "temperatures": [2.0, 3.0, 4.0, 5.0, 6.0],
+            "ce_weight": 0.1,
+            "kd_weight": 0.9,
+            "weak_weight": 0.5,
+            "gather": True,
+        },
+    ),
+}
+"""``method -> (loss class, its arguments)``: the ``loss`` of each ``conf/distill/<method>.yaml``.
+``cskd_full`` and ``mlkd`` need two views per image (a datamodule with ``two_view=True``)."""
+
+
+def make_loss(method: str, **overrides: Any) -> DistillationLoss:
+    """The loss of ``method`` (a :data:`METHODS` name) with its settings, ``overrides`` on top
+    (e.g. ``make_loss("cskd_cswt", t_high=8.0)``)."""
+    if method not in METHODS:
+        raise InputError(
+            f"Unknown method {method!r}. Available: {', '.join(sorted(METHODS))}.", key="method"
+        )
+    cls, kwargs = METHODS[method]
+    return cls(**{**kwargs, **overrides})
+
+
+_TRAINER_DEFAULTS: dict[str, Any] = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+}
+
+
+def distill(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    datamodule: L.LightningDataModule,
+    method: str = "cskd_cswt",
+    max_epochs: int = 10,
+    *,
+    loss_kwargs: Mapping[str, Any] | None = None,
+    optimizer: OptimizerFactory | None = None,
+    scheduler: SchedulerFactory | None = None,
+    test: bool = True,
+    **trainer_kwargs: Any,
+) -> tuple[nn.Module, dict[str, float]]:
+    """Distil ``teacher`` into ``student`` on ``datamodule``; return ``(student, metrics)``.
+
+    Args:
+        student: the model to train (trained in place); returns logits ``(B, C)``.
+        teacher: the trained teacher (frozen during training), or ``None`` for ``method="ce"``.
+        datamodule: a ``LightningDataModule`` yielding ``(x, y)`` batches (``((x_weak,
+            x_strong), y)`` for the two-view methods) with a validation loader, and a test
+            loader when ``test``.
+        method: a :data:`METHODS` name (``cskd-train``'s ``distill=`` options).
+        max_epochs: training epochs.
+        loss_kwargs: overrides of the method's loss settings (e.g. ``{"temperature": 2.0}``).
+        optimizer, scheduler: as :class:`~cskd_lightning.DistillationModule` takes them
+            (default SGD lr 0.05, momentum 0.9, weight decay 5e-4; no scheduler).
+        test: test the final student on ``datamodule``'s test loader.
+        **trainer_kwargs: ``lightning.Trainer`` arguments (``accelerator``, ``devices``,
+            ``precision``, ``limit_train_batches``, ``callbacks``, ``logger``, ...); this
+            function's defaults are no logger, no checkpoints and no model summary.
+
+    Returns:
+        The trained student in eval mode, and its metrics: every value Lightning logged at the
+        end (``val/acc``, ``val/acc_best``, ``train/loss``, ``train/<term>``, ...) and, with
+        ``test``, ``test/acc`` and ``test/acc_top5``, as floats.
+    """
+    loss = make_loss(method, **dict(loss_kwargs or {}))
+    module = DistillationModule(
+        student,
+        teacher if loss.requires_teacher else None,
+        loss,
+        optimizer=optimizer,
+        scheduler=scheduler,
+    )
+    trainer = L.Trainer(max_epochs=max_epochs, **{**_TRAINER_DEFAULTS, **trainer_kwargs})
+    with warnings.catch_warnings():
+        # A small datamodule with num_workers=0 is the common case here; the teacher is in
+        # eval mode on purpose.
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        trainer.fit(module, datamodule=datamodule)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if test:
+            results = trainer.test(module, datamodule=datamodule, verbose=False)
+            metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
+    return module.student.eval(), metrics

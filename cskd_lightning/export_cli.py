@@ -1,0 +1,96 @@
+"""``cskd-export``: write a ``cskd-train`` run's student as TorchScript or ONNX, and check it.
+
+``cskd-export run_dir=outputs/train/runs/<time> format=onnx`` reads the run's ``student.pt``
+(:func:`~cskd_lightning.export.load_student`), writes ``<run_dir>/export/student.onnx`` (or
+``student.ts`` for ``format=torchscript``, the default) and compares the exported model's
+logits with the PyTorch model's on a batch; the result goes to ``<run_dir>/export/export.json``.
+The exported model takes *preprocessed* input: ``export.json`` and ``student.pt`` record the
+normalisation (``preprocessing``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from cskd_lightning.app import quiet_logs, write_json
+from cskd_lightning.errors import InputError
+from cskd_lightning.export import EXPORT_FORMATS, check_export, export_model, load_student
+
+log = logging.getLogger("cskd_lightning")
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export the student of ``cfg.run_dir`` (or ``cfg.student``) as ``cfg.format``; return the
+    record written to ``export.json``."""
+    fmt = str(cfg.format)
+    if fmt not in EXPORT_FORMATS:
+        raise InputError(
+            f"format={fmt} is not an export format: choose one of {', '.join(EXPORT_FORMATS)} "
+            "(e.g. format=onnx)."
+        )
+    run_dir = Path(cfg.run_dir)
+    source = Path(cfg.student) if cfg.get("student") else run_dir / "student.pt"
+    loaded = load_student(source)
+    shape = loaded.info.get("input_shape")
+    if not shape:
+        raise InputError(
+            f"{source} does not record the model's input shape, so no example batch can be "
+            "made to trace and check it."
+        )
+    output = (
+        Path(cfg.output)
+        if cfg.get("output")
+        else run_dir / "export" / f"student{EXPORT_FORMATS[fmt]}"
+    )
+    export_model(loaded.model, output, fmt, shape, opset=cfg.get("opset"))
+    diff = check_export(
+        loaded.model, output, fmt, shape, int(cfg.check_batch_size), atol=float(cfg.atol)
+    )
+    log.info(
+        "Wrote %s (%s); its logits match PyTorch's to %.2g on a batch of %d.",
+        output,
+        fmt,
+        diff,
+        int(cfg.check_batch_size),
+    )
+    record = {
+        "source": str(source),
+        "output": str(output),
+        "format": fmt,
+        "input_shape": shape,
+        "max_abs_diff": diff,
+        "check_batch_size": int(cfg.check_batch_size),
+        "preprocessing": loaded.info.get("preprocessing"),
+        "class_names": loaded.info.get("class_names"),
+    }
+    write_json(output.parent / "export.json", record)
+    return record
+
+
+@hydra.main(version_base="1.3", config_path="pkg://cskd_lightning.conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    """The ``cskd-export`` console script."""
+    quiet_logs()
+    # format=torchscript is a request for torch.jit, deprecated or not (the README says so).
+    warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+    for name in ("onnx_ir", "onnxscript"):  # the ONNX exporter's per-pass notes
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        export(cfg)
+    except InputError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""``cskd_lightning.distill``: the one-call API, and its method table against the configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import cskd_lightning
+from cskd_lightning import CSKDLoss, KDLoss, distill
+from cskd_lightning.api import METHODS, make_loss
+from cskd_lightning.data import DigitsDataModule
+from cskd_lightning.errors import InputError
+from cskd_lightning.models import create_model
+
+CONF = Path(cskd_lightning.__file__).resolve().parent.parent / "conf" / "distill"
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_distill_config_is_a_method_with_the_same_loss(path: Path) -> None:
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    cfg = cfg.get("distill", cfg)  # the two-view methods also set data keys
+    cls, kwargs = METHODS[cfg["name"]]
+    loss_cfg = dict(cfg["loss"])
+    assert f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}" == loss_cfg.pop("_target_")
+    assert kwargs == loss_cfg
+    assert set(METHODS) == {p.stem for p in CONF.glob("*.yaml")}
+
+
+def test_make_loss_takes_overrides_and_names_the_methods() -> None:
+    loss = make_loss("cskd_cswt", t_high=8.0)
+    assert isinstance(loss, CSKDLoss) and loss.t_high == 8.0 and loss.cswt
+    with pytest.raises(InputError, match="Unknown method 'cskdd'.*cskd_cswt"):
+        make_loss("cskdd")
+
+
+def test_distill_trains_the_student_and_returns_its_metrics() -> None:
+    torch.manual_seed(0)
+    datamodule = DigitsDataModule(batch_size=64)
+    teacher = create_model("digits_teacher", num_classes=10, in_channels=1)
+    student = create_model("digits_student", num_classes=10, in_channels=1)
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+
+    trained, metrics = distill(
+        student,
+        teacher,
+        datamodule,
+        method="kd",
+        max_epochs=2,
+        limit_train_batches=4,
+        accelerator="cpu",
+        enable_progress_bar=False,
+    )
+    assert trained is student and not trained.training
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    for key in ("train/loss", "train/kd", "val/acc", "val/acc_best", "test/acc"):
+        assert key in metrics, key
+    # The reported test accuracy is the returned student's, on the datamodule's test set.
+    correct = total = 0
+    with torch.no_grad():
+        for x, y in datamodule.test_dataloader():
+            correct += int((trained(x).argmax(-1) == y).sum())
+            total += len(y)
+    assert metrics["test/acc"] == pytest.approx(correct / total, abs=1e-6)
+    # The teacher was only read (weights and BatchNorm statistics).
+    assert all(torch.equal(teacher_before[k], v) for k, v in teacher.state_dict().items())
+
+
+def test_distill_refuses_a_missing_teacher_for_a_distillation_method() -> None:
+    student = create_model("digits_student", num_classes=10, in_channels=1)
+    with pytest.raises(InputError, match="teacher=None"):
+        distill(student, None, DigitsDataModule(), method="kd", max_epochs=1)
+    assert isinstance(make_loss("kd"), KDLoss)
