@@ -110,7 +110,7 @@ def print_eval_table(model: str, ckpt: Path, metrics: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{model} on the test set")
+    table = Table(title=f"{model} on the test set", min_width=40)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
