@@ -361,7 +361,9 @@ def check_logger_packages(cfg: DictConfig) -> None:
         packages, extra = LOGGER_PACKAGES[cls]
         if any(_importable(p) for p in packages):
             continue
-        install = f'pip install "cskd-lightning[{extra}]"' if extra else f"pip install {packages[0]}"
+        install = (
+            f'pip install "cskd-lightning[{extra}]"' if extra else f"pip install {packages[0]}"
+        )
         raise InputError(
             f"logger.{key} ({cls}) needs the {' or '.join(packages)} package, which is not "
             f"installed: {install} (or choose another logger, e.g. logger=csv)."

@@ -25,9 +25,11 @@ def test_help_says_what_the_program_does(tmp_path: Path) -> None:
     assert "Powered by Hydra" in page and "== Examples ==" in page
     for group in ("data=", "pair=", "distill=", "trainer=", "logger="):
         assert group in page
-    # The five example commands, each of them a command Hydra accepts.
+    # The five example commands: a run, a sweep, Optuna, a resume, own data.
     examples = page.split("== Examples ==")[1].split("==")[0]
-    commands = [line.split("#")[0].strip() for line in examples.splitlines() if "cskd-train" in line]
+    commands = [
+        line.split("#")[0].strip() for line in examples.splitlines() if "cskd-train" in line
+    ]
     assert len(commands) == 5
     assert any(" -m " in c and "seed=" in c for c in commands)  # a sweep
     assert any("hparams_search=optuna" in c for c in commands)
