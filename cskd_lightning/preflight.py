@@ -365,6 +365,6 @@ def check_logger_packages(cfg: DictConfig) -> None:
             f'pip install "cskd-lightning[{extra}]"' if extra else f"pip install {packages[0]}"
         )
         raise InputError(
-            f"logger.{key} ({cls}) needs the {' or '.join(packages)} package, which is not "
+            f"logger.{key} ({target}) needs the {' or '.join(packages)} package, which is not "
             f"installed: {install} (or choose another logger, e.g. logger=csv)."
         )
