@@ -402,7 +402,11 @@ class DistillationModule(L.LightningModule):
 
     # --- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        _refuse_ignored_cli_scheduler(self.trainer)
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (called directly)
+            trainer = None
+        _refuse_ignored_cli_scheduler(trainer)
         params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
