@@ -96,10 +96,35 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         enable_checkpointing=False,
         enable_model_summary=False,
     )
-    results = trainer.test(DistillationModule(student, None, CELoss()), datamodule=datamodule)
+    module = DistillationModule(student, None, CELoss())
+    results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
     write_json(run_dir / "eval" / "metrics.json", {"checkpoint": str(ckpt), **metrics})
+    print_eval_table(run_cfg.pair.student.model.name, ckpt, metrics)
     return metrics
+
+
+def print_eval_table(model: str, ckpt: Path, metrics: dict[str, Any]) -> None:
+    """The test metrics as percentages, in a table like ``cskd-train``'s: accuracies (values in
+    ``[0, 1]``) as ``97.22%``, other metrics (a loss) as plain numbers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{model} on the test set", min_width=40)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        label = name.removeprefix("test/").replace("_", " ")
+        if value is None:
+            shown = "-"
+        elif "acc" in name:
+            shown = f"{100 * value:.2f}%"
+        else:
+            shown = f"{value:.4f}"
+        table.add_row(f"test {label}", shown)
+    console = Console()
+    console.print(table)
+    console.print(f"checkpoint: {ckpt}")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cskd_lightning.conf", config_name="eval")

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -19,8 +20,11 @@ from cskd_lightning.losses.base import DistillationLoss
 
 log = logging.getLogger(__name__)
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
-SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+# Lightning's own callable types: LightningCLI / jsonargparse accept a ``class_path`` for them
+# (``--model.scheduler=CosineAnnealingLR --model.scheduler.T_max=20``), and a Hydra
+# ``_partial_`` or ``functools.partial`` is such a callable too.
+OptimizerFactory = OptimizerCallable
+SchedulerFactory = LRSchedulerCallable
 
 TEACHER_PREFIX = "teacher."
 TEACHER_ACC_LOGGED_KEY = "teacher_val_acc_logged"
@@ -54,6 +58,25 @@ def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
 
 
+def _refuse_ignored_cli_scheduler(trainer: Any) -> None:
+    """LightningCLI's own ``--lr_scheduler`` without ``--optimizer`` is dropped by Lightning
+    (it only replaces ``configure_optimizers`` when an optimizer is given): refuse it."""
+    from lightning.pytorch.cli import SaveConfigCallback
+
+    for callback in getattr(trainer, "callbacks", None) or []:
+        if not isinstance(callback, SaveConfigCallback):
+            continue
+        config = getattr(callback, "config", None)
+        if config is not None and config.get("lr_scheduler") is not None:
+            raise InputError(
+                "LightningCLI's --lr_scheduler was given without --optimizer, and Lightning "
+                "ignores it then. Give the module's own scheduler instead "
+                "(--model.scheduler=<class> --model.scheduler.<arg>=..., or model.scheduler in the "
+                "YAML), or use cskd_lightning.cli.DistillationCLI, which hands --optimizer and "
+                "--lr_scheduler to the module."
+            )
+
+
 class DistillationModule(L.LightningModule):
     """Train ``student`` against a frozen ``teacher`` with a swappable ``loss``.
 
@@ -64,7 +87,9 @@ class DistillationModule(L.LightningModule):
         optimizer: a callable taking parameters (a Hydra ``_partial_``); default SGD lr 0.05,
             momentum 0.9, weight decay 5e-4. It only ever sees the student's parameters (and the
             loss's, if it has any).
-        scheduler: a callable taking the optimizer, stepped once per epoch; or ``None``.
+        scheduler: a callable taking the optimizer, stepped once per epoch; or ``None``. Both
+            are typed as Lightning's ``OptimizerCallable`` / ``LRSchedulerCallable``, so a
+            LightningCLI YAML gives them as a ``class_path`` with ``init_args``.
         num_classes: the class count; inferred from the student's last ``nn.Linear`` if omitted.
         check_inputs: check every batch's targets and every loss for finiteness (one host sync
             per step; switch off for the last bit of speed on an accelerator).
@@ -103,8 +128,8 @@ class DistillationModule(L.LightningModule):
         student: nn.Module,
         teacher: nn.Module | None,
         loss: DistillationLoss,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
         num_classes: int | None = None,
         check_inputs: bool = True,
         channels_last: bool = False,
@@ -386,6 +411,11 @@ class DistillationModule(L.LightningModule):
 
     # --- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
+        try:
+            trainer = self.trainer
+        except RuntimeError:  # not attached to a Trainer (called directly)
+            trainer = None
+        _refuse_ignored_cli_scheduler(trainer)
         params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:

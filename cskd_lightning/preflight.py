@@ -322,3 +322,49 @@ def check_tuning_selection(cfg: DictConfig, selection: str) -> None:
         "data.datamodule.val_split=5000), or pass "
         f"{TUNE_ON_TEST_FLAG} to tune on the test set knowingly."
     )
+
+
+# --------------------------------------------------------------------------- loggers
+LOGGER_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
+    "WandbLogger": (("wandb",), "wandb"),
+    "wandb_logger": (("wandb",), "wandb"),
+    "mlflow_logger": (("mlflow",), "mlflow"),
+    "MLFlowLogger": (("mlflow",), "mlflow"),
+    "CometLogger": (("comet_ml",), ""),
+    "NeptuneLogger": (("neptune",), ""),
+}
+"""Lightning logger class -> (the packages it can run on, any one of them; the extra of this
+package that installs one, or ``""`` for none)."""
+
+
+def _importable(module: str) -> bool:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def check_logger_packages(cfg: DictConfig) -> None:
+    """Every logger of ``cfg.logger`` can import the package it writes with (TensorBoard,
+    Weights & Biases, MLflow, ...): checked before anything trains, so a missing package is one
+    line naming the extra to install, not a ``ModuleNotFoundError`` after the teacher's run."""
+    group = cfg.get("logger") or {}
+    for key, entry in group.items():
+        target = str(entry.get("_target_", "")) if entry else ""
+        cls = target.rsplit(".", 1)[-1]
+        if cls not in LOGGER_PACKAGES:
+            continue
+        packages, extra = LOGGER_PACKAGES[cls]
+        if any(_importable(p) for p in packages):
+            continue
+        install = (
+            f'pip install "cskd-lightning[{extra}]"' if extra else f"pip install {packages[0]}"
+        )
+        raise InputError(
+            f"logger.{key} ({target}) needs the {' or '.join(packages)} package, which is not "
+            f"installed: {install} (or choose another logger, e.g. logger=csv)."
+        )

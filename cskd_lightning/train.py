@@ -40,6 +40,7 @@ from cskd_lightning.preflight import (
     check_cache_dir,
     check_class_counts,
     check_data,
+    check_logger_packages,
     check_output_dir,
     check_per_process_batch,
     check_tuning_selection,
@@ -78,6 +79,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     # --- 1. checks: a bad input fails here, with the run directory as it was -----------------
     check_output_dir(output_dir, "hydra.run.dir")
+    check_logger_packages(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data.datamodule)
     loss = hydra.utils.instantiate(cfg.distill.loss)
@@ -124,6 +126,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
                 log.info(
                     "Kept %d rows of %s (epochs up to %s).", kept, logger.metrics_file, resume.epoch
                 )
+    log_run_hyperparams(loggers, cfg)
     teacher_model, teacher_info = prepare_teacher(cfg, datamodule, output_dir, teacher)
 
     L.seed_everything(cfg.seed, workers=True)
@@ -181,6 +184,16 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         write_json(output_dir / RUN_SUMMARY, summary)
         print_summary(summary)
     return metrics
+
+
+def log_run_hyperparams(loggers: list[Any], cfg: DictConfig) -> None:
+    """Give every logger the run's resolved config as its hyperparameters (``hparams.yaml``
+    of the CSV log, TensorBoard's HPARAMS tab, the W&B run config, MLflow params)."""
+    if not loggers or not is_global_zero():
+        return
+    hparams = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(hparams)
 
 
 def write_run_config(cfg: DictConfig, output_dir: Path) -> None:

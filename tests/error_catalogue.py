@@ -105,6 +105,20 @@ def _save(name: str, payload: Callable[[Workspace], object]) -> Callable[[Worksp
     return make
 
 
+def _hide_package(name: str) -> Callable[[Workspace], None]:
+    """A directory to put first on ``PYTHONPATH`` in which ``import <name>`` fails as it does
+    where the package is not installed."""
+
+    def make(ws: Workspace) -> None:
+        package = ws.files / f"no_{name}" / name
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n"
+        )
+
+    return make
+
+
 def _corrupt_fmnist(ws: Workspace) -> None:
     folder = ws.files / "fmnist"
     folder.mkdir(exist_ok=True)
@@ -247,6 +261,10 @@ CASES: list[Case] = [
          "teacher.logit_cache_dtype='float8': choose one of float32, float16"),
     Case("run_dir_other_settings", "an existing run directory, other settings", ["distill=kd"],
          "already holds a run made with other settings (run -> now: "),
+    Case("logger_not_installed", "a logger whose package is not installed (`logger=wandb`)",
+         ["logger=wandb"],
+         'needs the wandb package, which is not installed: pip install "cskd-lightning[wandb]"',
+         _hide_package("wandb"), env={"PYTHONPATH": "{files}/no_wandb"}),
     Case("run_dir_unfinished", "an unfinished run directory, without `ckpt_path`", [],
          "holds an unfinished run (config.yaml, no summary.json). Resume it with ckpt_path=last",
          run_dir="{unfinished}"),

@@ -21,9 +21,11 @@ from . import (  # noqa: F401  (imported for their @register_model side effects)
     vgg,
     wrn,
 )
+from .pretrained import Pretrained
 from .registry import count_parameters, create_model, get_model_factory, list_models, register_model
 
 __all__ = [
+    "Pretrained",
     "count_parameters",
     "create_model",
     "get_model_factory",
