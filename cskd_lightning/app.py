@@ -213,6 +213,19 @@ def _retire_old_failure(output_dir: Path) -> None:
         os.replace(old, output_dir / PREVIOUS_ERROR_FILE)
 
 
+def exit_on_input_error(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """``task(cfg)``; an :class:`~cskd_lightning.errors.InputError` ends the program with one
+    ``Error: <message>`` line on stderr and exit status 1 (``HYDRA_FULL_ERROR=1``: the
+    traceback). For the programs without run directories (``cskd-eval``, ``cskd-export``)."""
+    try:
+        return task(cfg)
+    except InputError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(1)
+
+
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
     """Run ``task(cfg)`` and return its ``optimized_metric`` for a sweeper.
 

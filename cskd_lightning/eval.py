@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,9 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app import quiet_logs, to_float, write_json
+from cskd_lightning.app import exit_on_input_error, quiet_logs, to_float, write_json
 from cskd_lightning.checkpoints import load_weights, read_checkpoint
-from cskd_lightning.errors import InputError, MissingInputError
+from cskd_lightning.errors import MissingInputError
 from cskd_lightning.losses import CELoss
 from cskd_lightning.module import DistillationModule
 
@@ -131,13 +129,7 @@ def print_eval_table(model: str, ckpt: Path, metrics: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> None:
     """The ``cskd-eval`` console script."""
     quiet_logs()
-    try:
-        evaluate(cfg)
-    except InputError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_input_error(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ normalisation (``preprocessing``).
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from cskd_lightning.app import quiet_logs, write_json
+from cskd_lightning.app import exit_on_input_error, quiet_logs, write_json
 from cskd_lightning.errors import InputError
 from cskd_lightning.export import EXPORT_FORMATS, check_export, export_model, load_student
 
@@ -83,13 +81,7 @@ def main(cfg: DictConfig) -> None:
     warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
     for name in ("onnx_ir", "onnxscript"):  # the ONNX exporter's per-pass notes
         logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        export(cfg)
-    except InputError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_input_error(export, cfg)
 
 
 if __name__ == "__main__":
