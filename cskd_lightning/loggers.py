@@ -48,6 +48,7 @@ class RunCSVLogger(Logger):
         self._version = version
         self._kept: list[dict[str, str]] = []
         self._rows: list[dict[str, Any]] = []
+        self._resumed = False
 
     # --- identity --------------------------------------------------------------------------
     @property
@@ -80,8 +81,10 @@ class RunCSVLogger(Logger):
     def keep_history(self, through_epoch: int | None) -> int:
         """Keep the rows of the existing file whose ``epoch`` is at most ``through_epoch`` (the
         epoch of the checkpoint a run resumes from); ``None`` keeps none. Rows without an
-        ``epoch`` column are kept with the others. Returns the number of rows kept."""
+        ``epoch`` column are kept with the others. A resumed run (``through_epoch`` given) also
+        keeps the ``hparams.yaml`` of its first segment. Returns the number of rows kept."""
         self._kept = []
+        self._resumed = through_epoch is not None
         if through_epoch is None or not self.metrics_file.is_file():
             return 0
         with open(self.metrics_file, newline="") as handle:
@@ -110,9 +113,12 @@ class RunCSVLogger(Logger):
     def log_hyperparams(self, params: Mapping[str, Any] | Namespace | None = None) -> None:
         if params is None:
             return
+        path = os.path.join(self.log_dir, HPARAMS_FILE)
+        if self._resumed and os.path.isfile(path):
+            return  # a resumed run keeps the hyperparameters its first segment recorded
         params = vars(params) if isinstance(params, Namespace) else dict(params)
         os.makedirs(self.log_dir, exist_ok=True)
-        save_hparams_to_yaml(os.path.join(self.log_dir, HPARAMS_FILE), params)
+        save_hparams_to_yaml(path, params)
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:

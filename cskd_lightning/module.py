@@ -427,6 +427,15 @@ class DistillationModule(L.LightningModule):
         }
 
     # --- checkpoints stay student-sized -------------------------------------------------------
+    def _frozen_teacher_record(self) -> dict[str, str]:
+        """:func:`_teacher_record` of the frozen teacher, hashed once (not at every save: the
+        hash reads every teacher weight, a device-to-host copy on an accelerator)."""
+        cached = self.__dict__.get("_teacher_record_cache")
+        if cached is None or cached[0] is not self.teacher:
+            cached = (self.teacher, _teacher_record(self.teacher))
+            self.__dict__["_teacher_record_cache"] = cached
+        return cached[1]
+
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls, checkpoint_path: Any, *args: Any, **kwargs: Any
@@ -457,7 +466,7 @@ class DistillationModule(L.LightningModule):
             self.teacher is not None and not self._teacher_acc_pending
         )
         if self.teacher is not None:
-            checkpoint[TEACHER_RECORD_KEY] = _teacher_record(self.teacher)
+            checkpoint[TEACHER_RECORD_KEY] = self._frozen_teacher_record()
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith(TEACHER_PREFIX)]:
             del state[key]

@@ -127,6 +127,7 @@ def test_sigkill_then_resume_last_is_bit_identical(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
     teacher_log = (killed / "teacher" / "metrics.csv").read_bytes()
+    hparams = (killed / "hparams.yaml").read_bytes()
     resumed_epoch = _epoch_of(last)
     with open(killed / "metrics.csv", newline="") as handle:
         rows_before = [r for r in csv.DictReader(handle) if int(r["epoch"]) <= resumed_epoch]
@@ -148,6 +149,7 @@ def test_sigkill_then_resume_last_is_bit_identical(tmp_path: Path) -> None:
         for before, after in zip(rows_before, rows_after, strict=False)
     )
     assert (killed / "teacher" / "metrics.csv").read_bytes() == teacher_log
+    assert (killed / "hparams.yaml").read_bytes() == hparams  # not the resume's ckpt_path=last
     a, b = read_summary(full), read_summary(killed)
     assert a["student"] == b["student"] and a["metrics"] == b["metrics"]
     assert (a["segments"], b["segments"]) == (1, 2)
