@@ -29,8 +29,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from cskd_lightning.errors import InputError
-from cskd_lightning.resume import ResumableDataLoader, ResumableDataModule
 
+from .resumable import ResumableDataLoader, ResumableDataModule
 from .transforms import Cutout, TensorRandAugment, TwoViewTransform
 
 __all__ = ["BaseDataModule", "SubsetWithTransform", "TensorImageDataset", "stratified_split"]

@@ -40,19 +40,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cskd_lightning.resume import (
+from .base import BaseDataModule, TensorImageDataset, resolve_val_count, stratified_split
+from .cifar import CIFAR10DataModule, CIFAR100DataModule
+from .digits import DigitsDataModule
+from .fashion_mnist import FashionMNISTDataModule
+from .fashion_mnist_pairs import FashionMNISTPairsDataModule
+from .resumable import (
     STATE_FORMAT,
     LoaderStateBox,
     ResumableDataModule,
     capture_rng_state,
     restore_rng_state,
 )
-
-from .base import BaseDataModule, TensorImageDataset, resolve_val_count, stratified_split
-from .cifar import CIFAR10DataModule, CIFAR100DataModule
-from .digits import DigitsDataModule
-from .fashion_mnist import FashionMNISTDataModule
-from .fashion_mnist_pairs import FashionMNISTPairsDataModule
 from .sample_random import SampleRandom
 from .transforms import ToFloatNormalize
 
@@ -487,8 +486,9 @@ class DeviceBatchLoader:
         drop_last: drop the last partial batch.
         seed: the augmentation seed: sample ``i`` of epoch ``e`` is augmented with the numbers
             ``SampleRandom(seed, e, i)``, whatever its batch, position or process.
-        resume_box: shared with a :class:`~cskd_lightning.resume.ResumableDataModule` (training
-            loader only): the loader registers there as the active one, and a state restored
+        resume_box: shared with a
+            :class:`~cskd_lightning.data.resumable.ResumableDataModule` (training loader
+            only): the loader registers there as the active one, and a state restored
             from a checkpoint is applied when its next iterator is created.
         with_indices: yield :class:`SampleBatch` (the batch plus its sample indices and epoch)
             instead of plain tuples.
@@ -535,7 +535,7 @@ class DeviceBatchLoader:
         return self.images.device
 
     def get_resume_state(self, next_epoch: int | None = None) -> dict[str, Any]:
-        """``{"format", "rng", "sampler_epoch"}`` (see :class:`~cskd_lightning.resume.
+        """``{"format", "rng", "sampler_epoch"}`` (see :class:`~cskd_lightning.data.resumable.
         ResumableDataLoader`); ``next_epoch`` overrides the sampler's current epoch."""
         epoch = next_epoch if next_epoch is not None else self.sampler.epoch
         return {"format": STATE_FORMAT, "rng": capture_rng_state(), "sampler_epoch": int(epoch)}
@@ -609,7 +609,7 @@ class DeviceDataModule(ResumableDataModule):
     With ``with_indices = True`` (set by a teacher-logit cache) the loaders yield
     :class:`SampleBatch` (the same batch plus its sample indices).
 
-    Resuming (:class:`~cskd_lightning.resume.ResumableDataModule`): the order of an epoch
+    Resuming (:class:`~cskd_lightning.data.resumable.ResumableDataModule`): the order of an epoch
     depends only on ``(seed, epoch, rank)`` and the augmentation of a sample only on
     ``(augment_seed, epoch, index)``, so a run resumed at an epoch's end sees
     the data it would have seen; the global RNG states are saved and restored as for the

@@ -1,0 +1,48 @@
+"""The library is a library: importing it brings in none of the command-line application
+(Hydra, OmegaConf, the app's modules) and changes no global state of its own: no warning
+filters and no logger levels beyond what torch and Lightning themselves set when imported."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+PROBE = textwrap.dedent(
+    """
+    import json, logging, sys, warnings
+    import lightning, sklearn, torch, torchmetrics, torchvision  # the dependencies, first
+    filters = list(warnings.filters)
+    levels = {name: logging.getLogger(name).level for name in logging.root.manager.loggerDict}
+    import cskd_lightning
+    import cskd_lightning.callbacks, cskd_lightning.checkpoint_io, cskd_lightning.data
+    import cskd_lightning.export, cskd_lightning.logit_cache, cskd_lightning.loggers
+    import cskd_lightning.losses, cskd_lightning.models
+    changed = [name for name, level in levels.items()
+               if logging.getLogger(name).level != level]
+    print(json.dumps({
+        "new_filters": [repr(f) for f in warnings.filters if f not in filters],
+        "removed_filters": len([f for f in filters if f not in warnings.filters]),
+        "changed_levels": changed,
+        "app_modules": sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf")
+                              or m in ("cskd_lightning.app", "cskd_lightning.train",
+                                       "cskd_lightning.preflight", "cskd_lightning.resume",
+                                       "cskd_lightning.teacher_stage", "cskd_lightning.report")),
+    }))
+    """
+)
+
+
+def test_importing_the_library_changes_no_global_state_and_no_app_is_loaded() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    assert found == {
+        "new_filters": [],
+        "removed_filters": 0,
+        "changed_levels": [],
+        "app_modules": [],
+    }
