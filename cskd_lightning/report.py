@@ -62,7 +62,7 @@ IGNORED_OVERRIDES = (
 IGNORED_EXACTLY = ("distill",)
 
 #: ``--group-by`` names that are not overrides: fields of ``summary.json``.
-SUMMARY_KEYS = {"method": "method", "data": "data", "pair": "pair", "selection": "selection"}
+SUMMARY_KEYS = ("method", "data", "pair", "selection")
 
 CLASS_COS_PREFIX = "monitor/class_cos/"
 
@@ -266,8 +266,7 @@ def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> li
         parts = []
         for key in keys:
             if key in SUMMARY_KEYS:
-                value = run.method if key == "method" else run.summary.get(SUMMARY_KEYS[key])
-                parts.append(str(value) if key == "method" else f"{key}={value}")
+                parts.append(run.method if key == "method" else f"{key}={run.summary.get(key)}")
             else:
                 parts.append(f"{key}={run.overrides.get(key, '(default)')}")
         groups.setdefault(" ".join(parts) or "all runs", []).append(run)
