@@ -30,9 +30,9 @@ common=(
   'hydra.sweep.subdir=${distill.name}_seed${seed}'
   callbacks.progress_bar=null
 )
-main_cmd=("$PYTHON" -m cskd_lightning.train -m "${common[@]}"
+main_cmd=("$PYTHON" -m cskd_lightning.app.train -m "${common[@]}"
   distill=ce,kd,dist,cskd,cskd_cswt "hydra.sweep.dir=$OUT_DIR/main" "$@")
-dkd_cmd=("$PYTHON" -m cskd_lightning.train -m "${common[@]}"
+dkd_cmd=("$PYTHON" -m cskd_lightning.app.train -m "${common[@]}"
   distill=dkd distill.loss.warmup_epochs=1 "hydra.sweep.dir=$OUT_DIR/dkd" "$@")
 
 start=$(date +%s)
@@ -56,5 +56,5 @@ wall=$(($(date +%s) - start))
   echo "wall time: ${wall} s ($((wall / 60)) min $((wall % 60)) s)"
 } | tee -a "$OUT_DIR/benchmark.txt"
 
-"$PYTHON" -m cskd_lightning.report "$OUT_DIR"
+"$PYTHON" -m cskd_lightning.app.report "$OUT_DIR"
 echo "Report: $OUT_DIR/report.md"

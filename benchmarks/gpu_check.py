@@ -48,7 +48,7 @@ import torch
 from synthetic import DeviceSyntheticCIFAR, EpochTimer, plain_trainer
 
 from cskd_lightning import CELoss, CSKDFullLoss, CSKDLoss, DistillationModule
-from cskd_lightning.app import quiet_logs
+from cskd_lightning.app.jobs import quiet_logs
 from cskd_lightning.logit_cache import TeacherLogitCache
 from cskd_lightning.models import create_model
 

@@ -52,7 +52,7 @@ def command(run_dir: Path, cache: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "cskd_lightning.train",
+        "cskd_lightning.app.train",
         *RUN,
         f"hydra.run.dir={run_dir}",
         f"paths.cache_dir={cache}",

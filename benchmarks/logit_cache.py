@@ -46,7 +46,7 @@ import torch
 from synthetic import DeviceSyntheticCIFAR, EpochTimer, plain_trainer
 
 from cskd_lightning import CELoss, CSKDLoss, DistillationModule, DKDLoss, KDLoss
-from cskd_lightning.app import quiet_logs
+from cskd_lightning.app.jobs import quiet_logs
 from cskd_lightning.data import DeviceFashionMNISTDataModule
 from cskd_lightning.data.device import DeviceDataModule, SampleBatch
 from cskd_lightning.logit_cache import LogitFile, TeacherLogitCache

@@ -482,24 +482,3 @@ class _Table:
             if rows.size:
                 self.file.write(rows, v, values.cpu().numpy()[rows])
         self.buffer = self.written = None
-
-
-# ------------------------------------------------------------------------------- cskd-train
-def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache | None:
-    """The cache ``cskd-train`` attaches with ``teacher.logit_cache=true`` (else ``None``).
-
-    Refuses a DataLoader datamodule with one line (``ValueError``) before anything is trained;
-    returns ``None`` for a loss that needs no teacher. The cache lives in
-    ``<paths.cache_dir>/teacher_logits/`` (``CSKD_CACHE_DIR`` moves it), next to the teachers.
-    """
-    teacher_cfg = cfg.get("teacher", {}) or {}
-    if not teacher_cfg.get("logit_cache", False):
-        return None
-    if not isinstance(datamodule, DeviceDataModule):
-        raise InputError(refusal(str(cfg.data.get("name", "?")), datamodule))
-    if not getattr(loss, "requires_teacher", True):
-        log.info("Teacher-logit cache not used: distill=%s needs no teacher.", cfg.distill.name)
-        return None
-    root = Path(str(cfg.paths.cache_dir)).expanduser().resolve() / "teacher_logits"
-    name = f"{cfg.pair.teacher.model.name}-{cfg.data.name}"
-    return TeacherLogitCache(root, name, str(teacher_cfg.get("logit_cache_dtype", "float32")))

@@ -72,8 +72,8 @@ def _refuse_ignored_cli_scheduler(trainer: Any) -> None:
                 "LightningCLI's --lr_scheduler was given without --optimizer, and Lightning "
                 "ignores it then. Give the module's own scheduler instead "
                 "(--model.scheduler=<class> --model.scheduler.<arg>=..., or model.scheduler in the "
-                "YAML), or use cskd_lightning.cli.DistillationCLI, which hands --optimizer and "
-                "--lr_scheduler to the module."
+                "YAML), or use cskd_lightning.lightning_cli.DistillationCLI, which hands "
+                "--optimizer and --lr_scheduler to the module."
             )
 
 

@@ -39,9 +39,9 @@ def run_cli(
     """Run a console script (``cskd-train ...``) through this Python, capturing its output."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
     module = {
-        "cskd-train": "cskd_lightning.train",
-        "cskd-eval": "cskd_lightning.eval",
-        "cskd-export": "cskd_lightning.export_cli",
+        "cskd-train": "cskd_lightning.app.train",
+        "cskd-eval": "cskd_lightning.app.eval",
+        "cskd-export": "cskd_lightning.app.export",
     }[args[0]]
     return subprocess.run(
         [sys.executable, "-m", module, *args[1:]],

@@ -16,9 +16,9 @@ from app_helpers import FAST, compose_train, read_summary, run_cli
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from cskd_lightning.app import instantiate_group
+from cskd_lightning.app.jobs import instantiate_group
+from cskd_lightning.app.train import train
 from cskd_lightning.losses import DistillationLoss
-from cskd_lightning.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -112,7 +112,7 @@ def test_train_on_digits_writes_every_output_and_reuses_the_teacher(tmp_path: Pa
 
 
 def test_teacher_cache_key_changes_with_what_determines_the_teacher(tmp_path: Path) -> None:
-    from cskd_lightning.teacher_stage import teacher_cache_key
+    from cskd_lightning.app.teacher_stage import teacher_cache_key
 
     base = teacher_cache_key(compose_train([], tmp_path))
     assert base == teacher_cache_key(compose_train(["+data.datamodule.num_workers=3"], tmp_path))
@@ -281,7 +281,7 @@ def test_a_failed_sweep_job_returns_the_worst_value(
 ) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from cskd_lightning.app import failed_job_value
+    from cskd_lightning.app.jobs import failed_job_value
 
     hydra_cfg = OmegaConf.create({"sweeper": {"direction": direction}})
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg))

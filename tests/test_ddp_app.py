@@ -89,7 +89,7 @@ def test_two_nodes_on_loopback(tmp_path: Path) -> None:
         args = [
             sys.executable,
             "-m",
-            "cskd_lightning.train",
+            "cskd_lightning.app.train",
             "trainer=ddp_sim",
             "trainer.devices=1",
             "+trainer.num_nodes=2",

@@ -16,8 +16,8 @@ import torch
 from app_helpers import compose_train, read_summary
 from PIL import Image
 
+from cskd_lightning.app.train import train
 from cskd_lightning.losses import DistillationLoss
-from cskd_lightning.train import train
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -14,14 +14,14 @@ from app_helpers import FAST, compose_train, read_summary, run_cli
 from hydra import compose, initialize_config_module
 
 from cskd_lightning import CSKDLoss, DistillationModule, load_student
+from cskd_lightning.app.eval import evaluate
+from cskd_lightning.app.export import export
+from cskd_lightning.app.train import train
 from cskd_lightning.checkpoints import CheckpointError, load_weights
 from cskd_lightning.data.base import stratified_split
 from cskd_lightning.data.digits import TEST_FRACTION, TEST_SPLIT_SEED
 from cskd_lightning.errors import InputError
-from cskd_lightning.eval import evaluate
-from cskd_lightning.export_cli import export
 from cskd_lightning.models import create_model
-from cskd_lightning.train import train
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ PROBE = textwrap.dedent(
     import cskd_lightning
     import cskd_lightning.callbacks, cskd_lightning.checkpoint_io, cskd_lightning.data
     import cskd_lightning.export, cskd_lightning.logit_cache, cskd_lightning.loggers
-    import cskd_lightning.losses, cskd_lightning.models
+    import cskd_lightning.losses, cskd_lightning.models, cskd_lightning.module
     changed = [name for name, level in levels.items()
                if logging.getLogger(name).level != level]
     print(json.dumps({
@@ -26,9 +26,7 @@ PROBE = textwrap.dedent(
         "removed_filters": len([f for f in filters if f not in warnings.filters]),
         "changed_levels": changed,
         "app_modules": sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf")
-                              or m in ("cskd_lightning.app", "cskd_lightning.train",
-                                       "cskd_lightning.preflight", "cskd_lightning.resume",
-                                       "cskd_lightning.teacher_stage", "cskd_lightning.report")),
+                              or m.startswith("cskd_lightning.app")),
     }))
     """
 )

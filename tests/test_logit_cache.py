@@ -24,13 +24,13 @@ import torch
 from app_helpers import compose_train, run_cli
 from omegaconf import OmegaConf
 
-from cskd_lightning.app import run_task
+from cskd_lightning.app.jobs import run_task
+from cskd_lightning.app.train import train
 from cskd_lightning.data import DeviceDigitsDataModule
 from cskd_lightning.data.device import SampleBatch, batch_rand_augment
 from cskd_lightning.data.sample_random import SampleRandom, hash32, hash32_int
 from cskd_lightning.logit_cache import LogitFile, cache_size_bytes
 from cskd_lightning.module import DistillationModule
-from cskd_lightning.train import train
 
 pytestmark = [
     pytest.mark.timeout(300),
@@ -293,7 +293,7 @@ def test_a_killed_run_leaves_a_partial_cache_that_the_next_run_completes(tmp_pat
         [
             sys.executable,
             "-m",
-            "cskd_lightning.train",
+            "cskd_lightning.app.train",
             *common,
             "teacher.logit_cache=true",
             f"hydra.run.dir={killed}",

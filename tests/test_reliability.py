@@ -21,16 +21,16 @@ from app_helpers import FAST, read_summary, run_cli
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from cskd_lightning.app import run_task
-from cskd_lightning.checkpoints import CheckpointError, read_checkpoint
-from cskd_lightning.errors import InputError
-from cskd_lightning.resume import (
+from cskd_lightning.app.jobs import run_task
+from cskd_lightning.app.resume import (
     checkpoint_candidates,
     newest_good_checkpoint,
     relevant_config,
     resolve_resume,
 )
-from cskd_lightning.train import train
+from cskd_lightning.app.train import train
+from cskd_lightning.checkpoints import CheckpointError, read_checkpoint
+from cskd_lightning.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,7 +101,7 @@ def test_sigkill_then_resume_last_is_bit_identical(tmp_path: Path) -> None:
     env = {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     full, killed = tmp_path / "full", tmp_path / "killed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cskd_lightning.train", *common, f"hydra.run.dir={killed}"],
+        [sys.executable, "-m", "cskd_lightning.app.train", *common, f"hydra.run.dir={killed}"],
         cwd=tmp_path,
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
@@ -465,8 +465,8 @@ def test_batch_size_not_divisible_by_process_count() -> None:
 def test_batch_of_one_with_a_batch_level_loss(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    from cskd_lightning.app.checks import check_batch_for_loss, check_per_process_batch
     from cskd_lightning.losses import CSKDLoss, KDLoss
-    from cskd_lightning.preflight import check_batch_for_loss, check_per_process_batch
 
     cache = tmp_path / "cache"
     line = user_error(

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from lightning.pytorch.loggers import CSVLogger
 
+from cskd_lightning.app.report import find_runs, generate_report, main, read_run
 from cskd_lightning.callbacks import TemperatureMonitor
 from cskd_lightning.data import DigitsDataModule
 from cskd_lightning.losses import CSKDLoss
 from cskd_lightning.models import create_model
 from cskd_lightning.module import DistillationModule
-from cskd_lightning.report import find_runs, generate_report, main, read_run
 
 CLASSES, EPOCHS = 10, 4
 METHODS = ("cskd", "cskd_cswt")

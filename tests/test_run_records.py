@@ -19,7 +19,7 @@ ONE_EPOCH = [*FAST, "pair.student.recipe.max_epochs=1"]
 
 def report(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "cskd_lightning.report", *args],
+        [sys.executable, "-m", "cskd_lightning.app.report", *args],
         cwd=cwd,
         capture_output=True,
         text=True,

@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 from cskd_lightning import DistillationModule
-from cskd_lightning.cli import DistillationCLI
 from cskd_lightning.data import DigitsDataModule
+from cskd_lightning.lightning_cli import DistillationCLI
 
 
 def main(args: list[str] | None = None) -> DistillationCLI:

@@ -1,7 +1,7 @@
 """``cskd-train``: train (or reuse) a teacher, distil a student, test it, write a summary.
 
 Run ``cskd-train --help`` for the config groups, or ``cskd-train --cfg job`` to print the
-composed config. ``python -m cskd_lightning.train`` is the same program.
+composed config. ``python -m cskd_lightning.app.train`` is the same program.
 """
 
 from __future__ import annotations
@@ -18,21 +18,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app import (
-    checks_passed,
-    instantiate_group,
-    is_global_zero,
-    optional_instantiate,
-    run_task,
-    to_float,
-    write_json,
-)
-from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
-from cskd_lightning.export import save_student
-from cskd_lightning.loggers import RunCSVLogger
-from cskd_lightning.logit_cache import build_logit_cache
-from cskd_lightning.module import DistillationModule
-from cskd_lightning.preflight import (
+from cskd_lightning.app.checks import (
     RUN_CONFIG,
     RUN_SUMMARY,
     ExistingRun,
@@ -49,9 +35,22 @@ from cskd_lightning.preflight import (
     inspect_run_dir,
     selection_of,
 )
-from cskd_lightning.resume import RunClock, RunConfigRecorder, relevant_config, resolve_resume
-from cskd_lightning.summary import print_summary
-from cskd_lightning.teacher_stage import build_teacher, prepare_teacher
+from cskd_lightning.app.jobs import (
+    checks_passed,
+    instantiate_group,
+    is_global_zero,
+    optional_instantiate,
+    run_task,
+    to_float,
+    write_json,
+)
+from cskd_lightning.app.resume import RunClock, RunConfigRecorder, relevant_config, resolve_resume
+from cskd_lightning.app.summary import print_summary
+from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher, prepare_teacher
+from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
+from cskd_lightning.export import save_student
+from cskd_lightning.loggers import RunCSVLogger
+from cskd_lightning.module import DistillationModule
 
 log = logging.getLogger("cskd_lightning")
 
@@ -66,7 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
        reported, not redone, and an unfinished one only resumed); and that an optimising sweep
        does not tune on the test set.
     2. Then: ``config.yaml`` (a new run), the teacher (given, cached or trained), the student
-       run (fit, resuming ``ckpt_path``; see :mod:`cskd_lightning.resume`), the test of the
+       run (fit, resuming ``ckpt_path``; see :mod:`cskd_lightning.app.resume`), the test of the
        best checkpoint, ``student.pt`` (a :mod:`cskd_lightning.export` artifact) and
        ``summary.json``, and a short table.
     """

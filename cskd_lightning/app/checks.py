@@ -234,7 +234,7 @@ def inspect_run_dir(cfg: DictConfig, output_dir: Path) -> ExistingRun:
     record. A run without ``summary.json`` is unfinished: it can only be resumed
     (``ckpt_path=...``).
     """
-    from cskd_lightning.resume import ALLOW_CHANGE_FLAG, diff_configs, relevant_config
+    from cskd_lightning.app.resume import ALLOW_CHANGE_FLAG, diff_configs, relevant_config
 
     saved = output_dir / RUN_CONFIG
     if not saved.is_file():

@@ -1,4 +1,5 @@
-"""The teacher stage: load a given teacher, reuse a cached one, or train and cache it."""
+"""The teacher stage: load a given teacher, reuse a cached one, or train and cache it; and
+the teacher-logit cache ``teacher.logit_cache=true`` attaches."""
 
 from __future__ import annotations
 
@@ -15,9 +16,17 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from cskd_lightning.app import instantiate_group, is_global_zero, optional_instantiate, to_float
+from cskd_lightning.app.jobs import (
+    instantiate_group,
+    is_global_zero,
+    optional_instantiate,
+    to_float,
+)
 from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint
+from cskd_lightning.data.device import DeviceDataModule
+from cskd_lightning.errors import InputError
 from cskd_lightning.loggers import RunCSVLogger
+from cskd_lightning.logit_cache import TeacherLogitCache, refusal
 from cskd_lightning.losses import CELoss
 from cskd_lightning.module import DistillationModule
 
@@ -220,3 +229,23 @@ def prepare_teacher(
         _save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path)
         log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)
     return teacher.eval(), {"source": str(path), "test_acc": acc, "cached": False}
+
+
+def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache | None:
+    """The cache ``cskd-train`` attaches with ``teacher.logit_cache=true`` (else ``None``).
+
+    Refuses a DataLoader datamodule with one line (``ValueError``) before anything is trained;
+    returns ``None`` for a loss that needs no teacher. The cache lives in
+    ``<paths.cache_dir>/teacher_logits/`` (``CSKD_CACHE_DIR`` moves it), next to the teachers.
+    """
+    teacher_cfg = cfg.get("teacher", {}) or {}
+    if not teacher_cfg.get("logit_cache", False):
+        return None
+    if not isinstance(datamodule, DeviceDataModule):
+        raise InputError(refusal(str(cfg.data.get("name", "?")), datamodule))
+    if not getattr(loss, "requires_teacher", True):
+        log.info("Teacher-logit cache not used: distill=%s needs no teacher.", cfg.distill.name)
+        return None
+    root = Path(str(cfg.paths.cache_dir)).expanduser().resolve() / "teacher_logits"
+    name = f"{cfg.pair.teacher.model.name}-{cfg.data.name}"
+    return TeacherLogitCache(root, name, str(teacher_cfg.get("logit_cache_dtype", "float32")))
