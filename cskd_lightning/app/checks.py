@@ -8,17 +8,14 @@ traceback. ``docs/errors.md`` lists them all.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
@@ -187,12 +184,6 @@ def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int) -> None
         )
 
 
-def instantiate_model(model_cfg: DictConfig) -> Any:
-    """``hydra.utils.instantiate`` for a model config (user errors unwrapped)."""
-    with config_errors():
-        return hydra.utils.instantiate(model_cfg)
-
-
 # --------------------------------------------------------------------------- cache dir
 def check_cache_dir(cfg: DictConfig) -> None:
     """The teacher cache (``paths.cache_dir``, ``CSKD_CACHE_DIR``) must be a writable directory
@@ -206,68 +197,6 @@ def check_cache_dir(cfg: DictConfig) -> None:
             f"The teacher cache {cache} cannot be used: {problem}. Point CSKD_CACHE_DIR (or "
             "paths.cache_dir=<dir>) at a writable directory."
         )
-
-
-# --------------------------------------------------------------------------- run dir
-RUN_CONFIG = "config.yaml"
-RUN_SUMMARY = "summary.json"
-
-
-@dataclass
-class ExistingRun:
-    """What the run directory already holds: nothing of a run (``config`` is ``None``), an
-    unfinished run (``config`` but no ``summary``), or a finished one."""
-
-    config: dict[str, Any] | None = None
-    summary: dict[str, Any] | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.summary is not None
-
-
-def inspect_run_dir(cfg: DictConfig, output_dir: Path) -> ExistingRun:
-    """Read the run that ``output_dir`` holds, if any, and refuse to mix it with another.
-
-    A run directory with a ``config.yaml`` whose relevant settings differ from ``cfg`` is
-    refused (unless ``resume_allow_config_change=true``): a new run there would overwrite its
-    record. A run without ``summary.json`` is unfinished: it can only be resumed
-    (``ckpt_path=...``).
-    """
-    from cskd_lightning.app.resume import ALLOW_CHANGE_FLAG, diff_configs, relevant_config
-
-    saved = output_dir / RUN_CONFIG
-    if not saved.is_file():
-        return ExistingRun()
-    try:
-        before = relevant_config(OmegaConf.load(saved))
-    except Exception as err:  # noqa: BLE001 - any unreadable config is reported the same way
-        raise InputError(
-            f"{saved} cannot be read ({type(err).__name__}: {err}), so {output_dir} cannot be "
-            "checked: choose another hydra.run.dir."
-        ) from None
-    diff = diff_configs(before, relevant_config(cfg))
-    # With ckpt_path, the resume check compares against the checkpoint's own stored config.
-    if diff and not cfg.get("ckpt_path") and not cfg.get("resume_allow_config_change", False):
-        listed = "; ".join(diff[:10]) + (f" (+{len(diff) - 10} more)" if len(diff) > 10 else "")
-        raise InputError(
-            f"{output_dir} already holds a run made with other settings (run -> now: {listed}). "
-            "Choose another hydra.run.dir for these settings, or repeat the run's own settings "
-            f"(ckpt_path=last resumes it; {ALLOW_CHANGE_FLAG} continues it with the new ones)."
-        )
-    summary_file = output_dir / RUN_SUMMARY
-    summary = None
-    if summary_file.is_file() and not diff:
-        try:
-            summary = json.loads(summary_file.read_text())
-        except ValueError:
-            summary = None
-    if summary is None and not cfg.get("ckpt_path"):
-        raise InputError(
-            f"{output_dir} holds an unfinished run (config.yaml, no summary.json). Resume it "
-            "with ckpt_path=last, or choose another hydra.run.dir for a new run."
-        )
-    return ExistingRun(config=before, summary=summary)
 
 
 # --------------------------------------------------------------------------- data

@@ -16,7 +16,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, to_float, write_json
+from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, to_float
+from cskd_lightning.app.records import write_json
 from cskd_lightning.checkpoints import load_weights, read_checkpoint
 from cskd_lightning.errors import MissingInputError
 from cskd_lightning.losses import CELoss

@@ -18,7 +18,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, write_json
+from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs
+from cskd_lightning.app.records import write_json
 from cskd_lightning.errors import InputError
 from cskd_lightning.export import EXPORT_FORMATS, check_export, export_model, load_student
 

@@ -14,14 +14,9 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app.checks import (
-    RUN_CONFIG,
-    RUN_SUMMARY,
-    ExistingRun,
     check_batch_for_loss,
     check_cache_dir,
     check_class_counts,
@@ -32,7 +27,6 @@ from cskd_lightning.app.checks import (
     check_tuning_selection,
     check_world_size,
     config_errors,
-    inspect_run_dir,
     selection_of,
 )
 from cskd_lightning.app.jobs import (
@@ -42,10 +36,17 @@ from cskd_lightning.app.jobs import (
     optional_instantiate,
     run_task,
     to_float,
+)
+from cskd_lightning.app.records import (
+    RUN_SUMMARY,
+    ExistingRun,
+    inspect_run_dir,
+    make_summary,
+    print_summary,
     write_json,
+    write_run_config,
 )
 from cskd_lightning.app.resume import RunClock, RunConfigRecorder, relevant_config, resolve_resume
-from cskd_lightning.app.summary import print_summary
 from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher, prepare_teacher
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
 from cskd_lightning.export import save_student
@@ -193,82 +194,6 @@ def log_run_hyperparams(loggers: list[Any], cfg: DictConfig) -> None:
     hparams = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(hparams)
-
-
-def write_run_config(cfg: DictConfig, output_dir: Path) -> None:
-    """The new run's records: the resolved ``config.yaml`` and, as Hydra writes them,
-    ``.hydra/{config,hydra,overrides}.yaml`` (Hydra itself writes nothing into the run
-    directory, so a command that fails its checks leaves an existing run as it was)."""
-    OmegaConf.save(cfg, output_dir / RUN_CONFIG, resolve=True)
-    if not HydraConfig.initialized():
-        return
-    hydra_cfg = HydraConfig.get()
-    records = output_dir / ".hydra"
-    records.mkdir(exist_ok=True)
-    OmegaConf.save(cfg, records / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), records / "hydra.yaml")
-    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), records / "overrides.yaml")
-
-
-def task_overrides(output_dir: Path) -> list[str]:
-    """The run's command-line overrides, as first given (``.hydra/overrides.yaml``)."""
-    path = output_dir / ".hydra" / "overrides.yaml"
-    if path.is_file():
-        return [str(o) for o in OmegaConf.load(path)]
-    if HydraConfig.initialized():
-        return list(HydraConfig.get().overrides.task)
-    return []
-
-
-def _epoch_of(checkpoint: str) -> int | None:
-    if not checkpoint:
-        return None
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    return int(state["epoch"]) if "epoch" in state else None
-
-
-def make_summary(
-    cfg: DictConfig,
-    output_dir: Path,
-    metrics: dict[str, Any],
-    teacher_info: dict[str, Any],
-    best: str,
-    selection: str,
-    clock: RunClock,
-) -> dict[str, Any]:
-    """The run's ``summary.json``: what was trained, how it scored, where the files are.
-
-    ``student.best_checkpoint`` is relative to the run directory (the directory may move);
-    ``selection`` says which split picked the best epoch (``validation`` or ``test``);
-    ``wall_time_s`` adds up every segment of a resumed run.
-    """
-    best_file = None
-    if best:
-        try:
-            best_file = str(Path(best).resolve().relative_to(output_dir.resolve()))
-        except ValueError:  # outside the run directory
-            best_file = str(Path(best).resolve())
-    return {
-        "method": cfg.distill.name,
-        "seed": cfg.seed,
-        "data": cfg.data.name,
-        "pair": cfg.pair.name,
-        "selection": selection,
-        "overrides": task_overrides(output_dir),
-        "teacher": {"model": cfg.pair.teacher.model.name, **teacher_info},
-        "student": {
-            "model": cfg.pair.student.model.name,
-            "test_acc": metrics.get("test/acc"),
-            "val_acc_best": metrics.get("val/acc_best"),
-            "val_acc_last": metrics.get("val/acc"),
-            "best_epoch": _epoch_of(best),
-            "best_checkpoint": best_file,
-        },
-        "metrics": {k: v for k, v in metrics.items() if v is not None},
-        "segments": clock.segments,
-        "wall_time_s": round(clock.elapsed(), 2),
-        "output_dir": str(output_dir.resolve()),
-    }
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cskd_lightning.conf", config_name="train")
