@@ -1,46 +1,22 @@
-"""Bit-exact resumption of a ``cskd-train`` run: which checkpoint, which config, which RNG state.
+"""Resuming a ``cskd-train`` run: which checkpoint, made with which config, and the record.
 
-**What is saved.** Besides Lightning's own state (weights, optimizer, LR scheduler, loop
-counters, the ModelCheckpoint's best-k record) every training checkpoint written by
-``cskd-train`` holds:
+**What a checkpoint holds** besides Lightning's own state (weights, optimizer, scheduler, loop
+counters, the best-k record of ``ModelCheckpoint``): the run's *relevant config*
+(:func:`relevant_config`, under ``checkpoint["cskd_run"]``), so a resume with other settings
+is caught (:func:`check_config`), and the wall time so far (:class:`RunClock`). The data order
+and augmentation of an epoch follow from the seed and the epoch alone, so a run resumed at an
+epoch's end sees the data it would have seen: on the CPU with ``trainer.deterministic=true``
+its final weights are bit-identical to an uninterrupted run's. A checkpoint taken mid-epoch
+resumes with a warning (the rest of that epoch is not replayed in the same order).
 
-* the *data-stream state* of the training loader
-  (:class:`~cskd_lightning.data.resumable.ResumableDataModule`, stored by
-  Lightning under the datamodule's class name): the state of the shuffle generator and of the
-  global torch, numpy and Python RNGs (and CUDA's, when in use), which drive the augmentation,
-  dropout and worker seeds. It is handed back right before the resumed run creates its first
-  training iterator, so the next epoch draws the same permutation and the same augmentation as
-  it would have without the interruption;
-* the run's *relevant config* (:func:`relevant_config`) under ``checkpoint["cskd_run"]``, so a
-  resume with different settings is caught (:func:`check_config`).
-
-Everything is plain (tensors, numbers, strings, lists, dicts): the files load with
-``torch.load(weights_only=True)``.
-
-**Epoch ends only.** ``cskd-train`` checkpoints after each epoch's validation (and
-:class:`~cskd_lightning.atomic_checkpoint.AtomicModelCheckpoint` refreshes ``last.ckpt`` every
-epoch), and a resumed run starts with the next epoch: on the CPU with
-``trainer.deterministic=true`` the final weights are bit-identical to those of an uninterrupted
-run. The work of an interrupted epoch is redone. A checkpoint taken mid-epoch
-(``every_n_train_steps``, ``val_check_interval < 1``) resumes, but the rest of that epoch does
-not see the data in the same order (a warning says so).
-
-**Which checkpoint ``ckpt_path=last`` picks** (:func:`resolve_resume`):
-
-1. ``<run dir>/checkpoints/*.ckpt`` of the current run directory (``hydra.run.dir``), newest
-   first by modification time (``last*.ckpt`` first on a tie). A file that does not load (cut
-   short by a crash, say) is skipped with a warning naming it, and the next newest is used.
-2. If the current run directory has no checkpoint at all: the *sibling* run directories (the
-   other directories in the run directory's parent, e.g. ``outputs/train/runs/*``) whose saved
-   config matches this run's relevant config; from the one with the newest checkpoint, its
-   newest loadable checkpoint. The best checkpoints of that run are copied into this run's
-   ``checkpoints/`` so the best-model record carries on.
-3. Else a ``FileNotFoundError`` says where it looked (and which keys made the other runs'
-   configs differ).
-
-A checkpoint whose stored config differs from the current one in a relevant key is refused
-with the list of differing keys, unless ``resume_allow_config_change=true``.
+**Which checkpoint ``ckpt_path=last`` picks** (:func:`resolve_resume`): the file of
+``<run dir>/checkpoints/`` that is furthest into training by the global step and epoch
+recorded inside it (never by file time; ``last*.ckpt`` wins a tie); files that do not load
+are named and skipped. With no checkpoint there, a new run starts, unless
+``resume_from_sibling=true`` asks for the furthest checkpoint of a sibling run directory made
+with the same config (its best-k files are copied over, :class:`RunModelCheckpoint`).
 """
+
 
 from __future__ import annotations
 
