@@ -16,30 +16,32 @@ Written into ``DIR`` (or ``--out``):
 - ``class_cosine.png``: the per-class student-teacher batch cosine, epoch x class, when the
   ``TemperatureMonitor`` ran (``callbacks=monitor``).
 
-Run ``cskd-report --help`` for the options.
+A run's ``metrics.csv`` is read into a pandas DataFrame (one row per epoch), the report's tables
+are DataFrames (one row per run, aggregated per group). ``cskd-report --help``: the options.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
-import statistics
 import sys
 import textwrap
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from omegaconf import OmegaConf
+
+from cskd_lightning.errors import InputError, MissingInputError
 
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
 ERROR = "error.txt"
 CLASS_COSINE_CSV = "class_cosine.csv"
+CLASS_COS_PREFIX = "monitor/class_cos/"
 REPORT = "report.md"
 PLOTS = ("val_acc.png", "cswt_temperature.png", "class_cosine.png")
 
@@ -64,10 +66,37 @@ IGNORED_EXACTLY = ("distill",)
 #: ``--group-by`` names that are not overrides: fields of ``summary.json``.
 SUMMARY_KEYS = ("method", "data", "pair", "selection")
 
-CLASS_COS_PREFIX = "monitor/class_cos/"
+#: The report's numeric columns and the decimals of a mean. 0 marks integer data (epochs): a
+#: single value prints as an integer, a mean and std with one decimal.
+DIGITS = {
+    "teacher test acc (%)": 2,
+    "student test acc (%)": 2,
+    "best val acc (%)": 2,
+    "last-epoch val acc (%)": 2,
+    "best epoch": 0,
+    "epochs": 0,
+    "wall time (s)": 1,
+}
+ACCURACIES = [column for column in DIGITS if column.endswith("(%)")]
+
+#: The CSWT temperature columns of ``metrics.csv``: the ``TemperatureMonitor``'s quantiles of
+#: the epoch's per-sample T_i (preferred), else the loss's own per-batch mean/min/max.
+TEMPERATURES = {
+    "monitor": {
+        "mean": "monitor/cswt_t_mean",
+        "low": "monitor/cswt_t_q10",
+        "mid": "monitor/cswt_t_q50",
+        "high": "monitor/cswt_t_q90",
+    },
+    "loss": {"mean": "train/cswt_t_mean", "low": "train/cswt_t_min", "high": "train/cswt_t_max"},
+}
+BANDS = {
+    "monitor": "10–90% quantiles of the epoch's T_i",
+    "loss": "per-batch min–max (t_low–t_high by construction)",
+}
 
 
-class NoRunsError(FileNotFoundError):
+class NoRunsError(MissingInputError):
     """The directory holds no run (no ``summary.json``) and no failed job (no ``error.txt``)."""
 
 
@@ -78,11 +107,9 @@ class Run:
 
     path: Path
     summary: dict[str, Any]
-    epochs: dict[str, dict[int, float]] = field(default_factory=dict)
-    """``metrics.csv`` as ``{column: {epoch: last non-empty value of that epoch}}``."""
-    class_cosine: np.ndarray | None = None
-    """``(epochs, classes)`` per-class batch cosine (NaN where missing), if it was logged."""
-    overrides: dict[str, str] = field(default_factory=dict)
+    metrics: pd.DataFrame  # index the epoch, one column per metric (see read_metrics)
+    overrides: dict[str, str]
+    class_cosine: pd.DataFrame | None  # index the epoch, columns the class (read_class_cosine)
 
     @property
     def method(self) -> str:
@@ -92,9 +119,11 @@ class Run:
     def seed(self) -> Any:
         return self.summary.get("seed")
 
-    def series(self, column: str) -> dict[int, float]:
-        """``{epoch: value}`` of one ``metrics.csv`` column (empty if it was not logged)."""
-        return self.epochs.get(column, {})
+    def series(self, column: str) -> pd.Series:
+        """One ``metrics.csv`` column by epoch, the epochs that did not log it left out."""
+        if column not in self.metrics:
+            return pd.Series(dtype=float)
+        return self.metrics[column].dropna()
 
 
 @dataclass
@@ -103,7 +132,7 @@ class FailedJob:
 
     path: Path
     error: str
-    overrides: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, str]
 
 
 def find_runs(root: Path) -> tuple[list[Run], list[FailedJob]]:
@@ -122,41 +151,53 @@ def find_runs(root: Path) -> tuple[list[Run], list[FailedJob]]:
 def read_run(path: Path) -> Run:
     """Read one run directory: ``summary.json``, ``metrics.csv`` and the per-class cosines."""
     summary = json.loads((path / SUMMARY).read_text())
-    epochs = read_metrics(path / METRICS) if (path / METRICS).is_file() else {}
-    overrides = (
-        parse_overrides(summary["overrides"])
-        if isinstance(summary.get("overrides"), list)
-        else read_overrides(path)
-    )
-    run = Run(path=path, summary=summary, epochs=epochs, overrides=overrides)
-    run.class_cosine = _class_cosine(run)
-    return run
+    metrics = read_metrics(path / METRICS)
+    overrides = summary.get("overrides")
+    overrides = parse_overrides(overrides) if isinstance(overrides, list) else read_overrides(path)
+    return Run(path, summary, metrics, overrides, read_class_cosine(path, metrics))
 
 
-def read_metrics(path: Path) -> dict[str, dict[int, float]]:
-    """Lightning's ``metrics.csv`` as ``{column: {epoch: value}}``.
+def read_metrics(path: Path) -> pd.DataFrame:
+    """Lightning's ``metrics.csv`` as one row per epoch (the index), one column per metric.
 
-    Lightning writes train and validation metrics of one epoch on different rows; the last
+    Lightning writes the train and validation metrics of one epoch on different rows; the last
     non-empty value of an epoch wins (a resumed run may repeat an epoch). Test metrics, logged
-    after training with the next epoch number, are kept under that epoch as well.
+    after training with the next epoch number, land on that epoch's row. Text and non-finite
+    values count as missing. An absent or empty file gives an empty frame.
     """
-    out: dict[str, dict[int, float]] = {}
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            try:
-                epoch = int(float(row.get("epoch") or ""))
-            except ValueError:
-                continue
-            for key, value in row.items():
-                if key in ("epoch", "step") or value in (None, ""):
-                    continue
-                try:
-                    number = float(value)
-                except ValueError:
-                    continue
-                if math.isfinite(number):
-                    out.setdefault(key, {})[epoch] = number
-    return out
+    try:
+        frame = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
+    if "epoch" not in frame:
+        return pd.DataFrame()
+    frame = frame.apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
+    frame = frame.dropna(subset=["epoch"]).astype({"epoch": int})
+    return frame.drop(columns="step", errors="ignore").groupby("epoch").last()
+
+
+def read_class_cosine(path: Path, metrics: pd.DataFrame) -> pd.DataFrame | None:
+    """The monitor's per-class cosines, epochs ``0..last`` x classes ``0..last`` (NaN where not
+    logged): the ``monitor/class_cos/<j>`` columns of ``metrics.csv``, else the
+    ``class_cosine.csv`` (``epoch,class,cos``) the monitor writes for many classes."""
+    columns = {
+        c: int(c[len(CLASS_COS_PREFIX) :])
+        for c in metrics
+        if c.startswith(CLASS_COS_PREFIX) and c[len(CLASS_COS_PREFIX) :].isdigit()
+    }
+    cosine = metrics[list(columns)].rename(columns=columns).dropna(how="all")
+    if cosine.empty:
+        files = [path / CLASS_COSINE_CSV, *sorted(path.rglob(CLASS_COSINE_CSV))]
+        file = next((f for f in files if f.is_file()), None)
+        if file is None:
+            return None
+        table = pd.read_csv(file)
+        cosine = table.pivot_table(index="epoch", columns="class", values="cos", aggfunc="last")
+        if cosine.empty:  # a header and no row yet
+            return None
+    return cosine.reindex(
+        index=range(cosine.index.max() + 1), columns=range(cosine.columns.max() + 1)
+    )
 
 
 def read_overrides(path: Path) -> dict[str, str]:
@@ -173,41 +214,8 @@ def read_overrides(path: Path) -> dict[str, str]:
 
 def parse_overrides(items: Iterable[Any]) -> dict[str, str]:
     """``["a.b=1", "+c=2"]`` -> ``{"a.b": "1", "c": "2"}``."""
-    result = {}
-    for item in items:
-        key, _, value = str(item).partition("=")
-        result[key.lstrip("+~")] = value
-    return result
-
-
-def _class_cosine(run: Run) -> np.ndarray | None:
-    """The monitor's per-class cosines as ``(epochs, classes)``: metrics.csv columns or CSV."""
-    columns = {
-        int(k[len(CLASS_COS_PREFIX) :]): v
-        for k, v in run.epochs.items()
-        if k.startswith(CLASS_COS_PREFIX) and k[len(CLASS_COS_PREFIX) :].isdigit()
-    }
-    cells: dict[tuple[int, int], float] = {}
-    for cls, series in columns.items():
-        cells.update({(epoch, cls): value for epoch, value in series.items()})
-    csv_files = [run.path / CLASS_COSINE_CSV] + [
-        p for p in run.path.rglob(CLASS_COSINE_CSV) if p.parent != run.path
-    ]
-    if not cells:
-        for file in csv_files:
-            if file.is_file():
-                with file.open(newline="") as f:
-                    for row in csv.DictReader(f):
-                        cells[(int(row["epoch"]), int(row["class"]))] = float(row["cos"])
-                break
-    if not cells:
-        return None
-    n_epochs = max(e for e, _ in cells) + 1
-    n_classes = max(c for _, c in cells) + 1
-    matrix = np.full((n_epochs, n_classes), np.nan)
-    for (epoch, cls), value in cells.items():
-        matrix[epoch, cls] = value
-    return matrix
+    pairs = (str(item).partition("=") for item in items)
+    return {key.lstrip("+~"): value for key, _, value in pairs}
 
 
 def _last_line(path: Path) -> str:
@@ -216,23 +224,6 @@ def _last_line(path: Path) -> str:
 
 
 # --- grouping -------------------------------------------------------------------------------
-@dataclass
-class Group:
-    """The runs of one configuration that differ only by seed."""
-
-    label: str
-    runs: list[Run]
-
-    def values(self, getter) -> list[float]:
-        """``getter(run)`` for every run where it is a finite number."""
-        out = []
-        for run in self.runs:
-            value = getter(run)
-            if value is not None and math.isfinite(float(value)):
-                out.append(float(value))
-        return out
-
-
 def _ignored(key: str) -> bool:
     return key in IGNORED_EXACTLY or any(
         key == p or key.startswith(p + ".") for p in IGNORED_OVERRIDES
@@ -246,305 +237,268 @@ def varying_overrides(items: Iterable[dict[str, str]]) -> list[str]:
     return [k for k in keys if len({o.get(k) for o in items}) > 1]
 
 
-def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> list[Group]:
-    """Group runs so that a group's runs differ by their seed alone.
+def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> dict[str, list[Run]]:
+    """Group runs so that a group's runs differ by their seed alone: ``{label: runs}``.
 
     By default: by method, data and pair (when they differ) and every override that differs
     between the runs (the seed and file locations aside), e.g. ``distill.loss.temperature`` or
     an Optuna trial's parameters. ``group_by``: group by these keys only instead, override keys
     or ``method``, ``data``, ``pair``, ``selection`` (the other differences are then averaged
-    over, and the report says so). Values show in the group's label.
+    over, and the report says so). Values show in the label; groups keep the order in which
+    their first run was found, and a group's runs are sorted by seed.
     """
     if group_by:
         keys = list(group_by)
+        known = {k for r in runs for k in r.overrides}
+        for key in keys:
+            if key not in SUMMARY_KEYS and key not in known:
+                raise InputError(
+                    f"--group-by {key}: no run has this override and it is none of "
+                    f"{', '.join(SUMMARY_KEYS)}; the runs' overrides are "
+                    f"{', '.join(sorted(known)) or '(none)'}."
+                )
     else:
         several_data = len({(r.summary.get("data"), r.summary.get("pair")) for r in runs}) > 1
         keys = ["method", *(["data", "pair"] if several_data else [])]
         keys += varying_overrides(r.overrides for r in runs)
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
+
+    def label(run: Run) -> str:
         parts = []
         for key in keys:
-            if key in SUMMARY_KEYS:
-                parts.append(run.method if key == "method" else f"{key}={run.summary.get(key)}")
+            if key == "method":
+                parts.append(run.method)
+            elif key in SUMMARY_KEYS:
+                parts.append(f"{key}={run.summary.get(key)}")
             else:
                 parts.append(f"{key}={run.overrides.get(key, '(default)')}")
-        groups.setdefault(" ".join(parts) or "all runs", []).append(run)
-    return [Group(label, sorted(rs, key=lambda r: str(r.seed))) for label, rs in groups.items()]
+        return " ".join(parts) or "all runs"
+
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(label(run), []).append(run)
+    return {name: sorted(rs, key=lambda r: str(r.seed)) for name, rs in groups.items()}
 
 
-def repeated_seeds(groups: Sequence[Group]) -> list[str]:
+# --- the numbers ----------------------------------------------------------------------------
+def run_values(run: Run) -> dict[str, Any]:
+    """One run's numbers for the report's :data:`DIGITS` columns (accuracies as fractions).
+
+    The best and last-epoch validation accuracy are the summary's, else ``metrics.csv``'s; the
+    best epoch is the (1-based) epoch of the highest ``val/acc``, the first one on ties; the
+    epochs are those with a ``val/acc``, counted up to the last.
+    """
+    student, teacher = run.summary.get("student", {}), run.summary.get("teacher", {})
+    val = run.series("val/acc")
+    best = last = best_epoch = epochs = None
+    if not val.empty:
+        best, last = val.max(), val.iloc[-1]
+        best_epoch, epochs = val.idxmax() + 1, val.index[-1] + 1
+    return {
+        "teacher test acc (%)": teacher.get("test_acc"),
+        "student test acc (%)": student.get("test_acc"),
+        "best val acc (%)": _first_known(student.get("val_acc_best"), best),
+        "last-epoch val acc (%)": _first_known(student.get("val_acc_last"), last),
+        "best epoch": best_epoch,
+        "epochs": epochs,
+        "wall time (s)": run.summary.get("wall_time_s"),
+    }
+
+
+def _first_known(value: Any, fallback: Any) -> Any:
+    return fallback if value is None else value
+
+
+def runs_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
+    """One row per run: ``group``, ``seed``, ``selection``, ``data`` (data set and pair),
+    ``path`` and the :data:`DIGITS` columns in display units (accuracies in percent; NaN where
+    a run lacks the value)."""
+    rows = [
+        {
+            "group": name,
+            "seed": str(run.seed),
+            "selection": str(run.summary.get("selection", "unknown")),
+            "data": f"{run.summary.get('data')} ({run.summary.get('pair')})",
+            "path": run.path,
+            **run_values(run),
+        }
+        for name, runs in groups.items()
+        for run in runs
+    ]
+    table = pd.DataFrame(rows, columns=["group", "seed", "selection", "data", "path", *DIGITS])
+    numbers = table[list(DIGITS)].apply(pd.to_numeric, errors="coerce")
+    table[list(DIGITS)] = numbers.replace([np.inf, -np.inf], np.nan).astype(float)
+    table[ACCURACIES] *= 100
+    return table
+
+
+def _number(value: float, digits: int) -> str:
+    return "–" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def mean_std(values: pd.Series, digits: int) -> str:
+    """``"mean ± std"`` (sample std, n − 1) of a group's values, ``"–"`` when none is known.
+
+    One known value prints alone; ``(n=k)`` marks a mean over only k of the group's runs.
+    ``digits=0`` (integer data) gives a mean and std with one decimal.
+    """
+    known = values.dropna()
+    if len(known) <= 1:
+        text = _number(known.iloc[0] if len(known) else np.nan, digits)
+    else:
+        text = f"{known.mean():.{digits or 1}f} ± {known.std():.{digits or 1}f}"
+    return text if len(known) in (0, len(values)) else f"{text} (n={len(known)})"
+
+
+def repeated_seeds(table: pd.DataFrame) -> list[str]:
     """Groups in which a seed occurs more than once: runs that differ in something the grouping
     does not show (a changed default, another code version) or plain repeats."""
-    out = []
-    for group in groups:
-        seeds = [str(r.seed) for r in group.runs]
-        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
-        if repeated:
-            out.append(f"`{group.label}`: seed {', '.join(repeated)} more than once")
-    return out
-
-
-# --- statistics -----------------------------------------------------------------------------
-def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (n - 1); the std is ``None`` for one value."""
-    mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def format_mean_std(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
-    """``"mean ± std"`` of ``values * scale``; ``"mean"`` alone for one value, ``"–"`` for none.
-
-    ``digits=0`` marks integer data (epochs): a single value prints as an integer, a mean and
-    std with one decimal.
-    """
-    if not values:
-        return "–"
-    mean, std = mean_std([v * scale for v in values])
-    if std is None:
-        return f"{mean:.{digits}f}"
-    digits = digits or 1
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
-def best_epoch(run: Run) -> int | None:
-    """The (1-based) epoch with the highest validation accuracy; the first one on ties."""
-    series = run.series("val/acc")
-    if not series:
-        return None
-    best = max(series.values())
-    return min(e for e, v in series.items() if v == best) + 1
-
-
-def epochs_trained(run: Run) -> int | None:
-    """How many epochs have a validation accuracy (the last epoch, 1-based)."""
-    series = run.series("val/acc")
-    return max(series) + 1 if series else None
-
-
-def last_val_acc(run: Run) -> float | None:
-    """The last epoch's validation accuracy (the summary's, else ``metrics.csv``'s)."""
-    value = run.summary.get("student", {}).get("val_acc_last")
-    if value is None and run.series("val/acc"):
-        series = run.series("val/acc")
-        value = series[max(series)]
-    return value
-
-
-def best_val_acc(run: Run) -> float | None:
-    """The best validation accuracy over epochs (the summary's, else ``metrics.csv``'s)."""
-    value = run.summary.get("student", {}).get("val_acc_best")
-    if value is None and run.series("val/acc"):
-        value = max(run.series("val/acc").values())
-    return value
-
-
-#: The report's columns: (header, getter, scale to display, digits of a mean; digits 0 marks
-#: an integer column, whose means and stds get one decimal and single values none).
-COLUMNS: list[tuple[str, Any, float, int]] = [
-    ("teacher test acc (%)", lambda r: r.summary.get("teacher", {}).get("test_acc"), 100.0, 2),
-    ("student test acc (%)", lambda r: r.summary.get("student", {}).get("test_acc"), 100.0, 2),
-    ("best val acc (%)", best_val_acc, 100.0, 2),
-    ("last-epoch val acc (%)", last_val_acc, 100.0, 2),
-    ("best epoch", best_epoch, 1.0, 0),
-    ("epochs", epochs_trained, 1.0, 0),
-    ("wall time (s)", lambda r: r.summary.get("wall_time_s"), 1.0, 1),
-]
+    repeats = table[table.duplicated(["group", "seed"], keep=False)]
+    return [
+        f"`{name}`: seed {', '.join(sorted(set(rows['seed'])))} more than once"
+        for name, rows in repeats.groupby("group", sort=False)
+    ]
 
 
 # --- the Markdown report --------------------------------------------------------------------
-def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+INTRO = (
+    "Each cell is the mean ± the sample standard deviation (n − 1) over the group's "
+    "seeds; a single seed shows its value alone, and `(n=k)` marks a value only k of "
+    "the seeds have. Accuracies are top-1 in percent. *best val acc* is the highest "
+    "validation accuracy over the epochs, *last-epoch val acc* the final epoch's; "
+    "*best epoch* is the (1-based) epoch where the validation accuracy peaked; the "
+    "student's test accuracy is measured with the best checkpoint. *selected on* is "
+    "the split the best epoch was chosen on: `validation` (a held-out split) or `test` "
+    "(`val_split=0`: the published tables' best-test-epoch convention, which flatters "
+    "the accuracy)."
+)
+CAPTIONS = {
+    "val_acc.png": "Student validation accuracy per epoch (mean over seeds, ± 1 std).",
+    "cswt_temperature.png": "CSWT per-sample temperatures over training.",
+    "class_cosine.png": "Per-class student-teacher batch cosine, epoch x class.",
+}
+NOT_DRAWN = {
+    "val_acc.png": "no run has a `val/acc` column in metrics.csv",
+    "cswt_temperature.png": "no run logged CSWT temperatures (a CSWT loss or `callbacks=monitor`)",
+    "class_cosine.png": "no run logged per-class cosines (`callbacks=monitor`)",
+}
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """A DataFrame of text as the lines of a Markdown table (``|`` in a cell escaped)."""
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
     return lines
 
 
 def _relative(path: Path, root: Path) -> str:
     try:
-        return str(path.relative_to(root)) or "."
+        return str(path.relative_to(root))
     except ValueError:
         return str(path)
 
 
-def _cell(values: Sequence[float], n_runs: int, scale: float, digits: int) -> str:
-    text = format_mean_std(values, scale, digits)
-    return text if not values or len(values) == n_runs else f"{text} (n={len(values)})"
-
-
-def selection_text(runs: Sequence[Run]) -> str:
-    """Which split picked the best epoch (``summary.json``'s ``selection``) for these runs."""
-    return ", ".join(sorted({str(r.summary.get("selection", "unknown")) for r in runs}))
+def _override_text(overrides: dict[str, str]) -> str:
+    keep = {k: v for k, v in overrides.items() if not _ignored(k) or k in ("seed", "distill")}
+    return " ".join(f"`{k}={v}`" for k, v in keep.items())
 
 
 def render_markdown(
     root: Path,
-    groups: Sequence[Group],
+    table: pd.DataFrame,
     failed: Sequence[FailedJob],
     plots: Sequence[str],
     group_by: Sequence[str] | None = None,
 ) -> str:
-    """The text of ``report.md``."""
-    runs = [r for g in groups for r in g.runs]
-    datasets = sorted({f"{r.summary.get('data')} ({r.summary.get('pair')})" for r in runs})
+    """The text of ``report.md`` from :func:`runs_table`'s ``table`` (empty: no finished run)."""
+    datasets = sorted(set(table["data"]))
     lines = [
         f"# Distillation report: `{root}`",
         "",
-        f"{len(runs)} finished run(s) in {len(groups)} group(s)"
+        f"{len(table)} finished run(s) in {table['group'].nunique()} group(s)"
         + (f", {len(failed)} failed job(s)" if failed else "")
         + (f"; data (pair): {', '.join(datasets)}" if datasets else "")
         + ".",
         "",
     ]
-    if groups:
-        lines += [
-            "## Results (mean ± std over seeds)",
-            "",
-            "Each cell is the mean ± the sample standard deviation (n − 1) over the group's "
-            "seeds; a single seed shows its value alone, and `(n=k)` marks a value only k of "
-            "the seeds have. Accuracies are top-1 in percent. *best val acc* is the highest "
-            "validation accuracy over the epochs, *last-epoch val acc* the final epoch's; "
-            "*best epoch* is the (1-based) epoch where the validation accuracy peaked; the "
-            "student's test accuracy is measured with the best checkpoint. *selected on* is "
-            "the split the best epoch was chosen on: `validation` (a held-out split) or `test` "
-            "(`val_split=0`: the published tables' best-test-epoch convention, which flatters "
-            "the accuracy).",
-            "",
-        ]
+    if len(table):
+        lines += ["## Results (mean ± std over seeds)", "", INTRO, ""]
         if group_by:
+            keys = ", ".join(f"`{k}`" for k in group_by)
             lines += [
-                f"Grouped by {', '.join(f'`{k}`' for k in group_by)} (`--group-by`): runs that "
-                "differ in anything else are averaged together.",
+                f"Grouped by {keys} (`--group-by`): runs that differ in anything else are "
+                "averaged together.",
                 "",
             ]
-        repeats = repeated_seeds(groups)
-        if repeats:
+        if repeats := repeated_seeds(table):
             lines += [
                 "**Repeated seeds** (these runs differ in something not shown, or are repeats):",
                 "",
                 *[f"- {r}" for r in repeats],
                 "",
             ]
-        header = ["method", "seeds", "selected on", *[c[0] for c in COLUMNS]]
-        rows = []
-        for group in groups:
-            seeds = ", ".join(str(r.seed) for r in group.runs)
-            cells = [
-                _cell(group.values(get), len(group.runs), scale, digits)
-                for _, get, scale, digits in COLUMNS
-            ]
-            rows.append(
-                [
-                    f"`{group.label}`",
-                    f"{len(group.runs)} ({seeds})",
-                    selection_text(group.runs),
-                    *cells,
-                ]
-            )
-        lines += _table(header, rows) + [""]
+        results = table.groupby("group", sort=False).agg(
+            seeds=("seed", lambda s: f"{len(s)} ({', '.join(s)})"),
+            selection=("selection", lambda s: ", ".join(sorted(set(s)))),
+            **{col: (col, lambda s, d=d: mean_std(s, d)) for col, d in DIGITS.items()},
+        )
+        results = results.reset_index().rename(columns={"selection": "selected on"})
+        results.insert(0, "method", "`" + results.pop("group") + "`")
+        lines += markdown_table(results) + [""]
 
-        lines += ["## Runs", ""]
-        rows = []
-        for group in groups:
-            for run in group.runs:
-                cells = []
-                for _, get, scale, digits in COLUMNS:
-                    value = get(run)
-                    cells.append("–" if value is None else format_mean_std([value], scale, digits))
-                rows.append(
-                    [
-                        f"`{group.label}`",
-                        str(run.seed),
-                        selection_text([run]),
-                        *cells,
-                        _relative(run.path, root),
-                    ]
-                )
-        header = ["method", "seed", "selected on", *[c[0] for c in COLUMNS], "directory"]
-        lines += _table(header, rows) + [""]
+        runs = pd.DataFrame(
+            {
+                "method": "`" + table["group"] + "`",
+                "seed": table["seed"],
+                "selected on": table["selection"],
+                **{col: table[col].map(lambda v, d=d: _number(v, d)) for col, d in DIGITS.items()},
+                "directory": table["path"].map(lambda p: _relative(p, root)),
+            }
+        )
+        lines += ["## Runs", "", *markdown_table(runs), ""]
 
     lines += ["## Failed jobs", ""]
     if failed:
-        rows = [
-            [_relative(job.path, root), f"`{job.error}`", " ".join(_override_text(job.overrides))]
-            for job in failed
-        ]
-        lines += _table(["directory", "error (last line of error.txt)", "overrides"], rows)
+        jobs = pd.DataFrame(
+            {
+                "directory": [_relative(job.path, root) for job in failed],
+                "error (last line of error.txt)": [f"`{job.error}`" for job in failed],
+                "overrides": [_override_text(job.overrides) for job in failed],
+            }
+        )
+        lines += markdown_table(jobs)
     else:
         lines.append("None.")
     lines.append("")
 
     if plots:
         lines += ["## Figures", ""]
-        captions = {
-            "val_acc.png": "Student validation accuracy per epoch (mean over seeds, ± 1 std).",
-            "cswt_temperature.png": "CSWT per-sample temperatures over training.",
-            "class_cosine.png": "Per-class student-teacher batch cosine, epoch x class.",
-        }
         for name in plots:
-            lines += [f"### {captions.get(name, name)}", "", f"![{name}]({name})", ""]
+            lines += [f"### {CAPTIONS[name]}", "", f"![{name}]({name})", ""]
     missing = [p for p in PLOTS if p not in plots]
-    if missing and groups:
-        why = {
-            "val_acc.png": "no run has a `val/acc` column in metrics.csv",
-            "cswt_temperature.png": "no run logged CSWT temperatures (a CSWT loss or "
-            "`callbacks=monitor`)",
-            "class_cosine.png": "no run logged per-class cosines (`callbacks=monitor`)",
-        }
-        lines += ["Not drawn:", ""] + [f"- `{p}`: {why[p]}." for p in missing] + [""]
+    if missing and len(table):
+        lines += ["Not drawn:", "", *[f"- `{p}`: {NOT_DRAWN[p]}." for p in missing], ""]
     return "\n".join(lines)
 
 
-def _override_text(overrides: dict[str, str]) -> list[str]:
-    return [
-        f"`{k}={v}`" for k, v in overrides.items() if not _ignored(k) or k in ("seed", "distill")
-    ]
-
-
 # --- plots ----------------------------------------------------------------------------------
-def _stack(series_list: Sequence[dict[int, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """Align per-run ``{epoch: value}`` on the union of epochs: ``(epochs, (runs, epochs))``."""
-    epochs = np.array(sorted({e for s in series_list for e in s}))
-    data = np.full((len(series_list), len(epochs)), np.nan)
-    for i, series in enumerate(series_list):
-        for j, epoch in enumerate(epochs):
-            data[i, j] = series.get(int(epoch), np.nan)
-    return epochs, data
+# matplotlib is imported where a figure is drawn: reading runs and writing the tables do not
+# need it. The figures are plain ``matplotlib.figure.Figure`` objects, not pyplot's: their
+# ``savefig`` renders PNG with the non-interactive Agg backend, needs no display and leaves the
+# pyplot backend of the process that imports this module (a notebook, a test session) alone.
+def _figure(panels: int, sharey: bool = True):
+    """``panels`` axes, at most 3 a row, in a figure at least 9 inches wide (room for titles);
+    returns the figure, the axes and a panel's width in inches."""
+    from matplotlib.figure import Figure
 
-
-def _nanmean_std(data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column mean and sample std (0 where fewer than two values), NaN-aware."""
-    count = np.sum(~np.isnan(data), axis=0)
-    mean = np.nanmean(data, axis=0)
-    centred = np.where(np.isnan(data), 0.0, data - mean)
-    var = np.sum(centred**2, axis=0) / np.maximum(count - 1, 1)
-    return mean, np.where(count > 1, np.sqrt(var), 0.0)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _grid(plt, n: int, sharey: bool = True):
-    """``n`` panels, at most 3 a row, in a figure at least 9 inches wide (room for titles)."""
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
+    cols = min(panels, 3)
+    rows = -(-panels // cols)
     width = max(9.0, 5.0 * cols)
-    fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(width, 4.0 * rows + 1.2),
-        squeeze=False,
-        sharey=sharey,
-        layout="constrained",
-    )
-    for ax in axes.flat[n:]:
+    fig = Figure(figsize=(width, 4.0 * rows + 1.2), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False, sharey=sharey).ravel()
+    for ax in axes[panels:]:
         ax.set_visible(False)
-    return fig, list(axes.flat[:n]), width / cols
+    return fig, list(axes[:panels]), width / cols
 
 
 def _wrap(text: str, inches: float) -> str:
@@ -552,40 +506,37 @@ def _wrap(text: str, inches: float) -> str:
     return "\n".join(textwrap.wrap(text, width=max(20, int(inches * 9))))
 
 
-def _integer_epochs(ax) -> None:
+def _integer_ticks(axis) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axis.set_major_locator(MaxNLocator(integer=True))
 
 
-def plot_val_acc(groups: Sequence[Group], path: Path) -> bool:
+def per_epoch(runs: Sequence[Run], column: str) -> pd.DataFrame:
+    """``column`` of every run that logged it: index the epoch (union over runs), one column
+    per run, NaN where a run has no value for an epoch."""
+    return pd.DataFrame({i: r.series(column) for i, r in enumerate(runs) if column in r.metrics})
+
+
+def plot_val_acc(groups: dict[str, list[Run]], path: Path) -> bool:
     """Validation accuracy per epoch per group: mean over seeds, ± 1 std band."""
-    drawn = [g for g in groups if any(r.series("val/acc") for r in g.runs)]
-    if not drawn:
+    curves = {name: 100 * per_epoch(runs, "val/acc") for name, runs in groups.items()}
+    curves = {name: acc for name, acc in curves.items() if acc.notna().any(axis=None)}
+    if not curves:
         return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 5.5), layout="constrained")
-    for group in drawn:
-        epochs, data = _stack([r.series("val/acc") for r in group.runs if r.series("val/acc")])
-        mean, std = _nanmean_std(100 * data)
-        x = epochs + 1
-        (line,) = ax.plot(x, mean, marker="o", markersize=3, label=f"{group.label} (n={len(data)})")
-        if len(data) > 1:
+    fig, (ax,), _ = _figure(1)
+    for name, acc in curves.items():
+        x, mean = acc.index + 1, acc.mean(axis=1)
+        (line,) = ax.plot(x, mean, marker="o", markersize=3, label=f"{name} (n={acc.shape[1]})")
+        if acc.shape[1] > 1:
+            std = acc.std(axis=1).fillna(0.0)
             ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2)
-    teacher = [r.summary.get("teacher", {}).get("test_acc") for g in drawn for r in g.runs]
-    teacher = [t for t in teacher if t is not None]
-    if (
-        teacher
-        and len({(r.summary.get("data"), r.summary.get("pair")) for g in drawn for r in g.runs})
-        == 1
-    ):
-        ax.axhline(
-            100 * statistics.fmean(teacher),
-            color="grey",
-            linestyle="--",
-            linewidth=1,
-            label="teacher (test acc, mean over runs)",
-        )
+    drawn = [r for name in curves for r in groups[name]]
+    teacher = pd.Series([r.summary.get("teacher", {}).get("test_acc") for r in drawn], dtype=float)
+    one_data_set = len({(r.summary.get("data"), r.summary.get("pair")) for r in drawn}) == 1
+    if one_data_set and teacher.notna().any():  # one teacher accuracy means something
+        label = "teacher (test acc, mean over runs)"
+        ax.axhline(100 * teacher.mean(), color="grey", linestyle="--", linewidth=1, label=label)
     ax.set_title(
         "Student validation accuracy per epoch\n"
         "line: mean over seeds; shaded band: ± 1 standard deviation over seeds"
@@ -594,74 +545,43 @@ def plot_val_acc(groups: Sequence[Group], path: Path) -> bool:
     ax.set_ylabel("validation top-1 accuracy (%)")
     ax.grid(alpha=0.3)
     ax.legend(title="method (n = seeds)", fontsize="small")
-    _integer_epochs(ax)
+    _integer_ticks(ax.xaxis)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True
 
 
-def _temperature_series(run: Run) -> tuple[str, dict[str, dict[int, float]]] | None:
-    """``("monitor", {mean, low, mid, high})`` from the monitor, else the loss's mean/min/max."""
-    if run.series("monitor/cswt_t_q50"):
-        return "monitor", {
-            "mean": run.series("monitor/cswt_t_mean"),
-            "low": run.series("monitor/cswt_t_q10"),
-            "mid": run.series("monitor/cswt_t_q50"),
-            "high": run.series("monitor/cswt_t_q90"),
-        }
-    if run.series("train/cswt_t_mean"):
-        return "loss", {
-            "mean": run.series("train/cswt_t_mean"),
-            "low": run.series("train/cswt_t_min"),
-            "high": run.series("train/cswt_t_max"),
-        }
+def temperatures(runs: Sequence[Run]) -> tuple[str, pd.DataFrame, int] | None:
+    """The group's CSWT temperatures per epoch, averaged over its seeds:
+    ``(source, frame with columns mean/low/high (and mid from the monitor), seeds)``, from the
+    monitor where a run logged it, else from the loss; ``None`` when no run logged either."""
+    for source, columns in TEMPERATURES.items():
+        found = [r for r in runs if not r.series(columns["mean"]).empty]
+        if found:
+            names = {column: key for key, column in columns.items()}
+            frames = [r.metrics.reindex(columns=list(names)).rename(columns=names) for r in found]
+            mean = pd.concat(frames).groupby(level=0).mean().dropna(how="all")
+            return source, mean, len(found)
     return None
 
 
-def plot_temperatures(groups: Sequence[Group], path: Path) -> bool:
+def plot_temperatures(groups: dict[str, list[Run]], path: Path) -> bool:
     """Per group, the CSWT temperatures per epoch (quantile band, median, mean)."""
-    panels = []
-    for group in groups:
-        found = [s for s in (_temperature_series(r) for r in group.runs) if s is not None]
-        if found:
-            source = "monitor" if any(kind == "monitor" for kind, _ in found) else "loss"
-            series = [s for kind, s in found if kind == source]
-            used = any(r.series("train/cswt_t_mean") for r in group.runs)
-            panels.append((group, source, series, used))
+    panels = [(name, runs, t) for name, runs in groups.items() if (t := temperatures(runs))]
     if not panels:
         return False
-    plt = _pyplot()
-    fig, axes, panel_width = _grid(plt, len(panels))
-    for ax, (group, source, series, used) in zip(axes, panels, strict=True):
-        band = (
-            "10–90% quantiles of the epoch's T_i"
-            if source == "monitor"
-            else "per-batch min–max (t_low–t_high by construction)"
-        )
-        epochs, low = _stack([s["low"] for s in series])
-        _, high = _stack([s["high"] for s in series])
-        x = epochs + 1
-        ax.fill_between(
-            x, np.nanmean(low, 0), np.nanmean(high, 0), alpha=0.25, color="tab:orange", label=band
-        )
-        if source == "monitor":
-            e_mid, mid = _stack([s["mid"] for s in series])
-            ax.plot(
-                e_mid + 1,
-                np.nanmean(mid, 0),
-                color="tab:red",
-                marker="o",
-                markersize=3,
-                label="median",
-            )
-        e_mean, mean = _stack([s["mean"] for s in series])
-        ax.plot(e_mean + 1, np.nanmean(mean, 0), color="black", linestyle="--", label="mean")
-        title = f"{group.label} (n={len(series)} seeds)"
-        if not used:
+    fig, axes, panel_width = _figure(len(panels))
+    for ax, (name, runs, (source, t, n)) in zip(axes, panels, strict=True):
+        x = t.index + 1
+        ax.fill_between(x, t["low"], t["high"], alpha=0.25, color="tab:orange", label=BANDS[source])
+        if "mid" in t:
+            ax.plot(x, t["mid"], color="tab:red", marker="o", markersize=3, label="median")
+        ax.plot(x, t["mean"], color="black", linestyle="--", label="mean")
+        title = f"{name} (n={n} seeds)"
+        if all(r.series(TEMPERATURES["loss"]["mean"]).empty for r in runs):
             title += " — diagnostic only: this loss does not use CSWT"
         ax.set_title(_wrap(title, panel_width), fontsize="medium")
-        ax.set_xlabel("epoch")
-        _integer_epochs(ax)
+        ax.set(xlabel="epoch")
+        _integer_ticks(ax.xaxis)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[0].set_ylabel("per-sample temperature T_i (unitless)")
@@ -674,51 +594,37 @@ def plot_temperatures(groups: Sequence[Group], path: Path) -> bool:
         )
     )
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True
 
 
-def plot_class_cosine(groups: Sequence[Group], path: Path) -> bool:
-    """Per group, a heatmap of the per-class batch cosine: epochs (rows) x classes (columns)."""
+HEATMAP = {"aspect": "auto", "origin": "lower", "cmap": "viridis", "interpolation": "nearest"}
+
+
+def plot_class_cosine(groups: dict[str, list[Run]], path: Path) -> bool:
+    """Per group, a heatmap of the per-class batch cosine: epochs (rows) x classes (columns),
+    averaged over the group's seeds."""
     panels = []
-    for group in groups:
-        mats = [r.class_cosine for r in group.runs if r.class_cosine is not None]
-        if mats:
-            rows = max(m.shape[0] for m in mats)
-            cols = max(m.shape[1] for m in mats)
-            padded = np.full((len(mats), rows, cols), np.nan)
-            for i, m in enumerate(mats):
-                padded[i, : m.shape[0], : m.shape[1]] = m
-            with np.errstate(all="ignore"):
-                panels.append((group, np.nanmean(padded, axis=0), len(mats)))
+    for name, runs in groups.items():
+        found = [r.class_cosine for r in runs if r.class_cosine is not None]
+        if found:
+            mean = pd.concat(found).groupby(level=0).mean().sort_index(axis=1)
+            panels.append((name, mean.to_numpy(dtype=float), len(found)))
     if not panels:
         return False
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    values = np.concatenate([m[np.isfinite(m)] for _, m, _ in panels])
-    vmin, vmax = float(values.min()), float(values.max())
-    if vmax - vmin < 1e-6:
+    vmin = min(np.nanmin(m) for _, m, _ in panels)
+    vmax = max(np.nanmax(m) for _, m, _ in panels)
+    if vmax - vmin < 1e-6:  # a constant image still needs a colour range
         vmin, vmax = vmin - 1e-3, vmax + 1e-3
-    fig, axes, panel_width = _grid(plt, len(panels), sharey=False)
-    image = None
-    for ax, (group, matrix, n) in zip(axes, panels, strict=True):
-        image = ax.imshow(
-            matrix,
-            aspect="auto",
-            origin="lower",
-            cmap="viridis",
-            vmin=vmin,
-            vmax=vmax,
-            interpolation="nearest",
-            extent=(-0.5, matrix.shape[1] - 0.5, 0.5, matrix.shape[0] + 0.5),
-        )
-        ax.set_title(_wrap(f"{group.label} (mean of n={n} seeds)", panel_width), fontsize="medium")
-        ax.set_xlabel("class index j")
-        ax.set_ylabel("epoch")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        if matrix.shape[1] <= 20:
-            ax.set_xticks(range(matrix.shape[1]))
+    fig, axes, panel_width = _figure(len(panels), sharey=False)
+    for ax, (name, matrix, n) in zip(axes, panels, strict=True):
+        epochs, classes = matrix.shape
+        extent = (-0.5, classes - 0.5, 0.5, epochs + 0.5)  # row e is epoch e + 1
+        image = ax.imshow(matrix, extent=extent, vmin=vmin, vmax=vmax, **HEATMAP)
+        ax.set_title(_wrap(f"{name} (mean of n={n} seeds)", panel_width), fontsize="medium")
+        ax.set(xlabel="class index j", ylabel="epoch")
+        _integer_ticks(ax.yaxis)
+        if classes <= 20:
+            ax.set_xticks(range(classes))
     fig.suptitle(
         _wrap(
             "Per-class cosine between student and teacher batch predictions, "
@@ -730,7 +636,6 @@ def plot_class_cosine(groups: Sequence[Group], path: Path) -> bool:
     )
     fig.colorbar(image, ax=axes, label="cosine (unitless, at most 1)", shrink=0.9)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return True
 
 
@@ -741,7 +646,8 @@ def generate_report(
     """Read every run under ``root``; write ``report.md`` and the plots into ``out``/``root``.
 
     ``group_by``: the keys to group runs by (see :func:`group_runs`). Returns the path of
-    ``report.md``. Raises :class:`NoRunsError` when ``root`` holds neither runs nor failed jobs.
+    ``report.md``. Raises :class:`NoRunsError` when ``root`` holds neither runs nor failed jobs
+    and :class:`~cskd_lightning.errors.InputError` for a ``group_by`` key no run has.
     """
     return _generate(root, out, group_by)[0]
 
@@ -767,7 +673,7 @@ def _generate(
         if groups and draw(groups, out / name):
             plots.append(name)
     report = out / REPORT
-    report.write_text(render_markdown(root, groups, failed, plots, group_by))
+    report.write_text(render_markdown(root, runs_table(groups), failed, plots, group_by))
     return report, runs, failed
 
 
@@ -780,9 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(val_acc.png, cswt_temperature.png, class_cosine.png).",
     )
     parser.add_argument("dir", type=Path, help="a run directory or a multirun directory")
-    parser.add_argument(
-        "--out", type=Path, default=None, help="where to write the report (default: DIR)"
-    )
+    parser.add_argument("--out", type=Path, help="where to write the report (default: DIR)")
     parser.add_argument(
         "--group-by",
         default=None,
@@ -793,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
     try:
         report, runs, failed = _generate(args.dir, args.out, group_by)
-    except NoRunsError as err:
+    except InputError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2
     print(f"{len(runs)} run(s), {len(failed)} failed job(s): wrote {report}")
