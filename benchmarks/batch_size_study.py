@@ -1,4 +1,4 @@
-"""How test accuracy moves with the global batch size: KD vs CSKD + CSWT vs CSKD + CSWT + memory.
+"""How test accuracy moves with the global batch size: KD vs CSKD + CSWT.
 
 CSKD's per-class batch cosine and the CSWT min/max are taken over the batch
 axis, so the method's loss depends on the batch size. This study trains the Fashion-MNIST pair
@@ -7,9 +7,11 @@ with
 
 * ``kd``: Hinton KD (per sample), the control: it moves with the batch size only through the
   optimisation (fewer, larger steps);
-* ``cskd_cswt``: the method;
-* ``cskd_cswt_memory``: the method with a detached memory of the last ``--memory-size`` samples'
-  logits below the batch (``CSKDLoss(memory_size=...)``), the mitigation.
+* ``cskd_cswt``: the method.
+
+The study as recorded in docs/benchmarks/batch_size.md also ran a logit memory (commit
+ee74522); the memory has since been removed from the package (the last commit with it is
+05927b3), so this script runs the two methods above.
 
 The losses are built from the repo's ``conf/distill/<method>.yaml``. Protocol: one teacher,
 trained once on the whole training set and cached (``--teacher-ckpt``); every student run uses
@@ -27,7 +29,8 @@ test accuracy per method and batch size, and the spread max - min of the means a
 sizes) and the plot ``--plot`` (accuracy vs batch size, one line per method, error bars one
 standard deviation over the seeds).
 
-The defaults take about 30 minutes on 2 shared CPU cores (docs/benchmarks/batch_size.md)::
+The recorded study (45 runs, the memory included) took about 26 minutes on 2 shared CPU cores
+(docs/benchmarks/batch_size.md); the defaults are 30 of those runs::
 
     python benchmarks/batch_size_study.py
 """
@@ -57,14 +60,8 @@ from cskd_lightning.losses import CELoss
 from cskd_lightning.models import create_model
 from cskd_lightning.module import DistillationModule
 
-METHODS = ("kd", "cskd_cswt", "cskd_cswt_memory", "cskd_cswt_memory_unscaled")
-DEFAULT_METHODS = METHODS[:3]
-LABELS = {
-    "kd": "KD (control)",
-    "cskd_cswt": "CSKD + CSWT",
-    "cskd_cswt_memory": "CSKD + CSWT + memory",
-    "cskd_cswt_memory_unscaled": "CSKD + CSWT + memory, no gradient rescale",
-}
+METHODS = ("kd", "cskd_cswt")
+LABELS = {"kd": "KD (control)", "cskd_cswt": "CSKD + CSWT"}
 DEFAULT_DATA_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist")
 
 
@@ -135,17 +132,9 @@ def test_accuracy(module: DistillationModule, dm: L.LightningDataModule) -> floa
     return float(results[0]["test/acc"])
 
 
-def make_loss(method: str, memory_size: int) -> torch.nn.Module:
-    """The loss of ``conf/distill/<method>.yaml`` (the memory methods with ``memory_size``).
-
-    ``cskd_cswt_memory_unscaled`` is ``cskd_cswt_memory`` with ``memory_rescale=false``.
-    """
-    unscaled = method.endswith("_unscaled")
-    name = method.removesuffix("_unscaled")
-    cfg = OmegaConf.load(str(files("cskd_lightning.conf") / "distill" / f"{name}.yaml"))
-    if "memory_size" in cfg.loss:
-        cfg.loss.memory_size = memory_size
-        cfg.loss.memory_rescale = not unscaled
+def make_loss(method: str) -> torch.nn.Module:
+    """The loss of ``conf/distill/<method>.yaml``."""
+    cfg = OmegaConf.load(str(files("cskd_lightning.conf") / "distill" / f"{method}.yaml"))
     return hydra.utils.instantiate(cfg.loss)
 
 
@@ -183,9 +172,7 @@ def train_student(
     student = create_model("fmnist_student", num_classes=10, in_channels=1)
     lr = args.base_lr * batch / args.base_batch
     optimizer, scheduler = recipe(lr, args.epochs)
-    module = DistillationModule(
-        student, teacher, make_loss(method, args.memory_size), optimizer, scheduler
-    )
+    module = DistillationModule(student, teacher, make_loss(method), optimizer, scheduler)
     dm = datamodule(args, batch, seed, args.train_size)
     fit = trainer(args.epochs)
     fit.fit(module, datamodule=dm)
@@ -210,7 +197,6 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": args.epochs,
         "base_lr": args.base_lr,
         "base_batch": args.base_batch,
-        "memory_size": args.memory_size,
         "teacher_epochs": args.teacher_epochs,
     }
 
@@ -219,7 +205,8 @@ def load_results(path: Path, wanted: dict[str, Any]) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("settings") == wanted]
+    # Records of older versions hold more settings (the memory's size); the rest must match.
+    return [r for r in rows if all(r.get("settings", {}).get(k) == v for k, v in wanted.items())]
 
 
 Accuracies = dict[str, dict[int, dict[int, float]]]
@@ -311,7 +298,7 @@ def plot(accs: Accuracies, batches, teacher_acc, args: argparse.Namespace, path:
     axes[0].set_ylabel("student test accuracy (%)")
     axes[0].set_title(
         f"Fashion-MNIST, fmnist_student, {args.train_size} train images, {args.epochs} epochs; "
-        f"mean ± std over {len(args.seeds)} seeds\nmemory = {args.memory_size} samples"
+        f"mean ± std over {len(args.seeds)} seeds"
         + (f"; teacher {100 * teacher_acc:.2f}%" if teacher_acc else ""),
         fontsize=9,
     )
@@ -338,7 +325,7 @@ def report(args: argparse.Namespace, teacher_acc: float | None) -> str:
     header = (
         f"Test accuracy (%) of fmnist_student, mean ± std over seeds {args.seeds}; "
         f"{args.train_size} training images, {args.epochs} epochs, LR {args.base_lr} x B / "
-        f"{args.base_batch}, memory {args.memory_size}"
+        f"{args.base_batch}"
         + (f"; teacher {100 * teacher_acc:.2f}%" if teacher_acc else "")
         + f". {len(used)} runs, {sum(r['wall_s'] for r in used) / 60:.1f} min of training "
         "and testing."
@@ -362,12 +349,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--epochs", type=int, default=2, help="student epochs at every batch size")
     p.add_argument("--train-size", type=int, default=10000, help="fixed training subset")
     p.add_argument("--base-lr", type=float, default=0.05, help="learning rate at --base-batch")
     p.add_argument("--base-batch", type=int, default=64)
-    p.add_argument("--memory-size", type=int, default=256, help="of cskd_cswt_memory")
     p.add_argument("--teacher-epochs", type=int, default=2)
     p.add_argument("--work-dir", default="outputs/batch_size_study")
     p.add_argument("--teacher-ckpt", default=None, help="default: <work-dir>/teacher.pt")

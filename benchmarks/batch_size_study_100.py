@@ -1,4 +1,4 @@
-"""Batch size with 100 classes: KD vs CSKD + CSWT (+ a logit memory read after a warm-up).
+"""Batch size with 100 classes: KD vs CSKD + CSWT.
 
 CSKD's per-class batch cosine and the CSWT min/max are taken over the batch axis, so the loss
 depends on the batch size, and most where a batch holds fewer samples than there are classes.
@@ -9,13 +9,13 @@ This study measures that case on real images: the 100-class Fashion-MNIST pairs
 class), with
 
 * ``kd``: Hinton KD (per sample), the control;
-* ``cskd_cswt``: the method (the published objective, ``conf/distill/cskd_cswt.yaml``);
-* ``cskd_cswt_memory_warm``: the mitigation, the method with a detached memory of the last
-  ``--memory-rows - B`` samples' logits below the batch, so that the batch-axis terms see
-  ``--memory-rows`` (256) rows at every batch size, read only after the LR warm-up
-  (``CSKDLoss(memory_size=256 - B, memory_warmup_steps=--warmup-steps)``); at B = 256 it has
-  no rows and IS the method, so it is not run again there;
-* ``cskd_cswt_memory_cold`` (ablation): the same memory read from the first step.
+* ``cskd_cswt``: the method (the published objective, ``conf/distill/cskd_cswt.yaml``).
+
+The recorded study (docs/benchmarks/batch_size_100/results.jsonl, run at commit 0184698) also
+holds two variants with a logit memory of ``256 - B`` rows below the batch,
+``cskd_cswt_memory_warm`` (read after the LR warm-up) and ``cskd_cswt_memory_cold`` (read from
+step 1). The memory has since been removed from the package (the last commit with it is
+05927b3): ``--report-only`` still reports those records, nothing runs them.
 
 Protocol, fixed before any run of this study (docs/benchmarks/batch_size_100.md):
 
@@ -67,7 +67,11 @@ from cskd_lightning.losses import CELoss
 from cskd_lightning.models import create_model
 from cskd_lightning.module import DistillationModule
 
-METHODS = ("kd", "cskd_cswt", "cskd_cswt_memory_warm", "cskd_cswt_memory_cold")
+METHODS = ("kd", "cskd_cswt")
+RECORDED_METHODS = ("cskd_cswt_memory_warm", "cskd_cswt_memory_cold")
+"""In the recorded results only: the logit memory they used is no longer in the package."""
+RECORDED_MEMORY_ROWS = 256
+"""Batch + memory rows of the recorded memory runs: ``256 - B`` memory rows, none at 256."""
 LABELS = {
     "kd": "KD (control)",
     "cskd_cswt": "CSKD + CSWT",
@@ -143,19 +147,9 @@ def test_accuracy(module: DistillationModule, dm: L.LightningDataModule) -> floa
     return float(results[0]["test/acc"])
 
 
-def memory_rows(args: argparse.Namespace, batch: int) -> int:
-    """Memory rows of the memory methods at ``batch``: ``--memory-rows - batch`` (>= 0)."""
-    return max(0, args.memory_rows - batch)
-
-
-def make_loss(args: argparse.Namespace, method: str, batch: int) -> torch.nn.Module:
-    """The loss of ``conf/distill/<method>.yaml``; the memory methods are
-    ``cskd_cswt_memory.yaml`` with ``memory_size = --memory-rows - B`` and the warm-up."""
-    name = "cskd_cswt_memory" if method.startswith("cskd_cswt_memory") else method
-    cfg = OmegaConf.load(str(files("cskd_lightning.conf") / "distill" / f"{name}.yaml"))
-    if name == "cskd_cswt_memory":
-        cfg.loss.memory_size = memory_rows(args, batch)
-        cfg.loss.memory_warmup_steps = args.warmup_steps if method.endswith("_warm") else 0
+def make_loss(method: str) -> torch.nn.Module:
+    """The loss of ``conf/distill/<method>.yaml``."""
+    cfg = OmegaConf.load(str(files("cskd_lightning.conf") / "distill" / f"{method}.yaml"))
     return hydra.utils.instantiate(cfg.loss)
 
 
@@ -198,8 +192,7 @@ def train_student(
     L.seed_everything(seed, workers=True)
     student = create_model("fmnist_pairs_student", num_classes=NUM_CLASSES, in_channels=1)
     optimizer, scheduler = recipe(args.lr, args.steps, args.warmup_steps)
-    loss = make_loss(args, method, batch)
-    module = StepScheduledModule(student, teacher, loss, optimizer, scheduler)
+    module = StepScheduledModule(student, teacher, make_loss(method), optimizer, scheduler)
     dm = datamodule(args, batch, seed)
     fit = trainer(max_steps=args.steps)
     fit.fit(module, datamodule=dm)
@@ -210,7 +203,6 @@ def train_student(
         "seed": seed,
         "test_acc": acc,
         "steps": int(fit.global_step),
-        "memory_rows": memory_rows(args, batch) if "memory" in method else 0,
         "train_loss": float(fit.callback_metrics.get("train/loss", float("nan"))),
         "wall_s": round(time.time() - started, 2),
     }
@@ -223,34 +215,22 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "steps": args.steps,
         "warmup_steps": args.warmup_steps,
         "lr": args.lr,
-        "memory_rows": args.memory_rows,
         "teacher_epochs": args.teacher_epochs,
     }
 
 
 def planned_runs(args: argparse.Namespace) -> list[tuple[str, int, int]]:
-    """``(method, batch, seed)`` of every run, the largest batches first (for balanced jobs).
-
-    The memory methods are skipped where they have no memory rows (they are the method there),
-    the ablation runs only at ``--ablation-batch-sizes``.
-    """
-    runs = []
-    for batch in sorted(args.batch_sizes, reverse=True):
-        for seed in args.seeds:
-            for method in args.methods:
-                if "memory" in method and memory_rows(args, batch) == 0:
-                    continue
-                if method.endswith("_cold") and batch not in args.ablation_batch_sizes:
-                    continue
-                runs.append((method, batch, seed))
-    return runs
+    """``(method, batch, seed)`` of every run, the largest batches first (for balanced jobs)."""
+    batches = sorted(args.batch_sizes, reverse=True)
+    return [(m, b, s) for b in batches for s in args.seeds for m in args.methods]
 
 
 def load_results(path: Path, wanted: dict[str, Any]) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("settings") == wanted]
+    # The recorded runs also hold the memory's size in their settings; the rest must match.
+    return [r for r in rows if all(r.get("settings", {}).get(k) == v for k, v in wanted.items())]
 
 
 def run_worker(args: argparse.Namespace, shard: int, shards: int) -> None:
@@ -280,13 +260,12 @@ def run_worker(args: argparse.Namespace, shard: int, shards: int) -> None:
 Accuracies = dict[str, dict[int, dict[int, float]]]
 
 
-def fill_no_memory_cells(accs: Accuracies, args: argparse.Namespace) -> None:
-    """Where a memory method has no memory rows it is the method: copy its accuracies."""
-    for method in accs:
-        if "memory" in method:
-            for b in accs[method]:
-                if memory_rows(args, b) == 0:
-                    accs[method][b] = dict(accs.get("cskd_cswt", {}).get(b, {}))
+def fill_no_memory_cells(accs: Accuracies) -> None:
+    """Where a recorded memory method had no memory rows it was the method: its accuracies."""
+    for method in RECORDED_METHODS:
+        for b in accs.get(method, {}):
+            if b >= RECORDED_MEMORY_ROWS:
+                accs[method][b] = dict(accs.get("cskd_cswt", {}).get(b, {}))
 
 
 def cell(values: list[float], signed: bool) -> str:
@@ -379,35 +358,39 @@ def report(args: argparse.Namespace, teacher_acc: float | None) -> str:
     work = Path(args.work_dir)
     rows = load_results(work / "results.jsonl", settings(args))
     batches = sorted(args.batch_sizes)
-    accs = summarise(rows, args.methods, batches, args.seeds)
-    fill_no_memory_cells(accs, args)
-    used = [r for r in rows if r["method"] in args.methods and r["seed"] in args.seeds]
+    recorded = [m for m in RECORDED_METHODS if any(r["method"] == m for r in rows)]
+    methods = [*args.methods, *recorded]
+    accs = summarise(rows, methods, batches, args.seeds)
+    fill_no_memory_cells(accs)
+    used = [r for r in rows if r["method"] in methods and r["seed"] in args.seeds]
     diffs = minus_control(accs)
-    memory_diffs = {
-        m: d for m, d in minus_control(accs, control="cskd_cswt").items() if "memory" in m
-    }
-    text = (
+    memory_diffs = {m: d for m, d in minus_control(accs, "cskd_cswt").items() if m in recorded}
+    seeds = " / ".join(str(s) for s in args.seeds)
+    sections = [
+        (None, table(accs, batches)),
+        ("Minus KD's accuracy with the same seed (points), mean ± std over seeds:", None),
+        (None, table(diffs, batches, signed=True)),
+    ]
+    if recorded:
+        title = "The memory variants minus CSKD + CSWT with the same seed (points), mean ± std:"
+        sections += [(title, table(memory_diffs, batches, signed=True))]
+    sections += [
+        (f"Per seed {seeds}, test accuracy (%):", table(accs, batches, per_seed=True)),
+        ("Per seed, minus KD (points):", table(diffs, batches, signed=True, per_seed=True)),
+    ]
+    if recorded:
+        title = "Per seed, the memory variants minus CSKD + CSWT (points):"
+        sections += [(title, table(memory_diffs, batches, signed=True, per_seed=True))]
+    header = (
         f"Test accuracy (%) of fmnist_pairs_student on the 10,000 test pairs, mean ± std over "
         f"seeds {args.seeds}; {args.steps} steps at every batch size, LR {args.lr} (warm-up "
-        f"{args.warmup_steps} steps, then cosine), memory {args.memory_rows} - B rows"
+        f"{args.warmup_steps} steps, then cosine)"
+        + (f", memory {RECORDED_MEMORY_ROWS} - B rows" if recorded else "")
         + (f"; teacher {100 * teacher_acc:.2f}%" if teacher_acc else "")
         + f". {len(used)} runs, {sum(r['wall_s'] for r in used) / 60:.1f} min of training "
-        "and testing (sum over runs).\n\n"
-        + table(accs, batches)
-        + "\n\nMinus KD's accuracy with the same seed (points), mean ± std over seeds:\n\n"
-        + table(diffs, batches, signed=True)
-        + "\n\nThe memory variants minus CSKD + CSWT with the same seed (points), mean ± std:\n\n"
-        + table(memory_diffs, batches, signed=True)
-        + "\n\nPer seed "
-        + " / ".join(str(s) for s in args.seeds)
-        + ", test accuracy (%):\n\n"
-        + table(accs, batches, per_seed=True)
-        + "\n\nPer seed, minus KD (points):\n\n"
-        + table(diffs, batches, signed=True, per_seed=True)
-        + "\n\nPer seed, the memory variants minus CSKD + CSWT (points):\n\n"
-        + table(memory_diffs, batches, signed=True, per_seed=True)
-        + "\n"
+        "and testing (sum over runs)."
     )
+    text = "\n\n".join([header] + [part for pair in sections for part in pair if part]) + "\n"
     (work / "table.md").write_text(text)
     plot(accs, batches, teacher_acc, args, Path(args.plot))
     return text
@@ -418,13 +401,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=DEFAULT_DATA_DIR)
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128, 256])
-    p.add_argument("--ablation-batch-sizes", type=int, nargs="+", default=[16, 64])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--steps", type=int, default=400, help="optimiser steps at every batch size")
     p.add_argument("--warmup-steps", type=int, default=40, help="linear LR warm-up")
     p.add_argument("--lr", type=float, default=0.05, help="peak LR, the same at every batch size")
-    p.add_argument("--memory-rows", type=int, default=256, help="batch + memory rows")
     p.add_argument("--teacher-epochs", type=int, default=2)
     p.add_argument("--work-dir", default="outputs/batch_size_study_100")
     p.add_argument("--teacher-ckpt", default=None, help="default: <work-dir>/teacher.pt")

@@ -42,7 +42,6 @@ METHODS: dict[str, tuple[type[DistillationLoss], dict[str, Any]]] = {
     "cskd": (CSKDLoss, {**_CSKD, "cswt": False}),
     "cskd_cswt": (CSKDLoss, _CSWT),
     "cskd_cswt_ls": (CSKDLoss, {**_CSWT, "logit_standardization": True}),
-    "cskd_cswt_memory": (CSKDLoss, {**_CSWT, "memory_size": 256}),
     "cskd_full": (
         CSKDFullLoss,
         {

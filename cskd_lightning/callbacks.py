@@ -21,12 +21,18 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from cskd_lightning.errors import InputError
 from cskd_lightning.loggers import RunCSVLogger
-from cskd_lightning.losses import functional
-from cskd_lightning.losses.distributed import distributed_world_size, gather_batch
-from cskd_lightning.losses.functional import cswt_temperature, per_class_batch_cosine
+from cskd_lightning.losses.functional import (
+    COS_EPS,
+    cswt_from_similarity,
+    sample_cosine,
+    softened_probs,
+    standardize_logits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,66 @@ PREFIX = "monitor/"
 QUANTILES = (0.1, 0.5, 0.9)
 CLASS_COSINE_CSV = "class_cosine.csv"
 DEFAULT_T_LOW, DEFAULT_T_HIGH, DEFAULT_COS_TEMPERATURE = 2.0, 6.0, 4.0
+
+
+class EpochStatistics(Metric):
+    """What :class:`TemperatureMonitor` collects in an epoch, gathered across processes.
+
+    A *group* is the batch one CSWT range and one set of batch cosines are taken over: a
+    training step's global batch when the loss gathers across processes, each process's own
+    slice when it does not. Each step adds, under its group key ``(step, rank)`` (``rank`` 0
+    for a gathered loss, so every process's slice of a step shares the key):
+
+    - ``similarity``: every sample's CSWT similarity ``c_i``, ``(B,)``;
+    - ``class_sums``: ``(3, C)``, per class ``j`` the sums over the slice of
+      ``P_s[i, j] P_t[i, j]``, ``P_s[i, j]^2`` and ``P_t[i, j]^2``;
+    - ``step_key`` ``(2,)`` and ``step_size`` (``B``).
+
+    They are list states that torchmetrics concatenates across processes (``"cat"``) when
+    :meth:`compute` runs, so a step needs no communication at all. The sums are additive, so a
+    group's sums over its processes give the global batch's cosine exactly, and the min and
+    max of a group's ``c_i`` its CSWT range. Memory: ``3 C`` floats per step and one per
+    sample.
+    """
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("similarity", "class_sums", "step_key", "step_size"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    def update(self, similarity: Tensor, class_sums: Tensor, key: tuple[int, int]) -> None:
+        """Add one step's slice: ``similarity`` ``(B,)``, ``class_sums`` ``(3, C)``."""
+        device = similarity.device
+        self.similarity.append(similarity)
+        self.class_sums.append(class_sums.unsqueeze(0))
+        self.step_key.append(torch.tensor([key], dtype=torch.long, device=device))
+        self.step_size.append(torch.tensor([similarity.shape[0]], device=device))
+
+    def compute(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(c, c_min, c_max, class_cos)``: every sample's ``c_i`` with its group's min and
+        max ``(N,)``, and the per-class cosine ``(C,)``, each group's weighted by its size."""
+        c = dim_zero_cat(self.similarity)
+        class_sums = dim_zero_cat(self.class_sums)
+        # Processes concatenate in rank order, each in step order, for every state alike: the
+        # samples of row k of step_key are the next step_size[k] entries of c.
+        _, step_group = torch.unique(dim_zero_cat(self.step_key), dim=0, return_inverse=True)
+        sizes = dim_zero_cat(self.step_size)
+        sample_group = step_group.repeat_interleave(sizes)
+        groups = int(step_group.max()) + 1
+
+        def extreme(reduce: str) -> Tensor:
+            out = c.new_zeros(groups).scatter_reduce(0, sample_group, c, reduce, include_self=False)
+            return out[sample_group]
+
+        sums = class_sums.new_zeros(groups, *class_sums.shape[1:])
+        dot, sq_s, sq_t = sums.index_add_(0, step_group, class_sums).unbind(1)
+        cos = dot / (sq_s.sqrt() * sq_t.sqrt() + COS_EPS)  # (groups, C): functional.cosine
+        weight = torch.zeros(groups, dtype=cos.dtype, device=cos.device)
+        weight.index_add_(0, step_group, sizes.to(cos.dtype))
+        class_cos = (cos * weight[:, None]).sum(0) / weight.sum()
+        return c, extreme("amin"), extreme("amax"), class_cos
 
 
 class TemperatureMonitor(L.Callback):
@@ -67,18 +133,20 @@ class TemperatureMonitor(L.Callback):
     loss used, not a re-run.
 
     **Cost.** No extra forward pass: a forward hook on ``pl_module.loss`` reads the logits the
-    step already computed. Per step: two softmaxes and two cosines on ``(B, C)`` logits, on the
-    logits' device and without a host sync; the temperatures (``B`` floats a step) are kept
-    on the device and copied to the host once per epoch.
+    step already computed. Per step: three softmaxes and a few sums on ``(B, C)`` logits, on
+    the logits' device and without a host sync; ``B + 3 C`` floats a step are kept on the
+    device until the end of the epoch, when the temperatures are rebuilt and copied to the
+    host.
 
     **Distributed training (DDP).** The metrics are synchronised, not rank-0 only: every
-    process logs the same global values. When the loss gathers the batch across processes
-    (``loss.gather``, true by default, or a loss without that attribute) the hook gathers the
-    detached logits the same way (one extra all-gather of two ``(B, C)`` tensors per step), so
-    the temperatures are those of the global batch, exactly as the loss computes them. With
-    ``loss.gather = False`` each process uses its own slice, like the loss does, and the
-    per-epoch results are combined across processes at the end of the epoch. The CSV file is
-    written by global rank 0 only.
+    process logs the same global values. Each process keeps its own slice's statistics
+    (:class:`EpochStatistics`, a torchmetrics ``Metric``) and torchmetrics gathers them once,
+    at the end of the epoch; no step communicates. When the loss gathers the batch across
+    processes (``loss.gather``, true by default, or a loss without that attribute) the slices
+    of a step are recombined into the global batch, so the temperatures and cosines are those
+    of the global batch, exactly as the loss computes them. With ``loss.gather = False`` each
+    process's slice stays a batch of its own, like the loss's. The CSV file is written by
+    global rank 0 only.
 
     Without a teacher (``pl_module.teacher is None`` or a teacher-free loss) it does nothing.
 
@@ -100,60 +168,54 @@ class TemperatureMonitor(L.Callback):
         self._handle: RemovableHandle | None = None
         self._trainer: L.Trainer | None = None
         self._csv_started = False
+        self.statistics = EpochStatistics()
         self.reset()
 
     # --- accumulation (usable without a Trainer) --------------------------------------------
     def reset(self) -> None:
         """Forget the current epoch's statistics."""
-        self._temps: list[Tensor] = []
-        self._cos_sum: Tensor | None = None
-        self._weight = 0  # samples seen (a host int: no device transfer per step)
+        self.statistics.reset()
+        self._steps = 0
 
     @torch.no_grad()
     def update(self, student_logits: Tensor, teacher_logits: Tensor) -> None:
-        """Add one step's ``(B, C)`` logits (gathered across processes when ``self.gather``)."""
+        """Add one step's ``(B, C)`` logits (this process's slice under DDP)."""
         s, t = student_logits.detach(), teacher_logits.detach()
-        if self.gather and distributed_world_size() > 1:
-            s, t = gather_batch(s), gather_batch(t)
-        if s.shape[0] == 0:
-            return
-        temps = cswt_temperature(s, t, self.t_low, self.t_high)
+        similarity = sample_cosine(s, t)  # CSWT's c_i, on the raw logits as in the loss
         if self.standardize:
-            s, t = functional.standardize_logits(s), functional.standardize_logits(t)
-        cos = per_class_batch_cosine(s, t, self.cos_temperature) * s.shape[0]
-        self._temps.append(temps.float())
-        self._cos_sum = cos if self._cos_sum is None else self._cos_sum + cos
-        self._weight += s.shape[0]
+            s, t = standardize_logits(s), standardize_logits(t)
+        ps = softened_probs(s, self.cos_temperature)
+        pt = softened_probs(t, self.cos_temperature)
+        sums = torch.stack([(ps * pt).sum(0), ps.square().sum(0), pt.square().sum(0)])
+        # A gathered loss sees a step's slices as one batch: one key for all processes.
+        distributed = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if distributed and not self.gather else 0
+        self.statistics.update(similarity, sums, (self._steps, rank))
+        self._steps += 1
 
     def compute(self) -> dict[str, Any] | None:
-        """The epoch's statistics, combined across processes; ``None`` before any step.
+        """The epoch's statistics, combined across processes; ``None`` before any sample.
 
         Returns ``{"t_mean", "t_q10", "t_q50", "t_q90": float, "class_cos": np.ndarray (C,)}``.
-        Every process must call it (it communicates under DDP with ``gather=False``).
+        Every process must call it (it communicates under DDP).
         """
-        reduce = not self.gather and distributed_world_size() > 1
-        temps = torch.cat(self._temps) if self._temps else None
-        cos_sum = self._cos_sum
-        if temps is None or cos_sum is None:
+        if self.statistics.update_count == 0:
             # DistributedSampler gives every process the same number of steps, so under DDP
             # either all processes have statistics here or none has.
             return None
-        weight = torch.tensor(float(self._weight), device=cos_sum.device, dtype=cos_sum.dtype)
-        if reduce:
-            # Each process holds its own slice: pool the temperatures and sum the cosines.
-            temps = gather_batch(temps)
-            cos_sum = cos_sum.clone()
-            dist.all_reduce(cos_sum)
-            dist.all_reduce(weight)
+        # reshape: torchmetrics hands one-element results back as 0-d tensors.
+        c, c_min, c_max, class_cos = (v.reshape(-1) for v in self.statistics.compute())
+        if c.numel() == 0:
+            return None
+        temps = cswt_from_similarity(c, c_min, c_max, self.t_low, self.t_high)
         values = temps.double().cpu().numpy()
         q10, q50, q90 = np.quantile(values, QUANTILES)
-        class_cos = (cos_sum / weight).double().cpu().numpy()
         return {
             "t_mean": float(values.mean()),
             "t_q10": float(q10),
             "t_q50": float(q50),
             "t_q90": float(q90),
-            "class_cos": class_cos,
+            "class_cos": class_cos.double().cpu().numpy(),
         }
 
     # --- reading the loss's inputs ----------------------------------------------------------
@@ -166,11 +228,10 @@ class TemperatureMonitor(L.Callback):
             return
         student = args[0] if len(args) > 0 else kwargs.get("student_logits")
         teacher = args[1] if len(args) > 1 else kwargs.get("teacher_logits")
-        if isinstance(student, (tuple, list)):  # two views: (weak, strong); CSWT uses weak
-            student = student[0]
-            teacher = teacher[0] if isinstance(teacher, (tuple, list)) else teacher
-        if not isinstance(student, Tensor) or not isinstance(teacher, Tensor):
+        if student is None or teacher is None:
             return
+        if getattr(module, "num_views", 1) > 1:  # (weak, strong) pairs; CSWT uses the weak view
+            student, teacher = student[0], teacher[0]
         self.update(student, teacher)
 
     # --- Lightning hooks --------------------------------------------------------------------
@@ -190,9 +251,7 @@ class TemperatureMonitor(L.Callback):
             self.t_low, self.t_high = DEFAULT_T_LOW, DEFAULT_T_HIGH
         self.cos_temperature = _positive(getattr(loss, "temperature", None), 4.0)
         self.gather = bool(getattr(loss, "gather", True))
-        self.standardize = bool(getattr(loss, "logit_standardization", False)) and hasattr(
-            functional, "standardize_logits"
-        )
+        self.standardize = bool(getattr(loss, "logit_standardization", False))
         self._trainer = trainer
         self._csv_started = False
         self._handle = loss.register_forward_hook(self._loss_hook, with_kwargs=True)

@@ -272,13 +272,13 @@ class DistillationModule(L.LightningModule):
     def compute_loss(self, batch: Any) -> tuple[Tensor, dict[str, Tensor]]:
         """From a training batch ``(x, y)`` to ``(student logits of the first view, terms)``.
 
-        ``x`` is a tensor, or a ``(weak, strong)`` tuple from a two-view datamodule. A loss with
-        ``num_views == 1`` sees the first view only; one with ``num_views == 2`` gets tuples of
-        logits for both views. ``terms["loss"]`` is what is backpropagated.
+        ``x`` is a tensor, or a ``(weak, strong)`` tuple from a two-view datamodule. The loss
+        gets the first ``loss.num_views`` views through
+        :meth:`~cskd_lightning.losses.DistillationLoss.forward_views`: lists of ``(B, C)``
+        logits, one per view, whatever the count. ``terms["loss"]`` is what is backpropagated.
         """
         x, y = batch
         views = list(x) if isinstance(x, (tuple, list)) else [x]
-        views = [self._format_input(v) for v in views]
         needed = getattr(self.loss, "num_views", 1)
         if len(views) < needed:
             raise InputError(
@@ -286,21 +286,15 @@ class DistillationModule(L.LightningModule):
                 f"have {len(views)}. Turn on the datamodule's two-view mode "
                 "(data.datamodule.two_view=true)."
             )
+        views = [self._format_input(v) for v in views[:needed]]
         self._check_targets(y)
         # Teacher first: its activations are freed before the student's are kept for backward,
         # which lowers the step's peak memory.
-        teacher = (
-            self.teacher_logits(batch, views[:needed])
-            if self.loss.requires_teacher
-            else [None] * needed
-        )
-        student = [self.forward_student(v) for v in views[:needed]]
-        self._check_class_counts(student[0], teacher[0])
-        if needed == 1:
-            terms = self.loss(student[0], teacher[0], y)
-        else:
-            terms = self.loss(tuple(student), tuple(teacher), y)
-        return student[0], terms
+        teacher = self.teacher_logits(batch, views) if self.loss.requires_teacher else None
+        student = [self.forward_student(v) for v in views]
+        if teacher is not None:
+            self._check_class_counts(student[0], teacher[0])
+        return student[0], self.loss.forward_views(student, teacher, y)
 
     # --- checks ---------------------------------------------------------------------------
     def _check_targets(self, y: Tensor) -> None:
@@ -315,8 +309,8 @@ class DistillationModule(L.LightningModule):
             "Check the dataset's labels or the models' num_classes."
         )
 
-    def _check_class_counts(self, student: Tensor, teacher: Tensor | None) -> None:
-        if teacher is not None and teacher.shape[-1] != student.shape[-1]:
+    def _check_class_counts(self, student: Tensor, teacher: Tensor) -> None:
+        if teacher.shape[-1] != student.shape[-1]:
             raise InputError(
                 f"Teacher predicts {teacher.shape[-1]} classes but the student "
                 f"{student.shape[-1]}. Build both models with the data's num_classes."

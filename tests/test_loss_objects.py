@@ -1,11 +1,20 @@
-"""The loss objects: their terms, their weights, their argument checks."""
+"""The loss objects: their terms, their weights, their views, their argument checks."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from cskd_lightning.losses import CELoss, CSKDLoss, DistillationLoss, KDLoss
+from cskd_lightning.errors import InputError
+from cskd_lightning.losses import (
+    CELoss,
+    CSKDFullLoss,
+    CSKDLoss,
+    DISTLoss,
+    DKDLoss,
+    KDLoss,
+    MLKDLoss,
+)
 
 F64 = torch.float64
 
@@ -44,12 +53,22 @@ def test_cskd_loss_terms_and_total_match_reference(ref, batch):
         assert out[key].grad_fn is None, key
 
 
+# The method's published setting (Ham et al., arXiv 2311.14307; docs/method.md): T = 4,
+# alpha = 2, CSWT between t_low = 2 and t_high = 6, CE and the distillation terms weighted 1.
+PUBLISHED_T, PUBLISHED_ALPHA, PUBLISHED_T_LOW, PUBLISHED_T_HIGH = 4.0, 2.0, 2.0, 6.0
+
+
 def test_cskd_loss_defaults_are_the_paper_objective(ref, batch):
     zs, zt, y = batch
     zs = zs.clone().requires_grad_()
     out = CSKDLoss()(zs, zt, y)
-    expected = ref.ce(zs, y) + ref.cskd(zs, zt, 4.0) + ref.cskd(zs, zt, ref.cswt(zs, zt))
-    assert out["loss"].item() == _approx(expected)
+    temps = ref.cswt(zs, zt, PUBLISHED_T_LOW, PUBLISHED_T_HIGH)
+    cs = ref.cskd(zs, zt, PUBLISHED_T, alpha=PUBLISHED_ALPHA)
+    cs_cswt = ref.cskd(zs, zt, temps, alpha=PUBLISHED_ALPHA)
+    assert out["cs"].item() == _approx(cs)
+    assert out["cs_cswt"].item() == _approx(cs_cswt)
+    assert out["cswt_t_mean"].item() == _approx(temps.mean())
+    assert out["loss"].item() == _approx(ref.ce(zs, y) + cs + cs_cswt)
     out["loss"].backward()
     assert zs.grad is not None and torch.isfinite(zs.grad).all()
 
@@ -90,21 +109,80 @@ def test_kd_loss_is_hinton_kd(ref, batch):
 
 def test_ce_loss_needs_no_teacher(ref, batch):
     zs, _, y = batch
-    assert CELoss.requires_teacher is False
-    assert CSKDLoss.requires_teacher is True and KDLoss.requires_teacher is True
-    out = CELoss()(zs, None, y)
-    assert out["loss"].item() == _approx(ref.ce(zs, y))
+    for out in (CELoss()(zs, None, y), CELoss().forward_views([zs], None, y)):
+        assert out["loss"].item() == _approx(ref.ce(zs, y))
 
 
-def test_loss_contract():
-    for cls in (CSKDLoss, KDLoss, CELoss):
-        assert issubclass(cls, DistillationLoss)
-        assert cls().num_views == 1
-    assert CSKDLoss.batch_level is True and KDLoss.batch_level is False
+def test_set_progress_is_what_the_loss_reads():
     loss = CSKDLoss()
     loss.set_progress(3, 120, 10)
     progress = loss.progress
     assert (progress.epoch, progress.global_step, progress.max_epochs) == (3, 120, 10)
+
+
+# --- the views contract: forward_views, the module's one entry point -------------------------
+SINGLE_VIEW = [CELoss, CSKDLoss, KDLoss, DKDLoss, DISTLoss]
+TWO_VIEW = [CSKDFullLoss, MLKDLoss]
+
+
+def _views(cls, batch) -> tuple[list, list | None, torch.Tensor]:
+    """``cls.num_views``-independent inputs: two views for the two-view losses, else one."""
+    zs, zt, y = batch
+    student, teacher = [zs, 0.5 * zs.flip(0)], [zt, zt.flip(1)]
+    views = 2 if cls in TWO_VIEW else 1
+    return student[:views], None if cls is CELoss else teacher[:views], y
+
+
+@pytest.mark.parametrize("cls", SINGLE_VIEW + TWO_VIEW, ids=lambda c: c.__name__)
+def test_forward_views_is_the_loss_on_its_views(cls, batch):
+    """Sequences of views in (lists or tuples alike): the same terms as the direct call with
+    tensors (one view) or ``(weak, strong)`` pairs (two views)."""
+    student, teacher, y = _views(cls, batch)
+    if cls in TWO_VIEW:
+        direct = cls()(tuple(student), tuple(teacher), y)
+    else:
+        direct = cls()(student[0], None if teacher is None else teacher[0], y)
+    for as_sequence in (list, tuple):
+        out = cls().forward_views(
+            as_sequence(student), None if teacher is None else as_sequence(teacher), y
+        )
+        assert out.keys() == direct.keys()
+        for key in out:
+            assert torch.equal(out[key], direct[key]), key
+
+
+@pytest.mark.parametrize("cls", SINGLE_VIEW + TWO_VIEW, ids=lambda c: c.__name__)
+def test_forward_views_refuses_another_view_count(cls, batch):
+    zs, zt, y = batch
+    count = 1 if cls in TWO_VIEW else 2
+    with pytest.raises(InputError, match=rf"{cls.__name__} takes .*two_view=true"):
+        cls().forward_views([zs] * count, None if cls is CELoss else [zt] * count, y)
+
+
+@pytest.mark.parametrize("cls", TWO_VIEW, ids=lambda c: c.__name__)
+def test_a_two_view_loss_called_with_one_tensor_says_so(cls, batch):
+    """A ``(B, C)`` tensor is not a (weak, strong) pair, also when it has two rows."""
+    zs, zt, y = batch
+    for rows in (8, 2):
+        with pytest.raises(InputError, match="two-view loss.*two_view=true"):
+            cls()(zs[:rows], zt[:rows], y[:rows])
+
+
+# --- batch_level tells the truth --------------------------------------------------------------
+@pytest.mark.parametrize("cls", SINGLE_VIEW + TWO_VIEW, ids=lambda c: c.__name__)
+def test_batch_level_is_true_exactly_when_the_loss_depends_on_the_batch(cls, batch):
+    """A per-sample loss on a batch is the size-weighted mean of its values on two parts of
+    it; a batch-level one (which the application refuses at batch size 1 and which gathers
+    under DDP) is not."""
+    student, teacher, y = _views(cls, batch)
+
+    def value(rows: slice) -> float:
+        t = None if teacher is None else [v[rows] for v in teacher]
+        return cls().forward_views([v[rows] for v in student], t, y[rows])["loss"].item()
+
+    whole, first, rest = value(slice(None)), value(slice(0, 3)), value(slice(3, None))
+    splits = whole == pytest.approx((3 * first + 5 * rest) / 8, rel=1e-9, abs=1e-12)
+    assert cls.batch_level is not splits
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 import torch
 from app_helpers import compose_train, run_cli
 
+import cskd_lightning
 from cskd_lightning.losses import (
     CSKDFullLoss,
     CSKDLoss,
@@ -333,7 +334,6 @@ def test_dist_loss_total_and_edge_gradients() -> None:
     inter, intra = ref_dist(zs, zt, 2.0)
     assert set(out) == {"loss", "ce", "inter", "intra"}
     assert out["loss"].item() == approx(0.5 * out["ce"].item() + 1.5 * inter + 3.0 * intra)
-    assert DISTLoss.batch_level
     for name in ("batch_of_one", "two_classes"):
         zs, zt, y = case(name)
         zs = zs.clone().requires_grad_()
@@ -388,47 +388,65 @@ def test_mlkd_consistency_terms_match_reference(name: str) -> None:
         )
 
 
+def ref_mlkd(ref, sw, ss, tw, ts, y, temps, ce_weight, kd_weight, weak_weight) -> dict:
+    """MLKD's terms (sums over ``temps``) and ``"loss"``, from the float64 references."""
+    terms = {
+        "kl_weak": sum(ref.kd(sw, tw, t) for t in temps),
+        "kl_strong": sum(ref.kd(ss, ts, t) for t in temps),
+        "cc_weak": sum(ref_consistency(sw, tw, t, "class") for t in temps),
+        "bc_weak": sum(ref_consistency(sw, tw, t, "batch") for t in temps),
+        "ce_weak": ref.ce(sw, y),
+        "ce_strong": ref.ce(ss, y),
+    }
+    weak = terms["kl_weak"] + terms["cc_weak"] + terms["bc_weak"]
+    distill = terms["kl_strong"] + weak_weight * weak
+    terms["loss"] = ce_weight * (terms["ce_weak"] + terms["ce_strong"]) + kd_weight * distill
+    return terms
+
+
+def ref_cskd_full(ref, sw, ss, tw, ts, y, temperature, alpha, t_low, t_high, weak_weight) -> dict:
+    """The full CSKD recipe's terms and ``"loss"`` (CE and distillation weighted 1)."""
+    temps = ref.cswt(sw, tw, t_low, t_high)  # from the weak view, reused for the strong one
+    terms = {
+        "ce_weak": ref.ce(sw, y),
+        "ce_strong": ref.ce(ss, y),
+        "cs_weak": ref.cskd(sw, tw, temperature, alpha),
+        "cs_cswt_weak": ref.cskd(sw, tw, temps, alpha),
+        "cc_weak": ref.class_corr(sw, tw, temperature),
+        "cc_cswt_weak": ref.class_corr(sw, tw, temps),
+        "bc_weak": ref.batch_corr(sw, tw, temperature),
+        "bc_cswt_weak": ref.batch_corr(sw, tw, temps),
+        "cs_strong": ref.cskd(ss, ts, temperature, alpha),
+        "cs_cswt_strong": ref.cskd(ss, ts, temps, alpha),
+    }
+    weak = sum(v for k, v in terms.items() if k.endswith("_weak") and k != "ce_weak")
+    strong = terms["cs_strong"] + terms["cs_cswt_strong"]
+    terms["loss"] = terms["ce_weak"] + terms["ce_strong"] + weak_weight * weak + strong
+    terms["cswt_t_mean"] = temps.mean()
+    return terms
+
+
+# MLKD's published setting (Jin et al., CVPR 2023, with mdistiller's KD weights): KL and the
+# consistency terms at T in {2, ..., 6}, CE 0.1, distillation 0.9, weak-view mask mean 1/2.
+MLKD_PUBLISHED = {"temps": [2.0, 3.0, 4.0, 5.0, 6.0], "ce_weight": 0.1, "kd_weight": 0.9}
+# The published CSKD training code: T = 4, alpha = 2, CSWT 2..6, weak-view mask mean 1/2.
+CSKD_FULL_PUBLISHED = {"temperature": 4.0, "alpha": 2.0, "t_low": 2.0, "t_high": 6.0}
+
+
 def test_mlkd_loss_matches_reference(ref) -> None:
     (sw, ss), (tw, ts), y = two_view_case()
-    temps = [2.0, 3.0, 4.0, 5.0, 6.0]
     out = MLKDLoss()((sw, ss), (tw, ts), y)
-    kl_w = sum(ref.kd(sw, tw, t) for t in temps)
-    kl_s = sum(ref.kd(ss, ts, t) for t in temps)
-    cc_w = sum(ref_consistency(sw, tw, t, "class") for t in temps)
-    bc_w = sum(ref_consistency(sw, tw, t, "batch") for t in temps)
-    ce_w, ce_s = ref.ce(sw, y), ref.ce(ss, y)
-    expected = {"kl_weak": kl_w, "kl_strong": kl_s, "cc_weak": cc_w, "bc_weak": bc_w}
-    for key, value in {**expected, "ce_weak": ce_w, "ce_strong": ce_s}.items():
+    expected = ref_mlkd(ref, sw, ss, tw, ts, y, **MLKD_PUBLISHED, weak_weight=0.5)
+    for key, value in expected.items():
         assert out[key].item() == approx(value), key
-    total = 0.1 * (ce_w + ce_s) + 0.9 * (kl_s + 0.5 * (kl_w + cc_w + bc_w))
-    assert out["loss"].item() == approx(total)
-    assert MLKDLoss.num_views == 2 and MLKDLoss.batch_level
 
 
 def test_cskd_full_matches_reference(ref) -> None:
     (sw, ss), (tw, ts), y = two_view_case()
     out = CSKDFullLoss()((sw, ss), (tw, ts), y)
-    temps = ref.cswt(sw, tw)  # from the weak view, reused for the strong one
-    expected = {
-        "ce_weak": ref.ce(sw, y),
-        "ce_strong": ref.ce(ss, y),
-        "cs_weak": ref.cskd(sw, tw, 4.0),
-        "cs_cswt_weak": ref.cskd(sw, tw, temps),
-        "cc_weak": ref.class_corr(sw, tw, 4.0),
-        "cc_cswt_weak": ref.class_corr(sw, tw, temps),
-        "bc_weak": ref.batch_corr(sw, tw, 4.0),
-        "bc_cswt_weak": ref.batch_corr(sw, tw, temps),
-        "cs_strong": ref.cskd(ss, ts, 4.0),
-        "cs_cswt_strong": ref.cskd(ss, ts, temps),
-    }
+    expected = ref_cskd_full(ref, sw, ss, tw, ts, y, **CSKD_FULL_PUBLISHED, weak_weight=0.5)
     for key, value in expected.items():
         assert out[key].item() == approx(value), key
-    weak = sum(v for k, v in expected.items() if k.endswith("_weak") and k != "ce_weak")
-    strong = expected["cs_strong"] + expected["cs_cswt_strong"]
-    total = expected["ce_weak"] + expected["ce_strong"] + 0.5 * weak + strong
-    assert out["loss"].item() == approx(total)
-    assert out["cswt_t_mean"].item() == approx(temps.mean())
-    assert CSKDFullLoss.num_views == 2 and CSKDFullLoss.batch_level
 
 
 def test_cskd_full_cswt_comes_from_the_weak_view_only() -> None:
@@ -459,43 +477,75 @@ def test_two_view_losses_train_both_views_and_handle_edges(loss_cls) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_configs_carry_the_published_defaults(tmp_path: Path) -> None:
-    expected = {
-        "dkd": {"alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup_epochs": 20},
-        "dist": {"tau": 4.0, "beta": 2.0, "gamma": 2.0, "ce_weight": 1.0},
-        "kd_ls": {"temperature": 2.0, "kd_weight": 9.0, "logit_standardization": True},
-        "cskd_full": {"temperature": 4.0, "weak_weight": 0.5, "gather": True},
-    }
-    for name in NEW_METHODS:
-        cfg = compose_train([f"distill={name}"], tmp_path / name)
-        assert cfg.distill.name == name
-        for key, value in expected.get(name, {}).items():
-            assert cfg.distill.loss[key] == value, (name, key)
-        two_view = name in ("mlkd", "cskd_full")
-        assert cfg.data.datamodule.two_view is two_view, name
-    cfg = compose_train(["distill=cskd_full", "data=cifar100"], tmp_path / "c100")
-    assert cfg.data.datamodule.two_view is True  # whatever the dataset
+def published_objective(ref, method: str, zs, zt, y, epoch: int) -> float:
+    """Each ``distill=<method>``'s loss as its paper (or the authors' code) sets it, from the
+    float64 references, at a 0-based training ``epoch`` (DKD's warm-up)."""
+    ce = ref.ce(zs, y)
+    warmup = min((epoch + 1) / 20, 1.0)  # DKD: 20 warm-up epochs, mdistiller's 1-based count
+    if method == "ce":
+        return ce
+    if method == "kd":  # Hinton KD with the CRD protocol's weights
+        return 0.1 * ce + 0.9 * ref.kd(zs, zt, 4.0)
+    if method == "kd_ls":  # logit-standardization-KD: --base-temp 2 --kd-weight 9
+        return 0.1 * ce + 9.0 * ref.kd(ref_zscore(zs), ref_zscore(zt), 2.0)
+    if method in ("dkd", "dkd_ls"):
+        # DKD (CIFAR-100): alpha 1, beta 8, T 4. logit-standardization-KD's tools/train.py
+        # (github.com/sunshangquan/logit-standardization-KD, current since its commit 6b58661
+        # of 2024-05-18; read 2026-12-01) with --logit-stand on DKD sets ALPHA = 1 * kd_weight,
+        # BETA = 8 * kd_weight and T = base_temp, with --kd-weight 9 --base-temp 2. (Before
+        # that commit it set BETA = ALPHA * kd_weight with the scaled alpha, 81, and left T 4.)
+        if method == "dkd":
+            alpha, beta, temperature, s, t = 1.0, 8.0, 4.0, zs, zt
+        else:
+            alpha, beta, temperature, s, t = 9.0, 72.0, 2.0, ref_zscore(zs), ref_zscore(zt)
+        tckd, nckd = (sum(v) / len(v) for v in ref_dkd(s, t, y, temperature))
+        return ce + warmup * (alpha * tckd + beta * nckd)
+    if method == "dist":  # DIST, CIFAR-100: tau 4, beta = gamma = 2
+        inter, intra = ref_dist(zs, zt, 4.0)
+        return ce + 2.0 * inter + 2.0 * intra
+    if method == "cskd":
+        return ce + ref.cskd(zs, zt, 4.0, alpha=2.0)
+    if method in ("cskd_cswt", "cskd_cswt_ls"):  # the cosine terms on z-scores with _ls
+        s, t = (ref_zscore(zs), ref_zscore(zt)) if method.endswith("_ls") else (zs, zt)
+        temps = ref.cswt(zs, zt, 2.0, 6.0)  # CSWT always on the raw logits
+        return ce + ref.cskd(s, t, 4.0, alpha=2.0) + ref.cskd(s, t, temps, alpha=2.0)
+    raise KeyError(method)
 
 
-def test_dkd_ls_preset_follows_the_authors_current_train_script(tmp_path: Path) -> None:
-    """``distill=dkd_ls`` against the numbers of logit-standardization-KD's ``tools/train.py``
-    (github.com/sunshangquan/logit-standardization-KD, current since its commit 6b58661 of
-    2024-05-18; read 2026-12-01). With ``--logit-stand`` on DKD it sets
-    ``DKD.ALPHA = DKD.ALPHA * kd_weight``, ``DKD.BETA = DKD.BETA * kd_weight`` and
-    ``DKD.T = base_temp``, from mdistiller's DKD defaults (``mdistiller/engine/cfg.py``:
-    CE_WEIGHT 1.0, ALPHA 1.0, BETA 8.0, T 4.0, WARMUP 20) and the script's argument defaults
-    ``--kd-weight 9 --base-temp 2``. (Before that commit it set ``BETA = ALPHA * kd_weight``
-    with the scaled alpha, 81, and left T = 4.)"""
-    kd_weight, base_temp = 9.0, 2.0
-    mdistiller_dkd = {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "warmup": 20}
-    cfg = compose_train(["distill=dkd_ls"], tmp_path)
+CONF = Path(cskd_lightning.__file__).resolve().parent.parent / "conf" / "distill"
+
+
+@pytest.mark.parametrize("method", sorted(path.stem for path in CONF.glob("*.yaml")))
+def test_every_config_is_its_published_objective(ref, method: str, tmp_path: Path) -> None:
+    """``distill=<method>`` composed as ``cskd-train`` composes it, instantiated, and called
+    through the module's entry point: its loss is the published objective (numbers written
+    above, not read from the configs), and the two-view methods turn on two views."""
+    cfg = compose_train([f"distill={method}"], tmp_path)
+    assert cfg.distill.name == method
+    two_view = method in ("mlkd", "cskd_full")
+    assert cfg.data.datamodule.two_view is two_view
     loss = hydra.utils.instantiate(cfg.distill.loss)
-    assert isinstance(loss, DKDLoss) and loss.logit_standardization
-    assert loss.alpha == mdistiller_dkd["alpha"] * kd_weight == 9.0
-    assert loss.beta == mdistiller_dkd["beta"] * kd_weight == 72.0
-    assert loss.temperature == base_temp
-    assert loss.ce_weight == mdistiller_dkd["ce_weight"]
-    assert loss.warmup_epochs == mdistiller_dkd["warmup"]
+    if two_view:
+        student, teacher, y = two_view_case()
+        (sw, ss), (tw, ts) = student, teacher
+        if method == "mlkd":
+            expected = ref_mlkd(ref, sw, ss, tw, ts, y, **MLKD_PUBLISHED, weak_weight=0.5)
+        else:
+            expected = ref_cskd_full(ref, sw, ss, tw, ts, y, **CSKD_FULL_PUBLISHED, weak_weight=0.5)
+        out = loss.forward_views(list(student), list(teacher), y)
+        assert out["loss"].item() == approx(expected["loss"])
+        return
+    zs, zt, y = case("random")
+    for epoch in (0, 19):
+        loss.set_progress(epoch=epoch, global_step=0, max_epochs=240)
+        out = loss.forward_views([zs], None if method == "ce" else [zt], y)
+        expected = published_objective(ref, method, zs, zt, y, epoch)
+        assert out["loss"].item() == approx(expected), epoch
+
+
+def test_a_two_view_method_turns_on_two_views_whatever_the_dataset(tmp_path: Path) -> None:
+    cfg = compose_train(["distill=cskd_full", "data=cifar100"], tmp_path)
+    assert cfg.data.datamodule.two_view is True
 
 
 @pytest.mark.slow

@@ -198,12 +198,66 @@ def test_optimizer_and_scheduler_partials_are_used(run):
 
 
 def test_default_optimizer_is_the_kd_protocol_sgd():
+    """Two steps of the default optimizer are SGD with the KD benchmarks' protocol (CRD, Tian
+    et al. 2020): lr 0.05, momentum 0.9, weight decay 5e-4, written out by hand."""
+    lr, momentum, weight_decay = 0.05, 0.9, 5e-4
     module = DistillationModule(make_student(), make_teacher(), KDLoss())
     optimizer = module.configure_optimizers()
-    assert isinstance(optimizer, torch.optim.SGD)
-    group = optimizer.param_groups[0]
-    assert (group["lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.9, 5e-4)
-    assert {id(p) for p in group["params"]} == {id(p) for p in module.student.parameters()}
+    params = list(module.student.parameters())
+    assert {id(p) for g in optimizer.param_groups for p in g["params"]} == {id(p) for p in params}
+    expected = [p.detach().clone() for p in params]
+    velocity = [torch.zeros_like(p) for p in params]
+    x, y = _digits()
+    for step in range(2):
+        optimizer.zero_grad()
+        rows = slice(16 * step, 16 * (step + 1))
+        _, terms = module.compute_loss((x[rows], y[rows]))
+        terms["loss"].backward()
+        for k, p in enumerate(params):
+            grad = p.grad + weight_decay * expected[k]
+            velocity[k] = grad if step == 0 else momentum * velocity[k] + grad
+            expected[k] = expected[k] - lr * velocity[k]
+        optimizer.step()
+        for k, p in enumerate(params):
+            torch.testing.assert_close(p.detach(), expected[k], rtol=1e-6, atol=1e-7)
+
+
+class ViewRecorder(DistillationLoss):
+    """CE on the first view; records what the module hands to :meth:`forward_views`."""
+
+    def __init__(self, num_views: int) -> None:
+        super().__init__()
+        self.num_views = num_views
+        self.calls: list[tuple] = []
+
+    def forward_views(self, student_views, teacher_views, targets):
+        self.calls.append((student_views, teacher_views))
+        return super().forward_views(student_views, teacher_views, targets)
+
+    def forward(self, student_logits, teacher_logits, targets):
+        first = student_logits[0] if self.num_views > 1 else student_logits
+        ce = cross_entropy(first, targets)
+        return {"loss": ce, "ce": ce}
+
+
+@pytest.mark.parametrize("num_views", [1, 2])
+def test_the_module_hands_every_loss_one_logit_tensor_per_view(num_views):
+    """Whatever the loss, the module calls ``forward_views`` with lists of ``(B, C)`` logits,
+    one per view the loss takes, from a two-view batch ``((weak, strong), y)``."""
+    loss = ViewRecorder(num_views)
+    module = DistillationModule(make_student(), make_teacher(), loss)
+    x, y = _digits()
+    weak, strong = x[:8], x[8:16]
+    logits, terms = module.compute_loss(((weak, strong), y[:8]))
+    ((student, teacher),) = loss.calls
+    assert isinstance(student, list) and isinstance(teacher, list)
+    assert len(student) == len(teacher) == num_views
+    inputs = [weak, strong][:num_views]
+    for view, student_logits, teacher_logits in zip(inputs, student, teacher, strict=True):
+        torch.testing.assert_close(student_logits, module.student(view))
+        torch.testing.assert_close(teacher_logits, module.teacher(view))
+    torch.testing.assert_close(logits, module.student(weak))
+    torch.testing.assert_close(terms["ce"], cross_entropy(module.student(weak), y[:8]))
 
 
 def test_checkpoints_have_no_teacher_keys(run):

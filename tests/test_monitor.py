@@ -19,7 +19,7 @@ from lightning.pytorch.loggers import CSVLogger
 
 from cskd_lightning.callbacks import CLASS_COSINE_CSV, TemperatureMonitor
 from cskd_lightning.data import DigitsDataModule
-from cskd_lightning.losses import CELoss, CSKDLoss, KDLoss
+from cskd_lightning.losses import CELoss, CSKDFullLoss, CSKDLoss, KDLoss
 from cskd_lightning.models import create_model
 from cskd_lightning.module import DistillationModule
 
@@ -151,17 +151,23 @@ def test_statistics_match_the_reference(ref) -> None:
 
 
 def test_hook_reads_the_weak_view_only_in_training() -> None:
-    monitor = TemperatureMonitor()
-    loss = CSKDLoss()
+    """The forward hook takes the tensors a one-view loss is called with, and the weak view of
+    a two-view loss's ``(weak, strong)`` pairs; outside training it takes nothing."""
     weak, strong = _steps(sizes=(8, 8))
-    monitor._trainer = SimpleNamespace(training=False)
-    monitor._loss_hook(loss, ((weak[0], strong[0]), (weak[1], strong[1]), None), {}, None)
-    assert monitor.compute() is None  # validation / test: ignored
-    monitor._trainer = SimpleNamespace(training=True)
-    monitor._loss_hook(loss, ((weak[0], strong[0]), (weak[1], strong[1]), None), {}, None)
     expected = TemperatureMonitor()
     expected.update(*weak)
-    _assert_stats(monitor.compute(), expected.compute())
+    calls = [
+        (CSKDFullLoss(), ((weak[0], strong[0]), (weak[1], strong[1]), None)),
+        (CSKDLoss(), (weak[0], weak[1], None)),
+    ]
+    for loss, args in calls:
+        monitor = TemperatureMonitor()
+        monitor._trainer = SimpleNamespace(training=False)
+        monitor._loss_hook(loss, args, {}, None)
+        assert monitor.compute() is None  # validation / test: ignored
+        monitor._trainer = SimpleNamespace(training=True)
+        monitor._loss_hook(loss, args, {}, None)
+        _assert_stats(monitor.compute(), expected.compute())
 
 
 # --- DDP: two processes over gloo --------------------------------------------------------------
@@ -187,6 +193,14 @@ def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
                 rows = slice(0, half) if rank == 0 else slice(half, None)
                 monitor.update(s[rows], t[rows])
             results[gather] = monitor.compute()
+        # What the (gathering) loss itself reports for the same slices, step by step.
+        results["loss"] = []
+        for s, t in _steps():
+            half = (s.shape[0] + 1) // 2
+            rows = slice(0, half) if rank == 0 else slice(half, None)
+            y = torch.zeros(s[rows].shape[0], dtype=torch.long)
+            out = CSKDLoss()(s[rows], t[rows], y)
+            results["loss"].append((s.shape[0], float(out["cswt_t_mean"]), float(out["cos_mean"])))
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.barrier()
@@ -201,9 +215,16 @@ def test_ddp_gathered_equals_one_process_and_ranks_agree(tmp_path: Path, ref) ->
     )
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     steps = _steps()
-    # gather=True (the loss's default): the global batch, exactly one process's numbers.
+    # gather=True (the loss's default): the global batch, exactly one process's numbers, and
+    # the loss's own per-step values under DDP, weighted by the global batch.
     for rank in range(2):
         _assert_stats(results[rank][True], _reference(ref, steps))
+        sizes, t_means, cos_means = np.array(results[rank]["loss"]).T
+        got = results[rank][True]
+        assert got["t_mean"] == pytest.approx(np.average(t_means, weights=sizes), rel=1e-6)
+        assert got["class_cos"].mean() == pytest.approx(
+            np.average(cos_means, weights=sizes), rel=1e-6
+        )
     # gather=False: CSWT per process slice, pooled at the end of the epoch; ranks agree.
     halves = []
     for s, t in steps:
@@ -222,8 +243,6 @@ def test_callbacks_monitor_config_adds_the_monitor_to_the_defaults(tmp_path: Pat
 
 
 def test_logit_standardization_is_followed_for_the_class_cosine(tmp_path: Path) -> None:
-    if "logit_standardization" not in CSKDLoss.__init__.__code__.co_varnames:
-        pytest.skip("CSKDLoss has no logit_standardization option in this tree")
     columns, _ = _fit(tmp_path, CSKDLoss(logit_standardization=True))
     np.testing.assert_allclose(columns["monitor/class_cos_mean"], columns["train/cos_mean"], 1e-5)
     np.testing.assert_allclose(columns["monitor/cswt_t_mean"], columns["train/cswt_t_mean"], 1e-5)

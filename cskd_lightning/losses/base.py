@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from cskd_lightning.errors import InputError
 
@@ -27,11 +28,23 @@ class TrainingProgress:
 class DistillationLoss(nn.Module):
     """Base class of the swappable losses.
 
-    Call signature: ``loss(student_logits, teacher_logits, targets) -> dict[str, Tensor]``.
+    **Two ways to call a loss**, both returning ``dict[str, Tensor]``:
 
-    - ``student_logits``, ``teacher_logits``: ``(B, C)``; for a loss with ``num_views = 2`` a
-      tuple ``(weak, strong)`` of ``(B, C)`` tensors each (``teacher_logits`` is ``None`` for a
-      loss with ``requires_teacher = False``).
+    - ``loss(student_logits, teacher_logits, targets)`` (``forward``), the call for your own
+      training step. For a loss with ``num_views = 1`` the logits are ``(B, C)`` tensors, so
+      ``CSKDLoss()(student(x), teacher(x), y)`` works as is; for a loss with ``num_views = 2``
+      they are ``(weak, strong)`` pairs of ``(B, C)`` tensors (two augmented views of the same
+      images, same order).
+    - ``loss.forward_views(student_views, teacher_views, targets)``, the one entry point of
+      :class:`~cskd_lightning.DistillationModule`, the same for every loss: sequences with one
+      ``(B, C)`` tensor per view, exactly ``num_views`` of them. It checks the count and calls
+      ``forward`` (through ``__call__``, so forward hooks see the call) with the only view's
+      tensors when ``num_views == 1`` and with tuples of the views otherwise.
+
+    A subclass implements ``forward`` only, in the form its ``num_views`` declares; it never
+    has to look at what type of input it got.
+
+    - ``teacher_logits`` is ``None`` for a loss with ``requires_teacher = False``.
     - ``targets``: ``(B,)`` int64 class indices.
     - The result's ``"loss"`` is the scalar to backpropagate; every other key is a named term or
       a detached diagnostic, logged by :class:`~cskd_lightning.DistillationModule` as
@@ -50,6 +63,30 @@ class DistillationLoss(nn.Module):
     def set_progress(self, epoch: int, global_step: int, max_epochs: int | None = None) -> None:
         """Record the training progress (called by the module before each training step)."""
         self.progress = TrainingProgress(epoch, global_step, max_epochs)
+
+    def forward_views(
+        self,
+        student_views: Sequence[Tensor],
+        teacher_views: Sequence[Tensor] | None,
+        targets: Tensor,
+    ) -> dict[str, Tensor]:
+        """The loss on ``num_views`` views: ``student_views[v]``, ``teacher_views[v]`` ``(B, C)``.
+
+        ``teacher_views`` is ``None`` for a loss without a teacher. One view goes to ``forward``
+        as tensors, several as tuples (see the class docstring).
+        """
+        for role, views in (("student", student_views), ("teacher", teacher_views)):
+            if views is not None and len(views) != self.num_views:
+                raise InputError(
+                    f"{type(self).__name__} takes {self.num_views} view(s) per image; got "
+                    f"{len(views)} {role} view(s). Two-view losses need the datamodule's "
+                    "two-view mode (data.datamodule.two_view=true)."
+                )
+        if self.num_views == 1:
+            teacher = None if teacher_views is None else teacher_views[0]
+            return self(student_views[0], teacher, targets)
+        teacher = None if teacher_views is None else tuple(teacher_views)
+        return self(tuple(student_views), teacher, targets)
 
 
 def as_number(name: str, value: Any) -> float:

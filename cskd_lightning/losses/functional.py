@@ -161,13 +161,28 @@ def cswt_temperature(
     predictions) every sample gets the midpoint ``(t_low + t_high) / 2``. Returns ``(B,)`` in
     float32 (float64 for float64 inputs).
     """
+    c = sample_cosine(student_logits, teacher_logits)
+    return cswt_from_similarity(c, c.min(), c.max(), t_low, t_high)
+
+
+@torch.no_grad()
+def cswt_from_similarity(
+    similarity: Tensor, c_min: Tensor, c_max: Tensor, t_low: float = 2.0, t_high: float = 6.0
+) -> Tensor:
+    """CSWT's second half: ``T_i`` from the similarities ``c_i`` and their batch's min and max.
+
+    ``T_i = t_low + (t_high - t_low) * (c_max - c_i) / (c_max - c_min)``, the midpoint where
+    ``c_max - c_min <= 1e-6``. ``c_min`` and ``c_max`` are scalars or broadcast with
+    ``similarity`` (one batch's extremes per sample: the
+    :class:`~cskd_lightning.callbacks.TemperatureMonitor` rebuilds the temperatures of many
+    batches at once this way). :func:`cswt_temperature` is this with one batch's min and max.
+    """
     if not 0 < t_low <= t_high:
         raise ValueError(
             f"CSWT needs 0 < t_low <= t_high; got t_low={t_low}, t_high={t_high}. "
             "Swap them or pick positive values."
         )
-    c = sample_cosine(student_logits, teacher_logits)
-    c_max, c_min = c.max(), c.min()
+    c = similarity
     spread = c_max - c_min
     flat = spread <= CSWT_SPREAD_TOL  # decided on the device: no host sync in the step
     weight = torch.where(flat, torch.full_like(c, 0.5), (c_max - c) / spread.clamp_min(1e-30))

@@ -13,13 +13,15 @@ from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.functional import cross_entropy
 
 
-def split_views(logits: Sequence[Tensor] | Tensor, owner: str, role: str) -> tuple[Tensor, Tensor]:
+def split_views(logits: Sequence[Tensor], owner: str, role: str) -> tuple[Tensor, Tensor]:
     """``(weak, strong)`` from a two-view loss's input, or a clear error.
 
-    :class:`~cskd_lightning.DistillationModule` passes a ``(weak, strong)`` tuple of ``(B, C)``
-    logits to a loss with ``num_views = 2``.
+    ``logits`` is a ``(weak, strong)`` pair of ``(B, C)`` tensors (what
+    :meth:`~cskd_lightning.losses.DistillationLoss.forward_views` hands a two-view loss). The
+    check is on the count and the shapes: a single ``(B, C)`` tensor has ``B`` rows, not two
+    ``(B, C)`` views, so it fails one or the other.
     """
-    if isinstance(logits, Tensor) or len(logits) != 2:
+    if len(logits) != 2 or any(view.dim() != 2 for view in logits):
         raise InputError(
             f"{owner} is a two-view loss: {role} must be a (weak, strong) pair of (B, C) logits. "
             "Train with data.datamodule.two_view=true (the module then passes both views)."
