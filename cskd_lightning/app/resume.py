@@ -1,16 +1,15 @@
-"""Bit-exact resumption of a ``cskd-train`` run: which checkpoint, which config, which RNG state.
+"""Bit-exact resumption of a ``cskd-train`` run: which checkpoint, and with which config.
 
 **What is saved.** Besides Lightning's own state (weights, optimizer, LR scheduler, loop
 counters, the ModelCheckpoint's best-k record) every training checkpoint written by
 ``cskd-train`` holds:
 
-* the *data-stream state* of the training loader
-  (:class:`~cskd_lightning.data.resumable.ResumableDataModule`, stored by
-  Lightning under the datamodule's class name): the state of the shuffle generator and of the
-  global torch, numpy and Python RNGs (and CUDA's, when in use), which drive the augmentation,
-  dropout and worker seeds. It is handed back right before the resumed run creates its first
-  training iterator, so the next epoch draws the same permutation and the same augmentation as
-  it would have without the interruption;
+* nothing of the training data stream: the order of every epoch and the augmentation of every
+  sample are functions of the seed and the epoch (:mod:`cskd_lightning.data.base`), and
+  :class:`~cskd_lightning.callbacks.EpochSeed` reseeds the global RNGs at each epoch's start
+  (dropout and the like), so the next epoch draws what it would have drawn without the
+  interruption. A checkpoint of an older version that still holds a datamodule state loads
+  (the datamodule ignores it);
 * the run's *relevant config* (:func:`relevant_config`) under ``checkpoint["cskd_run"]``, so a
   resume with different settings is caught (:func:`check_config`).
 
@@ -62,10 +61,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cskd_lightning.checkpoint_io import temp_path_for
 from cskd_lightning.checkpoints import CheckpointError, read_checkpoint
-from cskd_lightning.data.resumable import STATE_FORMAT
 from cskd_lightning.errors import InputError, MissingInputError
 
 log = logging.getLogger("cskd_lightning")
+
+STATE_FORMAT = 1
+"""The version of what :class:`RunConfigRecorder` stores."""
 
 RUN_KEY = "cskd_run"
 """Where :class:`RunConfigRecorder` stores the relevant config in a checkpoint."""
