@@ -115,8 +115,8 @@ class SubsetWithTransform(Dataset):
             return img, int(label)
         if self.seed is None:
             return self.transform(img), int(label)
-        # Only torch's CPU generator: the transforms run on the CPU, and forking CUDA's would
-        # initialise it in every worker process.
+        # Only torch's CPU generator, which the transforms (on the CPU) draw from:
+        # torch.manual_seed would also reseed CUDA's, outside the fork.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
             return self.transform(img), int(label)
