@@ -21,7 +21,8 @@ weight decay 5e-4, cosine schedule per epoch) with the learning rate scaled line
 ``--base-lr`` at ``--base-batch``; the seed sets the student's initialisation, the sample order
 and the augmentation draws. Runs go through Lightning's ``Trainer`` with the repo's
 ``DistillationModule`` (no progress bar, logger, checkpoints or validation) and the device
-pipeline (``DeviceFashionMNISTDataModule``); the test accuracy is on the 10,000 test images.
+pipeline (``DeviceDataModule(FashionMNISTDataModule(...))``); the test accuracy is on the
+10,000 test images.
 
 Every finished run is appended to ``<work-dir>/results.jsonl`` (an interrupted study resumes
 where it stopped; ``--report-only`` just redraws). Outputs: ``<work-dir>/table.md`` (mean +- std
@@ -54,8 +55,8 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from cskd_lightning.data import DeviceDataModule, FashionMNISTDataModule
 from cskd_lightning.data.base import stratified_split
-from cskd_lightning.data.device import DeviceFashionMNISTDataModule
 from cskd_lightning.losses import CELoss
 from cskd_lightning.models import create_model
 from cskd_lightning.module import DistillationModule
@@ -66,7 +67,7 @@ DEFAULT_DATA_DIR = os.environ.get("FASHION_MNIST_DIR", "/usr/share/datasets/fash
 
 
 # ----------------------------------------------------------------------------------- data
-class SubsetFashionMNIST(DeviceFashionMNISTDataModule):
+class SubsetFashionMNIST(DeviceDataModule):
     """Fashion-MNIST on the device pipeline, training on a fixed stratified subset.
 
     ``train_size`` images of the 60,000 training images (``None``: all of them), chosen with
@@ -75,7 +76,7 @@ class SubsetFashionMNIST(DeviceFashionMNISTDataModule):
     """
 
     def __init__(self, train_size: int | None, subset_seed: int = 0, **kwargs: Any) -> None:
-        super().__init__(val_split=0, **kwargs)
+        super().__init__(FashionMNISTDataModule(val_split=0, **kwargs))
         self.train_size = train_size
         self.subset_seed = subset_seed
 

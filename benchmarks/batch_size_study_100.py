@@ -31,8 +31,8 @@ Protocol, fixed before any run of this study (docs/benchmarks/batch_size_100.md)
 * seeds: the seed sets the student's initialisation, the sample order and the crop draws, the
   same for every method, so differences to KD are paired by seed;
 * runs go through Lightning's ``Trainer`` with the repo's ``DistillationModule`` and the device
-  pipeline (``DeviceFashionMNISTPairsDataModule``, no validation); the test accuracy of the
-  final weights is on the 10,000 test pairs (made of test images only).
+  pipeline (``DeviceDataModule(FashionMNISTPairsDataModule(...))``, no validation); the test
+  accuracy of the final weights is on the 10,000 test pairs (made of test images only).
 
 ``--jobs 2`` trains the teacher, then runs the student runs in two worker processes (one
 thread each) and writes the report. Every finished run is appended to
@@ -62,7 +62,7 @@ import torch
 from batch_size_study import mean_std, minus_control, quiet, summarise
 from omegaconf import OmegaConf
 
-from cskd_lightning.data import DeviceFashionMNISTPairsDataModule
+from cskd_lightning.data import DeviceDataModule, FashionMNISTPairsDataModule
 from cskd_lightning.losses import CELoss
 from cskd_lightning.models import create_model
 from cskd_lightning.module import DistillationModule
@@ -83,12 +83,12 @@ NUM_CLASSES = 100
 
 
 # ----------------------------------------------------------------------------------- training
-def datamodule(
-    args: argparse.Namespace, batch: int, seed: int
-) -> DeviceFashionMNISTPairsDataModule:
+def datamodule(args: argparse.Namespace, batch: int, seed: int) -> DeviceDataModule:
     """All 60,000 training pairs (no validation split), the 10,000 test pairs."""
-    return DeviceFashionMNISTPairsDataModule(
-        data_dir=args.data_dir, batch_size=batch, eval_batch_size=1000, val_split=0, seed=seed
+    return DeviceDataModule(
+        FashionMNISTPairsDataModule(
+            data_dir=args.data_dir, batch_size=batch, eval_batch_size=1000, val_split=0, seed=seed
+        )
     )
 
 

@@ -45,10 +45,11 @@ from typing import Any
 from unittest import mock
 
 import torch
-from synthetic import DeviceSyntheticCIFAR, EpochTimer, plain_trainer
+from synthetic import EpochTimer, SyntheticCIFAR, plain_trainer
 
 from cskd_lightning import CELoss, CSKDFullLoss, CSKDLoss, DistillationModule
 from cskd_lightning.app.jobs import quiet_logs
+from cskd_lightning.data import DeviceDataModule
 from cskd_lightning.logit_cache import TeacherLogitCache
 from cskd_lightning.models import create_model
 
@@ -96,10 +97,9 @@ class Check:
             callbacks, accelerator="gpu" if self.cuda else "cpu", devices=1, **kwargs
         )
 
-    def data(self, n: int, batch: int, two_view: bool = False) -> DeviceSyntheticCIFAR:
-        return DeviceSyntheticCIFAR(
-            n, n_test=256, device=str(self.device), batch_size=batch, two_view=two_view
-        )
+    def data(self, n: int, batch: int, two_view: bool = False) -> DeviceDataModule:
+        source = SyntheticCIFAR(n, n_test=256, batch_size=batch, two_view=two_view)
+        return DeviceDataModule(source, device=str(self.device))
 
     def models(self, big: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
         torch.manual_seed(0)

@@ -43,12 +43,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from synthetic import DeviceSyntheticCIFAR, EpochTimer, plain_trainer
+from synthetic import EpochTimer, SyntheticCIFAR, plain_trainer
 
 from cskd_lightning import CELoss, CSKDLoss, DistillationModule, DKDLoss, KDLoss
 from cskd_lightning.app.jobs import quiet_logs
-from cskd_lightning.data import DeviceFashionMNISTDataModule
-from cskd_lightning.data.device import DeviceDataModule, SampleBatch
+from cskd_lightning.data import DeviceDataModule, FashionMNISTDataModule
+from cskd_lightning.data.device import SampleBatch
 from cskd_lightning.logit_cache import LogitFile, TeacherLogitCache
 from cskd_lightning.models import create_model
 
@@ -95,8 +95,10 @@ def run_epoch(
 
 
 def fmnist_workload(args: argparse.Namespace) -> Workload:
-    dm = DeviceFashionMNISTDataModule(
-        data_dir=args.fmnist_dir, batch_size=args.fmnist_batch_size, val_split=5000
+    dm = DeviceDataModule(
+        FashionMNISTDataModule(
+            data_dir=args.fmnist_dir, batch_size=args.fmnist_batch_size, val_split=5000
+        )
     )
     torch.manual_seed(0)
     teacher = create_model("fmnist_teacher", num_classes=10, in_channels=1)
@@ -109,7 +111,7 @@ def fmnist_workload(args: argparse.Namespace) -> Workload:
 
 
 def cifar_workload(args: argparse.Namespace) -> Workload:
-    dm = DeviceSyntheticCIFAR(args.cifar_images, batch_size=args.cifar_batch_size)
+    dm = DeviceDataModule(SyntheticCIFAR(args.cifar_images, batch_size=args.cifar_batch_size))
     torch.manual_seed(0)
     teacher = create_model("resnet32x4", num_classes=100).eval()
     batches = args.cifar_images // args.cifar_batch_size

@@ -3,8 +3,8 @@ epoch timer and a plain Lightning trainer.
 
 ``SyntheticCIFAR``: ``n`` random ``uint8`` ``(3, 32, 32)`` images with random labels of
 ``num_classes`` classes (the CIFAR-100 statistics for the normalisation), a test set of
-``n_test``; wrapped by :class:`DeviceSyntheticCIFAR` into the device pipeline (crop padding 4 +
-flip, as ``data=cifar100_device``).
+``n_test``, with CIFAR's crop padding 4 and flip; ``DeviceDataModule(SyntheticCIFAR(...))`` puts
+it on the device pipeline, as ``data=cifar100_device``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from cskd_lightning.data.base import BaseDataModule, TensorImageDataset
-from cskd_lightning.data.device import DeviceDataModule
 from cskd_lightning.data.transforms import ToFloatNormalize
 
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
@@ -29,6 +28,8 @@ class SyntheticCIFAR(BaseDataModule):
 
     in_channels = 3
     image_size = 32
+    crop_padding = 4
+    flip = True
 
     def __init__(self, n: int, n_test: int = 512, num_classes: int = 100, **kwargs: Any):
         super().__init__(**kwargs)
@@ -45,13 +46,6 @@ class SyntheticCIFAR(BaseDataModule):
 
     def _normalize_transform(self) -> ToFloatNormalize:
         return ToFloatNormalize(CIFAR100_MEAN, CIFAR100_STD, scale=255.0)
-
-
-class DeviceSyntheticCIFAR(DeviceDataModule):
-    """:class:`SyntheticCIFAR` on the device pipeline (crop padding 4 + flip)."""
-
-    def __init__(self, n: int, n_test: int = 512, device: str | None = None, **kwargs: Any):
-        super().__init__(SyntheticCIFAR(n, n_test, **kwargs), 4, True, device=device)
 
 
 class EpochTimer(Callback):

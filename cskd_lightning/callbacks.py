@@ -1,8 +1,12 @@
-"""Training diagnostics as Lightning callbacks.
+"""Training diagnostics and reproducibility as Lightning callbacks.
 
 :class:`TemperatureMonitor` records, per training epoch, how the CSWT temperatures are spread
 and how well the student's batch predictions line up with the teacher's, class by class.
 Enable it from the command line with ``callbacks=monitor``.
+
+:class:`EpochSeed` makes the randomness drawn from the global RNGs during training (dropout,
+stochastic depth) a function of the seed and the epoch, so that a run resumed at an epoch's
+end draws what the uninterrupted run drew (``cskd-train`` always adds it).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import random
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,7 @@ from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from cskd_lightning.data.sample_random import sample_seed
 from cskd_lightning.errors import InputError
 from cskd_lightning.loggers import RunCSVLogger
 from cskd_lightning.losses.functional import (
@@ -100,6 +106,29 @@ class EpochStatistics(Metric):
         weight.index_add_(0, step_group, sizes.to(cos.dtype))
         class_cos = (cos * weight[:, None]).sum(0) / weight.sum()
         return c, extreme("amin"), extreme("amax"), class_cos
+
+
+class EpochSeed(L.Callback):
+    """Seed torch (CPU and every accelerator), numpy and Python's ``random`` at the start of
+    every training epoch with ``sample_seed(seed, epoch, global_rank)``.
+
+    The data pipelines draw nothing from these generators (their order and augmentation are
+    functions of the seed and the epoch already), but a model may: dropout (``SmallCNN``'s
+    ``dropout``, WRN's ``drop_rate``, torchvision's MobileNet and EfficientNet classifiers),
+    stochastic depth, or a hook of your own. Their draws then depend only on the seed, the
+    epoch, the rank and the steps taken within the epoch, not on what earlier epochs drew, so
+    a run resumed at an epoch's end repeats them exactly, with no RNG state in the checkpoint.
+    Each process gets its own numbers.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        value = sample_seed(self.seed, trainer.current_epoch, trainer.global_rank)
+        torch.manual_seed(value)
+        np.random.seed(value % 2**32)
+        random.seed(value)
 
 
 class TemperatureMonitor(L.Callback):

@@ -165,10 +165,10 @@ def test_load_from_checkpoint_never_gives_a_silently_random_teacher(run: Path) -
 
 
 def test_the_device_pipeline_records_the_same_preprocessing() -> None:
-    from cskd_lightning.data import DeviceDigitsDataModule, DigitsDataModule
+    from cskd_lightning.data import DeviceDataModule, DigitsDataModule
     from cskd_lightning.export import class_names_of, input_shape_of, preprocessing_of
 
-    regular, device = DigitsDataModule(), DeviceDigitsDataModule()
+    regular, device = DigitsDataModule(), DeviceDataModule(DigitsDataModule())
     regular.setup("fit")
     device.setup("fit")
     assert preprocessing_of(device) == preprocessing_of(regular)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from app_helpers import read_summary, run_cli
 
-from cskd_lightning.data import DeviceFashionMNISTPairsDataModule, FashionMNISTPairsDataModule
+from cskd_lightning.data import DeviceDataModule, FashionMNISTPairsDataModule
 from cskd_lightning.data.fashion_mnist_pairs import draw_pair_indices
 from cskd_lightning.models import count_parameters, create_model
 
@@ -149,7 +149,7 @@ def test_device_variant_has_the_same_sets_and_eval_batches() -> None:
     kwargs = dict(data_dir=str(FMNIST_DIR), batch_size=50, val_split=1000, num_train_pairs=6000)
     regular = FashionMNISTPairsDataModule(**kwargs)
     regular.setup("fit")
-    device = DeviceFashionMNISTPairsDataModule(**kwargs)
+    device = DeviceDataModule(FashionMNISTPairsDataModule(**kwargs))
     device.setup("fit")
     tensors = device._cpu
     assert tensors is not None

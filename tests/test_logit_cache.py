@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from cskd_lightning.app.jobs import run_task
 from cskd_lightning.app.train import train
-from cskd_lightning.data import DeviceDigitsDataModule
+from cskd_lightning.data import DeviceDataModule, DigitsDataModule
 from cskd_lightning.data.device import SampleBatch, batch_rand_augment
 from cskd_lightning.data.sample_random import SampleRandom, hash32, hash32_int
 from cskd_lightning.logit_cache import LogitFile, cache_size_bytes
@@ -89,8 +89,8 @@ def test_draws_are_uniform_and_depend_on_seed_epoch_and_stream():
 
 def _views_by_sample(batch_size: int, rank: int = 0, world: int = 1, **kwargs) -> dict:
     # val_split=0: the training set does not depend on the seed (a held-out split would).
-    dm = DeviceDigitsDataModule(
-        batch_size=batch_size, augment=True, two_view=True, val_split=0, **kwargs
+    dm = DeviceDataModule(
+        DigitsDataModule, batch_size=batch_size, augment=True, two_view=True, val_split=0, **kwargs
     )
     dm.trainer = SimpleNamespace(
         world_size=world,

@@ -9,7 +9,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
 from cskd_lightning import CSKDLoss, DistillationModule
-from cskd_lightning.data import DeviceDigitsDataModule
+from cskd_lightning.data import DeviceDataModule, DigitsDataModule
 from cskd_lightning.models import create_model
 
 pytestmark = [
@@ -79,7 +79,7 @@ def _fit(module: DistillationModule, tmp_path, steps: int = 4, **kwargs) -> L.Tr
         default_root_dir=tmp_path,
     )
     trainer = L.Trainer(**{**options, **kwargs})
-    trainer.fit(module, datamodule=DeviceDigitsDataModule(batch_size=64, augment=True))
+    trainer.fit(module, datamodule=DeviceDataModule(DigitsDataModule(batch_size=64, augment=True)))
     return trainer
 
 

@@ -4,8 +4,10 @@
 counters, the best-k record of ``ModelCheckpoint``): the run's *relevant config*
 (:func:`relevant_config`, under ``checkpoint["cskd_run"]``), so a resume with other settings
 is caught (:func:`check_config`), and the wall time so far (:class:`RunClock`). The data order
-and augmentation of an epoch follow from the seed and the epoch alone, so a run resumed at an
-epoch's end sees the data it would have seen: on the CPU with ``trainer.deterministic=true``
+and augmentation of an epoch follow from the seed and the epoch alone, and
+:class:`~cskd_lightning.callbacks.EpochSeed` reseeds the global RNGs (dropout) at each epoch's
+start, so a run resumed at an epoch's end draws what it would have drawn (no RNG state is
+stored; an older checkpoint's datamodule entry is ignored): on the CPU with ``trainer.deterministic=true``
 its final weights are bit-identical to an uninterrupted run's. A checkpoint taken mid-epoch
 resumes with a warning (the rest of that epoch is not replayed in the same order).
 
@@ -16,7 +18,6 @@ are named and skipped. With no checkpoint there, a new run starts, unless
 ``resume_from_sibling=true`` asks for the furthest checkpoint of a sibling run directory made
 with the same config (its best-k files are copied over, :class:`RunModelCheckpoint`).
 """
-
 
 from __future__ import annotations
 
@@ -38,10 +39,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cskd_lightning.checkpoint_io import temp_path_for
 from cskd_lightning.checkpoints import CheckpointError, read_checkpoint
-from cskd_lightning.data.resumable import STATE_FORMAT
 from cskd_lightning.errors import InputError, MissingInputError
 
 log = logging.getLogger("cskd_lightning")
+
+STATE_FORMAT = 1
+"""The version of what :class:`RunConfigRecorder` stores."""
 
 RUN_KEY = "cskd_run"
 """Where :class:`RunConfigRecorder` stores the relevant config in a checkpoint."""

@@ -48,6 +48,7 @@ from cskd_lightning.app.records import (
 )
 from cskd_lightning.app.resume import RunClock, RunConfigRecorder, relevant_config, resolve_resume
 from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher, prepare_teacher
+from cskd_lightning.callbacks import EpochSeed
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
 from cskd_lightning.export import save_student
 from cskd_lightning.loggers import RunCSVLogger
@@ -95,6 +96,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             CommitCheckpointsAfterLogging(output_dir / "checkpoints"),
             *instantiate_group(cfg.get("callbacks")),
             RunConfigRecorder(relevant_config(cfg)),
+            EpochSeed(cfg.seed),  # dropout & co. resume exactly (no RNG state is saved)
             clock,
             *([logit_cache] if logit_cache is not None else []),
         ],

@@ -4,18 +4,14 @@ Every datamodule takes a GLOBAL ``batch_size`` (divided by the trainer's world s
 ``setup``), yields ``(x, y)`` batches (``x`` float32 ``(B, C, H, W)`` normalised, ``y`` int64
 ``(B,)``) and, with ``two_view=True``, training batches ``((x_weak, x_strong), y)``.
 ``num_classes``, ``in_channels`` and ``image_size`` are available right after construction.
+``DeviceDataModule(<any in-memory datamodule>)`` keeps the data on the training device and
+makes the batches there. The training data of every epoch is a function of the seed and the
+epoch alone, so resuming needs no data state in the checkpoint.
 """
 
 from .base import BaseDataModule
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
-from .device import (
-    DeviceCIFAR10DataModule,
-    DeviceCIFAR100DataModule,
-    DeviceDataModule,
-    DeviceDigitsDataModule,
-    DeviceFashionMNISTDataModule,
-    DeviceFashionMNISTPairsDataModule,
-)
+from .device import DeviceDataModule
 from .digits import DigitsDataModule
 from .fashion_mnist import FashionMNISTDataModule
 from .fashion_mnist_pairs import FashionMNISTPairsDataModule
@@ -27,12 +23,7 @@ __all__ = [
     "CIFAR10DataModule",
     "CIFAR100DataModule",
     "Cutout",
-    "DeviceCIFAR10DataModule",
-    "DeviceCIFAR100DataModule",
     "DeviceDataModule",
-    "DeviceDigitsDataModule",
-    "DeviceFashionMNISTDataModule",
-    "DeviceFashionMNISTPairsDataModule",
     "DigitsDataModule",
     "FashionMNISTDataModule",
     "FashionMNISTPairsDataModule",

@@ -15,25 +15,46 @@ A subclass only says how to load its raw samples and which transforms to use:
 
 Batches are ``(x, y)`` with ``x`` ``float32`` ``(B, C, H, W)`` and ``y`` ``int64`` ``(B,)``; with
 ``two_view=True`` the *training* batches are ``((x_weak, x_strong), y)``.
+
+**The training data stream is a pure function of the seed and the epoch.** The order of epoch
+``e`` is ``randperm(N)`` of a generator seeded with ``seed + e`` (:class:`EpochSampler`, a
+``DistributedSampler``: under DDP rank ``r`` of ``W`` takes every ``W``-th index of it, and
+Lightning keeps it instead of swapping in its own), and the transform of training sample ``i``
+runs with torch's global generator forked and seeded with ``sample_seed(seed, e, i)``
+(:class:`SubsetWithTransform`), so its augmentation is the same whatever the batch size, the
+number of worker processes, the batch it falls in or the process that loads it. A run resumed
+at an epoch's end therefore sees the data of the uninterrupted run with no state of its own in
+the checkpoint (a checkpoint that still holds one, from an older version, loads: Lightning hands
+it to ``load_state_dict``, which ignores it). The package's transforms, like torchvision's, draw
+from torch's generator; a transform of your own that draws from ``numpy.random`` or Python's
+``random`` is not covered.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 from cskd_lightning.errors import InputError
 
-from .resumable import ResumableDataLoader, ResumableDataModule
+from .sample_random import sample_seed
 from .transforms import Cutout, TensorRandAugment, TwoViewTransform
 
-__all__ = ["BaseDataModule", "SubsetWithTransform", "TensorImageDataset", "stratified_split"]
+__all__ = [
+    "BaseDataModule",
+    "EpochSampler",
+    "SubsetWithTransform",
+    "TensorImageDataset",
+    "fit_epoch",
+    "stratified_split",
+]
 
 Transform = Callable[[Any], Any]
 
@@ -64,6 +85,11 @@ class TensorImageDataset(Dataset):
 class SubsetWithTransform(Dataset):
     """The samples ``source[indices]`` (all of them when ``indices`` is None) with ``transform``
     applied to the image. Items are ``(transform(image), int(label))``.
+
+    With a ``seed`` (the training set) the key is ``(epoch, i)`` (what :class:`EpochSampler`
+    yields; a plain ``i`` means epoch 0) and the transform runs with torch's global generator
+    forked and seeded with ``sample_seed(seed, epoch, i)``: the augmentation of sample ``i`` in
+    ``epoch`` depends on nothing else, and the process's own generator is left as it was.
     """
 
     def __init__(
@@ -71,20 +97,58 @@ class SubsetWithTransform(Dataset):
         source: Any,
         indices: Sequence[int] | np.ndarray | None = None,
         transform: Transform | None = None,
+        seed: int | None = None,
     ) -> None:
         self.source = source
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
         self.transform = transform
+        self.seed = None if seed is None else int(seed)
 
     def __len__(self) -> int:
         return len(self.source) if self.indices is None else int(self.indices.shape[0])
 
-    def __getitem__(self, index: int) -> tuple[Any, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         j = index if self.indices is None else int(self.indices[index])
         img, label = self.source[j]
-        if self.transform is not None:
-            img = self.transform(img)
-        return img, int(label)
+        if self.transform is None:
+            return img, int(label)
+        if self.seed is None:
+            return self.transform(img), int(label)
+        # Only torch's CPU generator, which the transforms (on the CPU) draw from:
+        # torch.manual_seed would also reseed CUDA's, outside the fork.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.transform(img), int(label)
+
+
+class EpochSampler(DistributedSampler):
+    """``DistributedSampler`` whose items are ``(epoch, index)``, for a
+    :class:`SubsetWithTransform` with a seed.
+
+    The order is ``DistributedSampler``'s: ``randperm(N)`` of a generator seeded with
+    ``seed + epoch`` (with ``shuffle``), padded by repetition to a multiple of
+    ``num_replicas``, of which rank ``r`` takes every ``num_replicas``-th index from ``r``.
+    Lightning calls :meth:`set_epoch` before every training epoch, and keeps a
+    ``DistributedSampler`` under DDP instead of replacing it. The epoch travels with every index,
+    so worker processes (persistent or not) need no copy of it.
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        epoch = self.epoch
+        return ((epoch, int(i)) for i in super().__iter__())
+
+
+def fit_epoch(trainer: Any) -> int:
+    """The epoch a training loader made now will serve first: the fit loop's count of
+    processed epochs (0 without a trainer).
+
+    Lightning creates the training iterator before its first ``set_epoch`` call, and worker
+    processes start loading when it is created; a run resumed at epoch ``e`` must therefore
+    start its sampler at ``e`` itself, or its first epoch would take epoch 0's order.
+    """
+    fit_loop = getattr(trainer, "fit_loop", None)
+    return int(fit_loop.epoch_progress.current.processed) if fit_loop is not None else 0
 
 
 def _as_tuples(obj: Any) -> Any:
@@ -145,7 +209,7 @@ def stratified_split(
     return np.sort(keep), np.sort(held)
 
 
-class BaseDataModule(ResumableDataModule):
+class BaseDataModule(L.LightningDataModule):
     """Common base of the image-classification datamodules.
 
     Args:
@@ -159,7 +223,8 @@ class BaseDataModule(ResumableDataModule):
         two_view: if True, training batches are ``((x_weak, x_strong), y)`` where the weak view
             is the normal training augmentation and the strong one adds ``RandAugment(num_ops=2)``
             and :class:`Cutout`. Validation/test batches stay ``(x, y)``.
-        seed: seeds the validation split and the training-loader shuffling.
+        seed: seeds the validation split, the training order of every epoch and the
+            per-sample augmentation (see the module docstring).
         pin_memory: passed to the DataLoaders.
         augment: apply the dataset's training augmentation (crop/flip...). When False the
             training images go through the evaluation transform.
@@ -171,6 +236,11 @@ class BaseDataModule(ResumableDataModule):
     num_classes: int = 0
     in_channels: int = 0
     image_size: int = 0
+    #: the zero padding of the training augmentation's random crop and its horizontal flip
+    #: (0 / False: none), for the datamodules whose augmentation is a crop and a flip; the
+    #: device pipeline (:class:`~cskd_lightning.data.DeviceDataModule`) reproduces them.
+    crop_padding: int = 0
+    flip: bool = False
 
     def __init__(
         self,
@@ -299,7 +369,9 @@ class BaseDataModule(ResumableDataModule):
         train_src, train_labels, test_src = self._load()
         count = resolve_val_count(self.val_split, len(train_src))
         train_idx, val_idx = stratified_split(train_labels, count, self.seed)
-        self.train_set = SubsetWithTransform(train_src, train_idx, self.train_transform())
+        self.train_set = SubsetWithTransform(
+            train_src, train_idx, self.train_transform(), seed=self.seed
+        )
         self.test_set = SubsetWithTransform(test_src, None, self.eval_transform())
         if count > 0:
             self.val_set = SubsetWithTransform(train_src, val_idx, self.eval_transform())
@@ -307,31 +379,38 @@ class BaseDataModule(ResumableDataModule):
             self.val_set = self.test_set
 
     # ------------------------------------------------------------------ loaders
+    @property
+    def rank(self) -> int:
+        """This process's global rank (0 without a trainer)."""
+        return int(getattr(self.trainer, "global_rank", 0)) if self.trainer is not None else 0
+
     def _ensure_setup(self) -> None:
         if self.train_set is None:
             self.setup("fit")
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
-        kwargs: dict[str, Any] = {}
+        sampler = None
         if train:
-            kwargs["generator"] = torch.Generator().manual_seed(self.seed)
-            # Its shuffle/RNG state goes into checkpoints (bit-exact resume).
-            kwargs.update(self.resume_loader_kwargs())
-        loader_cls = ResumableDataLoader if train else DataLoader
-        return loader_cls(
+            sampler = EpochSampler(
+                dataset, num_replicas=self.world_size, rank=self.rank, seed=self.seed
+            )
+            sampler.set_epoch(fit_epoch(self.trainer))
+        return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train and len(dataset) >= self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
             collate_fn=tuple_collate,
-            **kwargs,
+            # Only the workers' base seed comes from it (nothing random depends on that): with
+            # its own generator, making an iterator draws nothing from the global one.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled (seeded) training loader of per-process batches."""
+        """Training loader of per-process batches, in the order of :class:`EpochSampler`."""
         self._ensure_setup()
         return self._loader(self.train_set, self.per_process_batch_size, train=True)
 

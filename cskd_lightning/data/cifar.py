@@ -49,6 +49,8 @@ class _CIFARDataModule(BaseDataModule):
 
     in_channels: int = 3
     image_size: int = 32
+    crop_padding: int = 4
+    flip: bool = True
 
     def __init__(
         self,
@@ -136,7 +138,10 @@ class _CIFARDataModule(BaseDataModule):
         return train, train.targets, test
 
     def _augment_transform(self) -> Transform:
-        return self._compose(RandomCropTensor(32, padding=4), RandomHorizontalFlipTensor())
+        return self._compose(
+            RandomCropTensor(self.image_size, padding=self.crop_padding),
+            RandomHorizontalFlipTensor(),
+        )
 
     def _normalize_transform(self) -> Transform:
         return ToFloatNormalize(self.mean, self.std, scale=255.0)

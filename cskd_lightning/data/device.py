@@ -1,4 +1,4 @@
-"""Device-resident datamodules: the whole dataset lives on the training device.
+"""The device-resident datamodule: the whole dataset lives on the training device.
 
 For datasets that fit in memory (digits, Fashion-MNIST, CIFAR-10/100) the per-sample
 ``Dataset -> transform -> collate -> DataLoader`` pipeline costs far more than the tiny models
@@ -18,39 +18,39 @@ of training sample ``i`` in epoch ``e`` depend only on ``(augment_seed, e, i)`` 
 defaults to ``seed``), not on the batch size, the sample order or the number of processes. A
 teacher-logit cache (:mod:`cskd_lightning.logit_cache`) relies on it.
 
-The datamodules are the regular ones (:mod:`cskd_lightning.data.digits`, ``fashion_mnist``,
-``cifar``) underneath: their ``_load`` reads the raw tensors, their split (``val_split``,
-``seed``) and their normalisation statistics are reused, so the sets are identical; only the
+:class:`DeviceDataModule` wraps any regular in-memory datamodule (digits, Fashion-MNIST and
+its pairs, CIFAR-10/100, or your own :class:`~cskd_lightning.data.base.BaseDataModule`): its
+``_load`` reads the raw tensors, its split (``val_split``, ``seed``), its normalisation
+statistics and its crop padding and flip are reused, so the sets are identical; only the
 augmentation's random draws differ. Batches are what the regular datamodules yield: ``(x, y)``
 with ``x`` ``float32`` ``(B, C, H, W)`` normalised and ``y`` ``int64`` ``(B,)``, or
 ``((x_weak, x_strong), y)`` for two-view training — already on the device.
 
-The torchvision/DataLoader path stays the default; pick these with ``data=<name>_device``.
+The torchvision/DataLoader path stays the default; pick this one with ``data=<name>_device``.
 """
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import BaseDataModule, TensorImageDataset, resolve_val_count, stratified_split
-from .cifar import CIFAR10DataModule, CIFAR100DataModule
-from .digits import DigitsDataModule
-from .fashion_mnist import FashionMNISTDataModule
-from .fashion_mnist_pairs import FashionMNISTPairsDataModule
-from .resumable import (
-    STATE_FORMAT,
-    LoaderStateBox,
-    ResumableDataModule,
-    capture_rng_state,
-    restore_rng_state,
+from cskd_lightning.errors import InputError
+
+from .base import (
+    BaseDataModule,
+    TensorImageDataset,
+    fit_epoch,
+    resolve_val_count,
+    stratified_split,
 )
 from .sample_random import SampleRandom
 from .transforms import ToFloatNormalize
@@ -58,12 +58,7 @@ from .transforms import ToFloatNormalize
 __all__ = [
     "BatchAugment",
     "DeviceBatchLoader",
-    "DeviceCIFAR10DataModule",
-    "DeviceCIFAR100DataModule",
     "DeviceDataModule",
-    "DeviceDigitsDataModule",
-    "DeviceFashionMNISTDataModule",
-    "DeviceFashionMNISTPairsDataModule",
     "SampleBatch",
     "SampleRandom",
     "ShardedPermutation",
@@ -486,20 +481,15 @@ class DeviceBatchLoader:
         drop_last: drop the last partial batch.
         seed: the augmentation seed: sample ``i`` of epoch ``e`` is augmented with the numbers
             ``SampleRandom(seed, e, i)``, whatever its batch, position or process.
-        resume_box: shared with a
-            :class:`~cskd_lightning.data.resumable.ResumableDataModule` (training loader
-            only): the loader registers there as the active one, and a state restored
-            from a checkpoint is applied when its next iterator is created.
         with_indices: yield :class:`SampleBatch` (the batch plus its sample indices and epoch)
             instead of plain tuples.
         split: the split's name, carried by :class:`SampleBatch`.
 
     ``len(loader)`` is the number of batches per epoch. Each ``iter()`` yields
-    ``(x, y)`` / ``((x_weak, x_strong), y)`` for the sampler's current epoch; the random numbers
-    of the augmentation are counter-based per sample (:class:`SampleRandom` of ``(seed, epoch,
-    index)``), so an epoch is reproducible. Its resume state (:meth:`get_resume_state`) is
-    therefore just the sampler's epoch and the global RNG states (for dropout and the like; the
-    pipeline itself does not use them).
+    ``(x, y)`` / ``((x_weak, x_strong), y)`` for the sampler's current epoch; the order is a
+    function of ``(seed, epoch, rank)`` and the augmentation's numbers are counter-based per
+    sample (:class:`SampleRandom` of ``(seed, epoch, index)``), so an epoch is reproducible from
+    its number alone and the loader has no other state.
     """
 
     batch_sampler = None  # Lightning inspects it next to ``sampler``
@@ -513,7 +503,6 @@ class DeviceBatchLoader:
         transform: BatchAugment,
         drop_last: bool,
         seed: int = 0,
-        resume_box: LoaderStateBox | None = None,
         with_indices: bool = False,
         split: str = "train",
     ) -> None:
@@ -525,7 +514,6 @@ class DeviceBatchLoader:
         self.transform = transform
         self.drop_last = bool(drop_last)
         self.seed = int(seed)
-        self.resume_box = resume_box
         self.with_indices = bool(with_indices)
         self.split = str(split)
 
@@ -533,20 +521,6 @@ class DeviceBatchLoader:
     def device(self) -> torch.device:
         """Where the batches are made."""
         return self.images.device
-
-    def get_resume_state(self, next_epoch: int | None = None) -> dict[str, Any]:
-        """``{"format", "rng", "sampler_epoch"}`` (see :class:`~cskd_lightning.data.resumable.
-        ResumableDataLoader`); ``next_epoch`` overrides the sampler's current epoch."""
-        epoch = next_epoch if next_epoch is not None else self.sampler.epoch
-        return {"format": STATE_FORMAT, "rng": capture_rng_state(), "sampler_epoch": int(epoch)}
-
-    def set_resume_state(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`get_resume_state`."""
-        if state.get("format") != STATE_FORMAT:
-            return
-        if "sampler_epoch" in state:
-            self.sampler.set_epoch(int(state["sampler_epoch"]))
-        restore_rng_state(state["rng"])
 
     def set_epoch(self, epoch: int) -> None:
         """Same as ``loader.sampler.set_epoch(epoch)``."""
@@ -557,12 +531,6 @@ class DeviceBatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        box = self.resume_box
-        if box is not None:
-            box.active = self  # type: ignore[assignment]
-            if box.pending is not None:
-                state, box.pending = box.pending, None
-                self.set_resume_state(state)
         return self._batches()  # lazy: draws nothing before Lightning's set_epoch
 
     def _batches(self) -> Iterator[Batch]:
@@ -582,18 +550,45 @@ class DeviceBatchLoader:
 
 
 # ------------------------------------------------------------------------------- datamodules
-class DeviceDataModule(ResumableDataModule):
-    """Wrap an in-memory :class:`~cskd_lightning.data.base.BaseDataModule` (``source``) so that
-    its data lives on the training device and batches are made there (see the module docstring).
+def _source_class(source: str | type) -> type:
+    """The datamodule class ``source`` names (a class, or its ``"module.Class"`` path)."""
+    cls: Any = source
+    if isinstance(source, str):
+        module_name, _, name = source.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name) if module_name else None
+        except (ImportError, AttributeError):
+            cls = None
+        if cls is None:
+            raise InputError(
+                f"DeviceDataModule source={source!r} is not an importable class: give its "
+                "dotted path, e.g. source=cskd_lightning.data.DigitsDataModule"
+            )
+    if not (isinstance(cls, type) and issubclass(cls, BaseDataModule)):
+        raise InputError(
+            f"DeviceDataModule source={source!r} is not a BaseDataModule: give one of the "
+            "in-memory datamodules, e.g. cskd_lightning.data.DigitsDataModule"
+        )
+    return cls
+
+
+class DeviceDataModule(L.LightningDataModule):
+    """Any in-memory :class:`~cskd_lightning.data.base.BaseDataModule` (``source``) with its data
+    on the training device and its batches made there (see the module docstring)::
+
+        DeviceDataModule(DigitsDataModule(batch_size=64))
+        DeviceDataModule("cskd_lightning.data.DigitsDataModule", batch_size=64)  # Hydra-friendly
 
     Args:
-        source: the regular datamodule; its ``batch_size`` (GLOBAL), ``eval_batch_size``,
+        source: the regular datamodule: an instance, or its class (or ``"module.Class"`` path)
+            built with ``**source_kwargs``. Its ``batch_size`` (GLOBAL), ``eval_batch_size``,
             ``val_split``, ``two_view``, ``seed`` and ``augment`` apply unchanged; its
             ``num_workers`` / ``pin_memory`` are unused. Its ``_load`` must return
             :class:`~cskd_lightning.data.base.TensorImageDataset` sources and its
             ``_normalize_transform`` a :class:`~cskd_lightning.data.transforms.ToFloatNormalize`.
-        crop_padding: zero padding of the training random crop (the regular datamodule's value).
-        flip: random horizontal flip in training.
+        crop_padding: zero padding of the training random crop (``None``: the source's
+            ``crop_padding``, that of its regular augmentation).
+        flip: random horizontal flip in training (``None``: the source's ``flip``).
         strong_num_ops, strong_magnitude: :func:`batch_rand_augment` of the strong view.
         device: where to put the data when no trainer is attached (e.g. ``"cuda"`` in a bare
             loop); with a trainer it is always ``trainer.strategy.root_device``.
@@ -601,6 +596,7 @@ class DeviceDataModule(ResumableDataModule):
             ``seed``). The split and the sample order stay seeded by ``seed``. Fixing it across
             a sweep over seeds gives every run the same views of each sample in each epoch,
             which lets them share one teacher-logit cache.
+        **source_kwargs: the source's constructor arguments, when ``source`` is a class.
 
     Batches: ``x`` ``float32`` ``(B, C, H, W)`` normalised, ``y`` ``int64`` ``(B,)``, on the
     device; two-view training batches ``((x_weak, x_strong), y)``. ``B`` is the per-process
@@ -609,31 +605,39 @@ class DeviceDataModule(ResumableDataModule):
     With ``with_indices = True`` (set by a teacher-logit cache) the loaders yield
     :class:`SampleBatch` (the same batch plus its sample indices).
 
-    Resuming (:class:`~cskd_lightning.data.resumable.ResumableDataModule`): the order of an epoch
-    depends only on ``(seed, epoch, rank)`` and the augmentation of a sample only on
-    ``(augment_seed, epoch, index)``, so a run resumed at an epoch's end sees
-    the data it would have seen; the global RNG states are saved and restored as for the
-    regular datamodules.
+    Resuming needs no state: the order of an epoch depends only on ``(seed, epoch, rank)`` and
+    the augmentation of a sample only on ``(augment_seed, epoch, index)``, so a run resumed at an
+    epoch's end sees the data it would have seen.
     """
 
     def __init__(
         self,
-        source: BaseDataModule,
-        crop_padding: int = 0,
-        flip: bool = False,
+        source: BaseDataModule | type | str,
+        crop_padding: int | None = None,
+        flip: bool | None = None,
         strong_num_ops: int = 2,
         strong_magnitude: int = 9,
         device: str | torch.device | None = None,
         augment_seed: int | None = None,
+        **source_kwargs: Any,
     ) -> None:
         super().__init__()
-        if crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {crop_padding}")
+        if isinstance(source, BaseDataModule):
+            if source_kwargs:
+                raise InputError(
+                    f"DeviceDataModule got a {type(source).__name__} instance and the arguments "
+                    f"{sorted(source_kwargs)}: give those to the instance's constructor instead"
+                )
+        else:
+            source = _source_class(source)(**source_kwargs)
+        crop_padding = source.crop_padding if crop_padding is None else crop_padding
+        if int(crop_padding) != crop_padding or crop_padding < 0:
+            raise InputError(f"crop_padding must be an integer >= 0, got {crop_padding!r}")
         self.source = source
         self._augment_seed = None if augment_seed is None else int(augment_seed)
         self.with_indices = False
         self.crop_padding = int(crop_padding)
-        self.flip = bool(flip)
+        self.flip = bool(source.flip if flip is None else flip)
         self.strong_num_ops = int(strong_num_ops)
         self.strong_magnitude = int(strong_magnitude)
         self.default_device = torch.device(device) if device is not None else None
@@ -779,6 +783,8 @@ class DeviceDataModule(ResumableDataModule):
         n = int(images.shape[0])
         batch = self.per_process_batch_size if train else self.per_process_eval_batch_size
         sampler = ShardedPermutation(n, train, self.seed, self.rank, self.world_size)
+        if train:
+            sampler.set_epoch(fit_epoch(self.trainer))
         return DeviceBatchLoader(
             images,
             labels,
@@ -787,7 +793,6 @@ class DeviceDataModule(ResumableDataModule):
             self._transform(train),
             drop_last=train and n >= self.batch_size,
             seed=self.augment_seed,
-            resume_box=self._resume_box if train else None,
             with_indices=self.with_indices,
             split=part,
         )
@@ -840,130 +845,3 @@ class DeviceDataModule(ResumableDataModule):
     def predict_dataloader(self) -> DeviceBatchLoader:
         """Same as :meth:`test_dataloader`."""
         return self.test_dataloader()
-
-
-class DeviceDigitsDataModule(DeviceDataModule):
-    """:class:`~cskd_lightning.data.DigitsDataModule` on the device (float ``[0, 1]`` images,
-    shift of up to 1 pixel when ``augment=True``, no flip). ``**kwargs`` go to the source."""
-
-    def __init__(
-        self,
-        crop_padding: int = 1,
-        flip: bool = False,
-        strong_num_ops: int = 2,
-        strong_magnitude: int = 9,
-        device: str | None = None,
-        augment_seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            DigitsDataModule(**kwargs),
-            crop_padding,
-            flip,
-            strong_num_ops,
-            strong_magnitude,
-            device,
-            augment_seed,
-        )
-
-
-class DeviceFashionMNISTDataModule(DeviceDataModule):
-    """:class:`~cskd_lightning.data.FashionMNISTDataModule` on the device (``uint8``; crop 28
-    with padding 2 + flip). ``**kwargs`` (``data_dir``, ``batch_size``...) go to the source."""
-
-    def __init__(
-        self,
-        crop_padding: int = 2,
-        flip: bool = True,
-        strong_num_ops: int = 2,
-        strong_magnitude: int = 9,
-        device: str | None = None,
-        augment_seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            FashionMNISTDataModule(**kwargs),
-            crop_padding,
-            flip,
-            strong_num_ops,
-            strong_magnitude,
-            device,
-            augment_seed,
-        )
-
-
-class DeviceFashionMNISTPairsDataModule(DeviceDataModule):
-    """:class:`~cskd_lightning.data.FashionMNISTPairsDataModule` on the device (``uint8``
-    ``(1, 28, 56)``; crop with padding 2, no flip: mirroring swaps the halves and so the label).
-    ``**kwargs`` (``data_dir``, ``batch_size``, ``num_train_pairs``, ``pair_seed``...) go to the
-    source, so the pairs, the split and the normalisation are the regular datamodule's."""
-
-    def __init__(
-        self,
-        crop_padding: int = 2,
-        flip: bool = False,
-        strong_num_ops: int = 2,
-        strong_magnitude: int = 9,
-        device: str | None = None,
-        augment_seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            FashionMNISTPairsDataModule(**kwargs),
-            crop_padding,
-            flip,
-            strong_num_ops,
-            strong_magnitude,
-            device,
-            augment_seed,
-        )
-
-
-class DeviceCIFAR10DataModule(DeviceDataModule):
-    """:class:`~cskd_lightning.data.CIFAR10DataModule` on the device (``uint8``; crop 32 with
-    padding 4 + flip). ``**kwargs`` (``data_dir``, ``batch_size``...) go to the source."""
-
-    def __init__(
-        self,
-        crop_padding: int = 4,
-        flip: bool = True,
-        strong_num_ops: int = 2,
-        strong_magnitude: int = 9,
-        device: str | None = None,
-        augment_seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            CIFAR10DataModule(**kwargs),
-            crop_padding,
-            flip,
-            strong_num_ops,
-            strong_magnitude,
-            device,
-            augment_seed,
-        )
-
-
-class DeviceCIFAR100DataModule(DeviceDataModule):
-    """:class:`~cskd_lightning.data.CIFAR100DataModule` on the device (``uint8``; crop 32 with
-    padding 4 + flip). ``**kwargs`` (``data_dir``, ``batch_size``...) go to the source."""
-
-    def __init__(
-        self,
-        crop_padding: int = 4,
-        flip: bool = True,
-        strong_num_ops: int = 2,
-        strong_magnitude: int = 9,
-        device: str | None = None,
-        augment_seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            CIFAR100DataModule(**kwargs),
-            crop_padding,
-            flip,
-            strong_num_ops,
-            strong_magnitude,
-            device,
-            augment_seed,
-        )

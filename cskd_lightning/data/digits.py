@@ -33,6 +33,7 @@ class DigitsDataModule(BaseDataModule):
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 8
+    crop_padding: int = 1
     #: ``load_digits`` pixels are ``0..16``; ``_load`` divides them by 16 before the transforms.
     raw_scale: float = 16.0
     classes: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -78,7 +79,7 @@ class DigitsDataModule(BaseDataModule):
         return train, train.targets, test
 
     def _augment_transform(self) -> Transform:
-        return RandomCropTensor(self.image_size, padding=1)
+        return RandomCropTensor(self.image_size, padding=self.crop_padding)
 
     def _normalize_transform(self) -> Transform:
         return ToFloatNormalize(self.mean, self.std, scale=1.0)

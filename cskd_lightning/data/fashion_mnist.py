@@ -120,6 +120,8 @@ class FashionMNISTDataModule(BaseDataModule):
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 28
+    crop_padding: int = 2
+    flip: bool = True
     classes: tuple[str, ...] = CLASSES
 
     def __init__(
@@ -190,7 +192,10 @@ class FashionMNISTDataModule(BaseDataModule):
         return train, train.targets, test
 
     def _augment_transform(self) -> Transform:
-        return self._compose(RandomCropTensor(28, padding=2), RandomHorizontalFlipTensor())
+        return self._compose(
+            RandomCropTensor(self.image_size, padding=self.crop_padding),
+            RandomHorizontalFlipTensor(),
+        )
 
     def _normalize_transform(self) -> Transform:
         return ToFloatNormalize(MEAN, STD, scale=255.0)

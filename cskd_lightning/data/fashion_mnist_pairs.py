@@ -101,6 +101,9 @@ class FashionMNISTPairsDataModule(BaseDataModule):
     #: the side of each half; the images are ``image_shape = (28, 56)``.
     image_size: int = 28
     image_shape: tuple[int, int] = (28, 56)
+    #: no flip: mirroring a pair swaps its halves, and so its label.
+    crop_padding: int = 2
+    flip: bool = False
 
     def __init__(
         self,
@@ -170,7 +173,7 @@ class FashionMNISTPairsDataModule(BaseDataModule):
         return train_pairs, train_pairs.targets, test_pairs
 
     def _augment_transform(self) -> Transform:
-        return RandomCropTensor(self.image_shape, padding=2)
+        return RandomCropTensor(self.image_shape, padding=self.crop_padding)
 
     def _normalize_transform(self) -> Transform:
         return ToFloatNormalize(MEAN, STD, scale=255.0)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["SampleRandom", "hash32", "hash32_int"]
+__all__ = ["SampleRandom", "hash32", "hash32_int", "sample_seed"]
 
 MASK32 = 0xFFFFFFFF
 GOLDEN = 0x9E3779B9
@@ -64,6 +64,19 @@ def epoch_key(seed: int, epoch: int) -> int:
     """The 32-bit key of ``(seed, epoch)`` (any Python ints; ``seed`` taken mod ``2^64``)."""
     seed &= (1 << 64) - 1
     return hash32_int(hash32_int(hash32_int(seed & MASK32) ^ (seed >> 32)) ^ (epoch & MASK32))
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 64-bit seed that depends only on ``(seed, epoch, index)``: the seed of sample
+    ``index``'s augmentation in ``epoch`` on the DataLoader path
+    (:class:`~cskd_lightning.data.base.SubsetWithTransform`).
+
+    ``a = h(h(index ^ key))`` (the per-sample hash of :class:`SampleRandom`, ``key =
+    epoch_key(seed, epoch)``) and ``b = h(a ^ h(key ^ phi))``; the seed is ``a * 2^32 + b``.
+    """
+    key = epoch_key(seed, epoch)
+    a = hash32_int(hash32_int((int(index) & MASK32) ^ key))
+    return (a << 32) | hash32_int(a ^ hash32_int(key ^ GOLDEN))
 
 
 class SampleRandom:
