@@ -8,6 +8,7 @@ a guard makes any torchvision weight download fail the test.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import hydra
@@ -277,3 +278,44 @@ def test_imagenet_setup_runs_one_batch(pair: str, fake_imagenet: Path, tmp_path:
     summary = read_summary(tmp_path / "run")
     assert summary["teacher"]["source"] == "pretrained"
     assert 0.0 <= summary["student"]["test_acc"] <= 1.0
+
+
+# ------------------------------------------------------------------ the documented commands
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def documented_setups() -> list[list[str]]:
+    """The overrides of every ``cskd-train ... experiment=...`` command of the docs, one
+    composition per value of a swept key."""
+    commands = set()
+    for page in ("reproducing.md", "scaling.md"):
+        for match in re.finditer(
+            r"cskd-train ([^`\n]*experiment=[^`\n]*)", (DOCS / page).read_text()
+        ):
+            if "<" not in match.group(1):  # not a placeholder like pair=<pair>
+                commands.add(match.group(1).rstrip("\\ "))
+    setups = []
+    for command in sorted(commands):
+        words = [w for w in command.split() if "=" in w and not w.startswith("hydra.")]
+        swept = [w for w in words if "," in w]
+        for word in swept:  # e.g. seed=0,1,2,3,4: its first value
+            words[words.index(word)] = word.split(",")[0]
+        setups.append(words)
+    return setups
+
+
+def test_the_docs_list_every_cifar_and_imagenet_setup() -> None:
+    found = set()
+    for words in documented_setups():
+        options = dict(w.split("=", 1) for w in words)
+        found.add((options.get("experiment"), options.get("pair")))
+    for pair, protocol in CIFAR_SETUPS:
+        assert (f"cifar100_{protocol}", pair) in found, (pair, protocol)
+    for pair in IMAGENET:
+        assert ("imagenet", pair) in found, pair
+
+
+@pytest.mark.parametrize("words", documented_setups(), ids=" ".join)
+def test_every_documented_command_composes(words: list[str], tmp_path: Path) -> None:
+    cfg = compose_train(words, tmp_path)
+    assert cfg.pair.name == dict(w.split("=", 1) for w in words)["pair"]
