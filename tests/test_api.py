@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from app_helpers import compose_train
 from omegaconf import OmegaConf
 
 import cskd_lightning
@@ -19,13 +20,15 @@ CONF = Path(cskd_lightning.__file__).resolve().parent.parent / "conf" / "distill
 
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_distill_config_is_a_method_with_the_same_loss(path: Path) -> None:
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    cfg = cfg.get("distill", cfg)  # the two-view methods also set data keys
+def test_every_distill_config_is_a_method_with_the_same_loss(path: Path, tmp_path: Path) -> None:
+    composed = compose_train([f"distill={path.stem}"], tmp_path)  # *_ls inherit from their base
+    cfg = OmegaConf.to_container(composed.distill, resolve=True)
     cls, kwargs = METHODS[cfg["name"]]
     loss_cfg = dict(cfg["loss"])
     assert f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}" == loss_cfg.pop("_target_")
     assert kwargs == loss_cfg
+    # The data configs give two views exactly when the loss trains on two.
+    assert composed.data.datamodule.two_view is (cls(**kwargs).num_views == 2)
     assert set(METHODS) == {p.stem for p in CONF.glob("*.yaml")}
 
 

@@ -75,12 +75,46 @@ def test_every_trainer_config_composes(trainer: str, tmp_path: Path) -> None:
         assert isinstance(hydra.utils.instantiate(cfg.trainer), L.Trainer)
 
 
-@pytest.mark.parametrize("group", ["callbacks", "logger", "experiment", "hparams_search"])
+# The pair an experiment that asks for one (pair: ???) is composed with, by dataset.
+EXPERIMENT_PAIRS = {"cifar100": "resnet32x4_resnet8x4", "imagenet": "imagenet_resnet34_resnet18"}
+
+
+def compose_option(group: str, option: str, tmp_path: Path):
+    """``group=option`` composed; an experiment that needs a pair gets one of its dataset."""
+    overrides = [f"{group}={option}"]
+    if group == "experiment" and option.split("_")[0] in EXPERIMENT_PAIRS:
+        overrides.append(f"pair={EXPERIMENT_PAIRS[option.split('_')[0]]}")
+    return compose_train(overrides, tmp_path)
+
+
+@pytest.mark.parametrize(
+    "group", ["callbacks", "logger", "experiment", "hparams_search", "debug", "module"]
+)
 def test_other_groups_compose(group: str, tmp_path: Path) -> None:
+    from cskd_lightning.app.resume import RunModelCheckpoint
+    from cskd_lightning.callbacks import TemperatureMonitor
+    from cskd_lightning.loggers import RunCSVLogger
+    from cskd_lightning.module import DistillationModule
+
+    default_kinds = {type(c) for c in instantiate_group(compose_train([], tmp_path).callbacks)}
+    assert RunModelCheckpoint in default_kinds  # the best epoch, which cskd-train tests
     for option in group_options(group):
-        cfg = compose_train([f"{group}={option}"], tmp_path)
-        assert OmegaConf.to_container(cfg, resolve=True)["seed"] == cfg.seed
-        instantiate_group(cfg.get("callbacks"))
+        cfg = compose_option(group, option, tmp_path)
+        # Every interpolation resolves, and the trainer runs the student's recipe.
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        assert (
+            resolved["trainer"]["max_epochs"] == resolved["pair"]["student"]["recipe"]["max_epochs"]
+        )
+        kinds = {type(c) for c in instantiate_group(cfg.get("callbacks"))}
+        if group == "callbacks":  # monitor = default + the monitor; none = nothing at all
+            expected = {"default": set(), "monitor": {TemperatureMonitor}}.get(option)
+            assert kinds == (set() if expected is None else default_kinds | expected), option
+        # The CSV log is always written (metrics.csv, the summary's history).
+        assert hydra.utils.get_class(cfg.logger.csv._target_) is RunCSVLogger, option
+        assert issubclass(hydra.utils.get_class(cfg.module._target_), DistillationModule)
+        if group == "debug":  # a debug run is a quick, reproducible CPU run apart from real ones
+            assert cfg.task_name == "debug" and cfg.trainer.accelerator == "cpu", option
+            assert cfg.trainer.deterministic and cfg.trainer.detect_anomaly, option
 
 
 def test_train_on_digits_writes_every_output_and_reuses_the_teacher(tmp_path: Path) -> None:
@@ -98,6 +132,7 @@ def test_train_on_digits_writes_every_output_and_reuses_the_teacher(tmp_path: Pa
         assert (run / name).is_file(), name
     assert list((run / "checkpoints").glob("best-*.ckpt"))
     assert metrics["test/acc"] == pytest.approx(summary["student"]["test_acc"])
+    assert 0.0 <= metrics[cfg.optimized_metric] <= 1.0  # what a sweeper reads is there
     assert "train/cs_cswt" in (run / "metrics.csv").read_text().splitlines()[0]
 
     cached = list((tmp_path / "cache" / "teachers").glob("*.pt"))
@@ -265,11 +300,20 @@ def test_non_editable_install_finds_its_configs(tmp_path: Path) -> None:
 
 
 def test_train_yaml_defaults(tmp_path: Path) -> None:
+    """The README's default run: CSKD + CSWT on the bundled digits, on the CPU, with a fresh
+    teacher; the sweeper's metric is one the module logs (tested in the digits run above)."""
+    from cskd_lightning.data import DigitsDataModule
+    from cskd_lightning.losses import CSKDLoss
+    from cskd_lightning.module import DistillationModule
+
     with initialize_config_module(config_module="cskd_lightning.conf", version_base="1.3"):
         cfg = compose(config_name="train")
-    assert cfg.data.name == "digits" and cfg.distill.name == "cskd_cswt"
+    assert isinstance(hydra.utils.instantiate(cfg.data.datamodule), DigitsDataModule)
+    loss = hydra.utils.instantiate(cfg.distill.loss)
+    assert isinstance(loss, CSKDLoss) and loss.cswt
+    assert hydra.utils.get_class(cfg.module._target_) is DistillationModule
     assert cfg.trainer.accelerator == "cpu"
-    assert cfg.teacher.ckpt_path is None and cfg.optimized_metric == "val/acc_best"
+    assert cfg.teacher.ckpt_path is None
 
 
 @pytest.mark.parametrize(

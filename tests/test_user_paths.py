@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from app_helpers import FAST, read_summary, run_cli
+from app_helpers import FAST, compose_train, read_summary, run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "examples" / "own_data" / "conf" / "data" / "my_data.yaml"
@@ -23,7 +23,7 @@ def test_help_says_what_the_program_does(tmp_path: Path) -> None:
     page = done.stdout
     assert "distil a small student network from a frozen teacher" in page
     assert "Powered by Hydra" in page and "== Examples ==" in page
-    for group in ("data=", "pair=", "distill=", "trainer=", "logger="):
+    for group in ("data=", "pair=", "distill=", "trainer=", "logger=", "module=", "debug="):
         assert group in page
     # The five example commands: a run, a sweep, Optuna, a resume, own data.
     examples = page.split("== Examples ==")[1].split("==")[0]
@@ -37,7 +37,8 @@ def test_help_says_what_the_program_does(tmp_path: Path) -> None:
     assert any("--config-dir" in c for c in commands)
     # Where outputs go, and every option of the real config groups (listed by Hydra itself).
     assert "outputs/train/runs/<time>/" in page and "summary.json" in page
-    for option in ("wandb", "mlflow", "tensorboard", "cskd_cswt", "fashion_mnist_pairs"):
+    options = ("wandb", "mlflow", "tensorboard", "cskd_cswt", "fashion_mnist_pairs", "overfit")
+    for option in options:
         assert option in page.split("== All config groups ==")[1]
 
 
@@ -171,3 +172,22 @@ def test_your_own_data_as_the_readme_says_and_cskd_eval_in_percent(tmp_path: Pat
     for log_file in (run / "train.log", run / "eval" / "eval.log"):
         lines = log_file.read_text().splitlines()
         assert lines and all(LOG_LINE.match(line) for line in lines if line[:1] == "["), lines
+
+
+def test_the_data_template_gives_two_views_when_the_method_asks(tmp_path: Path) -> None:
+    """The template's optional two_view line, uncommented, follows the method's distill.two_view."""
+    template = TEMPLATE.read_text()
+    enabled = template.replace("  # two_view: ", "  two_view: ")
+    assert enabled != template  # the template has the line
+    (tmp_path / "my_conf" / "data").mkdir(parents=True)
+    (tmp_path / "my_conf" / "data" / "my_data.yaml").write_text(enabled)
+    for method, two_view in (("cskd_cswt", False), ("cskd_full", True), ("mlkd", True)):
+        cfg = compose_train(
+            [
+                f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+                "data=my_data",
+                f"distill={method}",
+            ],
+            tmp_path,
+        )
+        assert cfg.data.datamodule.two_view is two_view, method

@@ -184,6 +184,33 @@ def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int) -> None
         )
 
 
+# --------------------------------------------------------------------------- module
+def check_module_class(cfg: DictConfig) -> type:
+    """``module._target_`` names an importable subclass of
+    :class:`~cskd_lightning.module.DistillationModule` (``cskd-train`` reads its student, metrics
+    and checkpoints); checked before the teacher trains. Returns the class."""
+    import importlib
+
+    from cskd_lightning.module import DistillationModule
+
+    target = str((cfg.get("module") or {}).get("_target_") or "")
+    fix = (
+        "Give module._target_=<package.module.Class>, a subclass of "
+        "cskd_lightning.DistillationModule whose package is importable (PYTHONPATH=. for one "
+        "in the current directory), or leave the default module=default."
+    )
+    module_name, _, name = target.rpartition(".")
+    if not module_name:
+        raise InputError(f"module._target_={target or '(not set)'} is not a class path. {fix}")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise InputError(f"module._target_={target} cannot be imported ({err}). {fix}") from err
+    if not (isinstance(cls, type) and issubclass(cls, DistillationModule)):
+        raise InputError(f"module._target_={target} is not a DistillationModule subclass. {fix}")
+    return cls
+
+
 # --------------------------------------------------------------------------- cache dir
 def check_cache_dir(cfg: DictConfig) -> None:
     """The teacher cache (``paths.cache_dir``, ``CSKD_CACHE_DIR``) must be a writable directory

@@ -7,9 +7,10 @@ is caught (:func:`check_config`), and the wall time so far (:class:`RunClock`). 
 and augmentation of an epoch follow from the seed and the epoch alone, and
 :class:`~cskd_lightning.callbacks.EpochSeed` reseeds the global RNGs (dropout) at each epoch's
 start, so a run resumed at an epoch's end draws what it would have drawn (no RNG state is
-stored; an older checkpoint's datamodule entry is ignored): on the CPU with ``trainer.deterministic=true``
-its final weights are bit-identical to an uninterrupted run's. A checkpoint taken mid-epoch
-resumes with a warning (the rest of that epoch is not replayed in the same order).
+stored; an older checkpoint's datamodule entry is ignored): on the CPU with
+``trainer.deterministic=true`` its final weights are bit-identical to an uninterrupted run's.
+A checkpoint taken mid-epoch resumes with a warning (the rest of that epoch is not replayed in
+the same order).
 
 **Which checkpoint ``ckpt_path=last`` picks** (:func:`resolve_resume`): the file of
 ``<run dir>/checkpoints/`` that is furthest into training by the global step and epoch

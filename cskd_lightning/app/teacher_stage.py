@@ -54,6 +54,10 @@ TEACHER_TRAINER_KEYS = (
 )
 """Trainer settings that change what a teacher learns (part of its cache key)."""
 
+DEBUG_TRAINER_KEYS = ("fast_dev_run", "overfit_batches")
+"""Lightning's debugging limits (``debug=fdr``, ``debug=overfit``) change what a teacher learns
+too; they join the cache key only when set, so the keys of other runs stay as they were."""
+
 
 def teacher_cache_key(cfg: DictConfig) -> str:
     """A short hash of everything that determines the trained teacher.
@@ -73,6 +77,7 @@ def teacher_cache_key(cfg: DictConfig) -> str:
         "seed": teacher_seed(cfg),
         "trainer": {key: cfg.trainer.get(key) for key in TEACHER_TRAINER_KEYS},
     }
+    payload["trainer"].update({k: cfg.trainer[k] for k in DEBUG_TRAINER_KEYS if cfg.trainer.get(k)})
     text = json.dumps(payload, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

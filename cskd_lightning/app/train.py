@@ -22,6 +22,7 @@ from cskd_lightning.app.checks import (
     check_class_counts,
     check_data,
     check_logger_packages,
+    check_module_class,
     check_output_dir,
     check_per_process_batch,
     check_tuning_selection,
@@ -81,6 +82,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     # --- 1. checks: a bad input fails here, with the run directory as it was -----------------
     check_output_dir(output_dir, "hydra.run.dir")
     check_logger_packages(cfg)
+    check_module_class(cfg)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data.datamodule)
     loss = hydra.utils.instantiate(cfg.distill.loss)
@@ -134,13 +136,14 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     student = hydra.utils.instantiate(cfg.pair.student.model)
     recipe = cfg.pair.student.recipe
-    module = DistillationModule(
-        student,
-        teacher_model if loss.requires_teacher else None,
-        loss,
+    # The module group (conf/module): DistillationModule or a subclass (module._target_).
+    module: DistillationModule = hydra.utils.instantiate(
+        cfg.module,
+        student=student,
+        teacher=teacher_model if loss.requires_teacher else None,
+        loss=loss,
         optimizer=optional_instantiate(recipe.get("optimizer")),
         scheduler=optional_instantiate(recipe.get("scheduler")),
-        **cfg.get("module", {}),
     )
     if cfg.get("train", True):
         trainer.fit(
