@@ -7,6 +7,8 @@ Enable it from the command line with ``callbacks=monitor``.
 :class:`EpochSeed` makes the randomness drawn from the global RNGs during training (dropout,
 stochastic depth) a function of the seed and the epoch, so that a run resumed at an epoch's
 end draws what the uninterrupted run drew (``cskd-train`` always adds it).
+
+:class:`RunClock` counts a run's wall time over all its segments (a resumed run continues it).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import csv
 import logging
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -349,3 +352,35 @@ def _positive(value: Any, default: float) -> float:
     except (TypeError, ValueError):
         return default
     return value if math.isfinite(value) and value > 0 else default
+
+
+class RunClock(L.Callback):
+    """The run's wall time over all its segments (a resumed run continues the count).
+
+    Its state, saved in every checkpoint, is the time from the first segment's start to that
+    checkpoint; a resumed run adds its own time to the state of the checkpoint it resumed
+    from. Work that was redone after a crash is counted once.
+    """
+
+    def __init__(self, started: float) -> None:
+        self.started = float(started)
+        self.before = 0.0
+        self.segments = 1
+        self._restored: dict[str, Any] | None = None
+
+    def elapsed(self) -> float:
+        """Seconds of this run so far, earlier segments included."""
+        return self.before + time.time() - self.started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_s": self.elapsed(), "segments": self.segments}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # Also called when a checkpoint is loaded for testing: only a resumed fit counts.
+        self._restored = dict(state_dict)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._restored is not None:
+            self.before = float(self._restored.get("elapsed_s", 0.0))
+            self.segments = int(self._restored.get("segments", 1)) + 1
+            self._restored = None

@@ -14,18 +14,24 @@ holds the epoch-end saves (and removals of superseded files) as written temporar
 renames them at the start of the next epoch and at the end of training, after the loggers have
 written the epoch. Killed in between, the run resumes from the previous epoch's checkpoint and
 redoes the epoch, so the metrics file and the checkpoints always agree.
+
+:class:`RunModelCheckpoint` is a ``ModelCheckpoint`` whose best-k record follows a run resumed
+from a checkpoint of another directory.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
@@ -161,3 +167,52 @@ class CommitCheckpointsAfterLogging(L.Callback):
         io = self._io(trainer)
         if io is not None:
             io.commit()  # the held files are whole and the epoch they belong to is logged
+
+
+class RunModelCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose best-k record follows a resume from another run directory.
+
+    When the restored state's ``dirpath`` is another run's (``resume_from_sibling=true``), that
+    run's best-k files are copied into this run's directory and the record points at the
+    copies, instead of being dropped (Lightning's behaviour): the best model of the whole
+    training is still the one tested, and the other run's directory is left untouched.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old = state_dict.get("dirpath")
+        if (
+            old
+            and self.dirpath
+            and os.path.realpath(str(old)) != os.path.realpath(str(self.dirpath))
+        ):
+            state_dict = self._adopt(dict(state_dict), Path(str(old)), Path(str(self.dirpath)))
+        super().load_state_dict(state_dict)
+
+    def _adopt(self, state: dict[str, Any], old_dir: Path, new_dir: Path) -> dict[str, Any]:
+        """Copy the previous run's best-k files into ``new_dir`` and point the record at them."""
+
+        def moved(path: Any) -> Any:
+            if not path or Path(str(path)).parent != old_dir:
+                return path
+            return str(new_dir / Path(str(path)).name)
+
+        copied = []
+        if rank_zero_only.rank == 0:
+            new_dir.mkdir(parents=True, exist_ok=True)
+            for path in state.get("best_k_models", {}):
+                src = Path(str(path))
+                if src.parent == old_dir and src.is_file():
+                    tmp = temp_path_for(new_dir / src.name)
+                    shutil.copy2(src, tmp)
+                    os.replace(tmp, new_dir / src.name)
+                    copied.append(src.name)
+        state["best_k_models"] = {moved(k): v for k, v in state.get("best_k_models", {}).items()}
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            state[key] = moved(state.get(key))
+        state["dirpath"] = self.dirpath
+        log.info(
+            "Carried the best-checkpoint record over from %s (copied: %s).",
+            old_dir,
+            ", ".join(copied) or "none",
+        )
+        return state

@@ -5,10 +5,15 @@ file): a Lightning ``.ckpt`` (weights under ``"state_dict"``, prefixed ``student
 by :class:`~cskd_lightning.DistillationModule`), a plain ``state_dict``, a reference-zoo file
 (``<name>_vanilla/ckpt_epoch_240.pth``, weights under ``"model"``) and this package's teacher
 cache files (weights under ``"state_dict"`` beside ``"meta"``).
+
+For resuming, :func:`newest_good_checkpoint` finds the training checkpoint of a directory that
+is furthest into training (by the progress recorded inside each file), skipping and naming the
+files that do not load: ``trainer.fit(module, ckpt_path=newest_good_checkpoint(dir)[0])``.
 """
 
 from __future__ import annotations
 
+import logging
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from cskd_lightning.errors import InputError, MissingInputError
+
+log = logging.getLogger(__name__)
 
 STRIP_PREFIXES = ("student.", "model.", "module.")
 
@@ -154,3 +161,73 @@ def load_weights(model: nn.Module, path: str | Path, trust: bool = False) -> nn.
         )
     model.load_state_dict(state, strict=True)
     return model
+
+
+# --------------------------------------------------------------------------- resuming
+def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
+    """The ``*.ckpt`` files in ``ckpt_dir`` (sorted by name; which is newest is decided by the
+    progress recorded inside them, :func:`newest_good_checkpoint`)."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p for p in ckpt_dir.glob("*.ckpt") if p.is_file())
+
+
+def _check_resumable(checkpoint: Any, path: Path) -> None:
+    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{path} is not a Lightning training checkpoint (no 'state_dict'): a run resumes "
+            "from one of its own checkpoints/*.ckpt files."
+        )
+    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
+        raise CheckpointError(
+            f"{path} holds weights only (no optimizer or loop state), so training cannot resume "
+            "from it. Use a checkpoint saved with save_weights_only=false."
+        )
+
+
+def load_resumable(
+    path: Path, trust: bool = False, trust_flag: str = "trust=True"
+) -> dict[str, Any]:
+    """Read a training checkpoint (weights_only unless ``trust``; ``trust_flag`` is the option
+    the refusal names) and check that training can resume from it."""
+    checkpoint = read_checkpoint(path, trust=trust, trust_flag=trust_flag)
+    _check_resumable(checkpoint, path)
+    return checkpoint
+
+
+def progress_of(checkpoint: Mapping[str, Any]) -> tuple[int, int]:
+    """``(global_step, epoch)`` recorded in a training checkpoint (``-1`` where absent)."""
+
+    def number(key: str) -> int:
+        try:
+            return int(checkpoint.get(key, -1))
+        except (TypeError, ValueError):
+            return -1
+
+    return number("global_step"), number("epoch")
+
+
+def newest_good_checkpoint(
+    ckpt_dir: Path, trust: bool = False, trust_flag: str = "trust=True"
+) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint in ``ckpt_dir`` that is furthest into training, by the global step and
+    epoch recorded inside it (never by file time: a copy keeps the progress, not the time);
+    ``last*.ckpt`` wins a tie. Files that do not load are logged and skipped."""
+    problems, good = [], []
+    for path in checkpoint_candidates(ckpt_dir):
+        try:
+            checkpoint = load_resumable(path, trust, trust_flag)
+        except CheckpointError as err:
+            problems.append(str(err))
+            log.warning("Skipping %s: %s", path, err)
+            continue
+        good.append(((*progress_of(checkpoint), path.name.startswith("last")), path, checkpoint))
+    if not good:
+        raise CheckpointError(
+            f"No usable checkpoint in {ckpt_dir}: "
+            + (" | ".join(problems) if problems else "no *.ckpt files")
+        )
+    _, path, checkpoint = max(good, key=lambda item: item[0])
+    if problems:
+        log.warning("Falling back to the furthest good checkpoint: %s", path)
+    return path, checkpoint

@@ -91,8 +91,8 @@ def compose_option(group: str, option: str, tmp_path: Path):
     "group", ["callbacks", "logger", "experiment", "hparams_search", "debug", "module"]
 )
 def test_other_groups_compose(group: str, tmp_path: Path) -> None:
-    from cskd_lightning.app.resume import RunModelCheckpoint
     from cskd_lightning.callbacks import TemperatureMonitor
+    from cskd_lightning.checkpoint_io import RunModelCheckpoint
     from cskd_lightning.loggers import RunCSVLogger
     from cskd_lightning.module import DistillationModule
 

@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from cskd_lightning.app.resume import ALLOW_CHANGE_FLAG, RunClock, diff_configs, relevant_config
+from cskd_lightning.app.resume import ALLOW_CHANGE_FLAG, diff_configs, relevant_config
+from cskd_lightning.callbacks import RunClock
 from cskd_lightning.errors import InputError
 
 RUN_CONFIG = "config.yaml"

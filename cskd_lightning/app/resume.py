@@ -25,21 +25,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from cskd_lightning.checkpoint_io import temp_path_for
-from cskd_lightning.checkpoints import CheckpointError, read_checkpoint
+from cskd_lightning.checkpoints import (
+    CheckpointError,
+    checkpoint_candidates,
+    load_resumable,
+    newest_good_checkpoint,
+    progress_of,
+)
 from cskd_lightning.errors import InputError, MissingInputError
 
 log = logging.getLogger("cskd_lightning")
@@ -203,71 +203,6 @@ def _mid_epoch_warning(checkpoint: Mapping[str, Any], path: Path) -> None:
         )
 
 
-# --------------------------------------------------------------------------- finding
-def checkpoint_candidates(ckpt_dir: Path) -> list[Path]:
-    """The ``*.ckpt`` files in ``ckpt_dir`` (sorted by name; which is newest is decided by the
-    progress recorded inside them, :func:`newest_good_checkpoint`)."""
-    if not ckpt_dir.is_dir():
-        return []
-    return sorted(p for p in ckpt_dir.glob("*.ckpt") if p.is_file())
-
-
-def _check_resumable(checkpoint: Any, path: Path) -> None:
-    if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
-        raise CheckpointError(
-            f"{path} is not a Lightning training checkpoint (no 'state_dict'): ckpt_path resumes "
-            "a cskd-train run from one of its checkpoints/*.ckpt files."
-        )
-    if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
-        raise CheckpointError(
-            f"{path} holds weights only (no optimizer or loop state), so training cannot resume "
-            "from it. Use a checkpoint saved with save_weights_only=false."
-        )
-
-
-def load_resumable(path: Path, trust: bool = False) -> dict[str, Any]:
-    """Read a training checkpoint (weights_only unless ``trust``) and check it can resume."""
-    checkpoint = read_checkpoint(path, trust=trust, trust_flag=TRUST_FLAG)
-    _check_resumable(checkpoint, path)
-    return checkpoint
-
-
-def progress_of(checkpoint: Mapping[str, Any]) -> tuple[int, int]:
-    """``(global_step, epoch)`` recorded in a training checkpoint (``-1`` where absent)."""
-
-    def number(key: str) -> int:
-        try:
-            return int(checkpoint.get(key, -1))
-        except (TypeError, ValueError):
-            return -1
-
-    return number("global_step"), number("epoch")
-
-
-def newest_good_checkpoint(ckpt_dir: Path, trust: bool = False) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint in ``ckpt_dir`` that is furthest into training, by the global step and
-    epoch recorded inside it (never by file time: a copy keeps the progress, not the time);
-    ``last*.ckpt`` wins a tie. Files that do not load are logged and skipped."""
-    problems, good = [], []
-    for path in checkpoint_candidates(ckpt_dir):
-        try:
-            checkpoint = load_resumable(path, trust)
-        except CheckpointError as err:
-            problems.append(str(err))
-            log.warning("Skipping %s: %s", path, err)
-            continue
-        good.append(((*progress_of(checkpoint), path.name.startswith("last")), path, checkpoint))
-    if not good:
-        raise CheckpointError(
-            f"No usable checkpoint in {ckpt_dir}: "
-            + (" | ".join(problems) if problems else "no *.ckpt files")
-        )
-    _, path, checkpoint = max(good, key=lambda item: item[0])
-    if problems:
-        log.warning("Falling back to the furthest good checkpoint: %s", path)
-    return path, checkpoint
-
-
 def _saved_run_config(run_dir: Path) -> dict[str, Any] | None:
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -295,7 +230,7 @@ def search_sibling_runs(
             differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
             continue
         try:
-            path, checkpoint = newest_good_checkpoint(run / "checkpoints", trust)
+            path, checkpoint = newest_good_checkpoint(run / "checkpoints", trust, TRUST_FLAG)
         except CheckpointError as err:
             log.warning("Skipping run %s: %s", run, err)
             continue
@@ -352,7 +287,7 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
     if str(given) == "last":
         ckpt_dir = output_dir / "checkpoints"
         if checkpoint_candidates(ckpt_dir):
-            path, checkpoint = newest_good_checkpoint(ckpt_dir, trust)
+            path, checkpoint = newest_good_checkpoint(ckpt_dir, trust, TRUST_FLAG)
         elif cfg.get("resume_from_sibling", False):
             path, checkpoint = search_sibling_runs(output_dir, now, trust)
         else:
@@ -371,92 +306,9 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
                 f"ckpt_path: no checkpoint at {path}. Give an existing .ckpt file, or "
                 "ckpt_path=last to resume this run's newest checkpoint."
             )
-        checkpoint = load_resumable(path, trust)
+        checkpoint = load_resumable(path, trust, TRUST_FLAG)
     check_config(checkpoint, now, path, bool(cfg.get("resume_allow_config_change", False)))
     _mid_epoch_warning(checkpoint, path)
     step, epoch = progress_of(checkpoint)
     log.info("Resuming from %s (saved after epoch %s, global step %s)", path, epoch, step)
     return ResumeChoice(path=path, epoch=epoch, global_step=step)
-
-
-# --------------------------------------------------------------------------- wall time
-class RunClock(L.Callback):
-    """The run's wall time over all its segments (a resumed run continues the count).
-
-    Its state, saved in every checkpoint, is the time from the first segment's start to that
-    checkpoint; a resumed run adds its own time to the state of the checkpoint it resumed
-    from. Work that was redone after a crash is counted once.
-    """
-
-    def __init__(self, started: float) -> None:
-        self.started = float(started)
-        self.before = 0.0
-        self.segments = 1
-        self._restored: dict[str, Any] | None = None
-
-    def elapsed(self) -> float:
-        """Seconds of this run so far, earlier segments included."""
-        return self.before + time.time() - self.started
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"elapsed_s": self.elapsed(), "segments": self.segments}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Also called when a checkpoint is loaded for testing: only a resumed fit counts.
-        self._restored = dict(state_dict)
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._restored is not None:
-            self.before = float(self._restored.get("elapsed_s", 0.0))
-            self.segments = int(self._restored.get("segments", 1)) + 1
-            self._restored = None
-
-
-# --------------------------------------------------------------------------- best checkpoint
-class RunModelCheckpoint(ModelCheckpoint):
-    """``ModelCheckpoint`` whose best-k record follows a resume from another run directory.
-
-    When the restored state's ``dirpath`` is another run's (``resume_from_sibling=true``), that
-    run's best-k files are copied into this run's directory and the record points at the
-    copies, instead of being dropped (Lightning's behaviour): the best model of the whole
-    training is still the one tested, and the other run's directory is left untouched.
-    """
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        old = state_dict.get("dirpath")
-        if (
-            old
-            and self.dirpath
-            and os.path.realpath(str(old)) != os.path.realpath(str(self.dirpath))
-        ):
-            state_dict = self._adopt(dict(state_dict), Path(str(old)), Path(str(self.dirpath)))
-        super().load_state_dict(state_dict)
-
-    def _adopt(self, state: dict[str, Any], old_dir: Path, new_dir: Path) -> dict[str, Any]:
-        """Copy the previous run's best-k files into ``new_dir`` and point the record at them."""
-
-        def moved(path: Any) -> Any:
-            if not path or Path(str(path)).parent != old_dir:
-                return path
-            return str(new_dir / Path(str(path)).name)
-
-        copied = []
-        if rank_zero_only.rank == 0:
-            new_dir.mkdir(parents=True, exist_ok=True)
-            for path in state.get("best_k_models", {}):
-                src = Path(str(path))
-                if src.parent == old_dir and src.is_file():
-                    tmp = temp_path_for(new_dir / src.name)
-                    shutil.copy2(src, tmp)
-                    os.replace(tmp, new_dir / src.name)
-                    copied.append(src.name)
-        state["best_k_models"] = {moved(k): v for k, v in state.get("best_k_models", {}).items()}
-        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
-            state[key] = moved(state.get(key))
-        state["dirpath"] = self.dirpath
-        log.info(
-            "Carried the best-checkpoint record over from %s (copied: %s).",
-            old_dir,
-            ", ".join(copied) or "none",
-        )
-        return state

@@ -47,9 +47,9 @@ from cskd_lightning.app.records import (
     write_json,
     write_run_config,
 )
-from cskd_lightning.app.resume import RunClock, RunConfigRecorder, relevant_config, resolve_resume
+from cskd_lightning.app.resume import RunConfigRecorder, relevant_config, resolve_resume
 from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher, prepare_teacher
-from cskd_lightning.callbacks import EpochSeed
+from cskd_lightning.callbacks import EpochSeed, RunClock
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
 from cskd_lightning.export import save_student
 from cskd_lightning.loggers import RunCSVLogger
