@@ -1,4 +1,5 @@
-"""Plumbing shared by the command-line entry points: instantiation, quiet logs, run records."""
+"""Running a job of the application: instantiation helpers, quiet logs, what a failure leaves
+behind (one `Error:` line, or a traceback in `error.txt`), failed sweep jobs, the DDP relaunch."""
 
 from __future__ import annotations
 
