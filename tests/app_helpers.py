@@ -20,17 +20,38 @@ FAST = [
 """Overrides that keep a digits run to a few seconds."""
 
 
-def compose_train(overrides: list[str], tmp_path: Path) -> DictConfig:
-    """Compose ``train.yaml`` as ``cskd-train`` would, with outputs and cache under tmp_path."""
+def compose_train(
+    overrides: list[str],
+    tmp_path: Path,
+    output_dir: Path | None = None,
+    cache_dir: Path | None = None,
+) -> DictConfig:
+    """Compose ``train.yaml`` as ``cskd-train`` would, with the outputs in ``output_dir`` and
+    the teacher cache in ``cache_dir`` (``tmp_path/run`` and ``tmp_path/cache`` by default)."""
     with initialize_config_module(config_module="cskd_lightning.conf", version_base="1.3"):
         return compose(
             config_name="train",
             overrides=[
-                f"paths.output_dir={tmp_path / 'run'}",
-                f"paths.cache_dir={tmp_path / 'cache'}",
+                f"paths.output_dir={output_dir or tmp_path / 'run'}",
+                f"paths.cache_dir={cache_dir or tmp_path / 'cache'}",
                 *overrides,
             ],
         )
+
+
+CONSOLE_SCRIPTS = {
+    "cskd-train": "cskd_lightning.app.train",
+    "cskd-eval": "cskd_lightning.app.eval",
+    "cskd-export": "cskd_lightning.app.export",
+    "cskd-report": "cskd_lightning.app.report",
+}
+"""The console scripts of pyproject.toml, as the modules this Python runs them from (the
+scripts on PATH may belong to another install)."""
+
+
+def cli_command(args: list[str]) -> list[str]:
+    """``["cskd-train", ...]`` as a command line of this Python."""
+    return [sys.executable, "-m", CONSOLE_SCRIPTS[args[0]], *args[1:]]
 
 
 def run_cli(
@@ -38,19 +59,23 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """Run a console script (``cskd-train ...``) through this Python, capturing its output."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-    module = {
-        "cskd-train": "cskd_lightning.app.train",
-        "cskd-eval": "cskd_lightning.app.eval",
-        "cskd-export": "cskd_lightning.app.export",
-    }[args[0]]
     return subprocess.run(
-        [sys.executable, "-m", module, *args[1:]],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        cli_command(args), cwd=cwd, env=environment, capture_output=True, text=True, timeout=timeout
     )
+
+
+def start_cli(args: list[str], cwd: Path, log: Path | None = None, **env: str) -> subprocess.Popen:
+    """Start a console script without waiting for it (to kill it, or to run several at once);
+    its output goes to ``log``, or nowhere."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+    out = log.open("w") if log is not None else subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            cli_command(args), cwd=cwd, env=environment, stdout=out, stderr=subprocess.STDOUT
+        )
+    finally:
+        if log is not None:
+            out.close()  # the child holds its own copy of the file
 
 
 def read_summary(run_dir: Path) -> dict:

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 from app_helpers import FAST, compose_train, read_summary, run_cli
+from helpers import REPO
 
 from cskd_lightning.app.train import train
 from cskd_lightning.errors import InputError
 from cskd_lightning.module import DistillationModule
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = REPO / "README.md"
 
 
 def readme_package() -> str:

@@ -32,8 +32,6 @@ from cskd_lightning.app.train import train
 from cskd_lightning.checkpoints import CheckpointError, read_checkpoint
 from cskd_lightning.errors import InputError
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # --------------------------------------------------------------------------- helpers
 @pytest.fixture(scope="module")

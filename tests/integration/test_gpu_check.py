@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 @pytest.mark.slow
@@ -17,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_smoke_passes_and_writes_its_record(tmp_path: Path) -> None:
     out = tmp_path / "record.md"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--smoke", "--out", str(out)],
         cwd=tmp_path,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,

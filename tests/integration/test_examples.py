@@ -6,8 +6,9 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = REPO / "examples"
 
 
 @pytest.mark.parametrize("name", ["loss_in_your_module", "subclass_distillation_module"])

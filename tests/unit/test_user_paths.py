@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 from app_helpers import FAST, compose_train, read_summary, run_cli
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "examples" / "own_data" / "conf" / "data" / "my_data.yaml"
 LOG_LINE = re.compile(r"^\[\d\d:\d\d:\d\d\]\[(INFO|WARNING|ERROR|DEBUG)\] ")
 

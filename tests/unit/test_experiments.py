@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 from app_helpers import compose_train, read_summary
+from helpers import REPO
 from hydra.errors import ConfigCompositionException
 from PIL import Image
 
@@ -23,7 +24,7 @@ from cskd_lightning.app.teacher_stage import teacher_cache_key
 from cskd_lightning.app.train import train
 from cskd_lightning.losses import DistillationLoss
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+CONF = REPO / "conf"
 
 # docs/method.md section 5: the 11 CIFAR-100 pairs of the published code (teacher, student).
 CIFAR_PAIRS = [
@@ -281,7 +282,7 @@ def test_imagenet_setup_runs_one_batch(pair: str, fake_imagenet: Path, tmp_path:
 
 
 # ------------------------------------------------------------------ the documented commands
-DOCS = Path(__file__).resolve().parents[1] / "docs"
+DOCS = REPO / "docs"
 
 
 def documented_setups() -> list[list[str]]:

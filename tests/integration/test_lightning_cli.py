@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import REPO
 
 from cskd_lightning.checkpoints import CheckpointError
 from cskd_lightning.models import Pretrained, create_model
 
 pytestmark = pytest.mark.slow
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lightning_cli"
+EXAMPLE = REPO / "examples" / "lightning_cli"
 FAST = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4"]
 
 
