@@ -111,6 +111,17 @@ def _one_torch_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture
+def no_weight_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail loudly if anything asks torchvision for pretrained weights (nothing is downloaded)."""
+    import torchvision.models._api as tv_api
+
+    def refuse(url: str, *args, **kwargs):
+        raise AssertionError(f"a test tried to download {url}")
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", refuse)
+
+
 @pytest.fixture(scope="session")
 def ref() -> SimpleNamespace:
     """The float64 reference implementation of the method's formulas."""

@@ -51,13 +51,16 @@ def raw_digits_test_set() -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels[test_idx]
 
 
-def student_pt_accuracy(path: Path) -> float:
-    """Top-1 accuracy on the raw digits test set of a ``student.pt`` (through ``load_student``:
-    its own preprocessing), computed here, in this one process."""
+def student_pt_accuracy(
+    path: Path, images: torch.Tensor | None = None, labels: torch.Tensor | None = None
+) -> float:
+    """Top-1 accuracy of a ``student.pt`` on raw ``images`` (the digits test set by default),
+    through ``load_student`` and the preprocessing the file records, in this one process."""
     from cskd_lightning import load_student
 
     model, preprocess, _ = load_student(path)
-    images, labels = raw_digits_test_set()
+    if images is None:
+        images, labels = raw_digits_test_set()
     with torch.no_grad():
         return float((model(preprocess(images)).argmax(-1) == labels).float().mean())
 
@@ -137,6 +140,20 @@ def run_gloo(worker: Callable[..., Any], *args: Any, world: int = 2) -> list[Any
 
 
 # --------------------------------------------------------------------------- data on disk
+def read_cifar_test_set(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The raw test images ``(N, 3, 32, 32)`` (uint8) and labels of a CIFAR folder, read from
+    its pickle here."""
+    name, key = (
+        ("test_batch", "labels")
+        if folder.name == "cifar-10-batches-py"
+        else ("test", "fine_labels")
+    )
+    with open(folder / name, "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    images = torch.from_numpy(np.asarray(raw["data"]).reshape(-1, 3, 32, 32))
+    return images, torch.as_tensor(raw[key])
+
+
 def _pickle(path: Path, obj: object) -> None:
     with open(path, "wb") as f:
         pickle.dump(obj, f)

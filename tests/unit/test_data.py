@@ -17,13 +17,11 @@ import struct
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning as L
 import numpy as np
 import pytest
 import torch
+from helpers import FMNIST_DIR, needs_fmnist, write_cifar, write_image_folder
 from sklearn.datasets import load_digits
-from torch import nn
-from torch.utils.data import DataLoader
 
 from cskd_lightning.data import (
     CIFAR10DataModule,
@@ -34,25 +32,7 @@ from cskd_lightning.data import (
     ImageNetDataModule,
     TwoViewTransform,
 )
-from cskd_lightning.data.base import EpochSampler, tuple_collate
 from cskd_lightning.data.fashion_mnist import read_idx
-from cskd_lightning.models import create_model
-
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason=f"real Fashion-MNIST not installed in {FMNIST_DIR} (apt-get install "
-    "dataset-fashion-mnist)",
-)
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny per-sample ops and a tiny CNN run much faster single-threaded on a shared CPU."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor, b: int, c: int, s: int) -> None:
@@ -151,7 +131,7 @@ def test_digits_bad_val_split():
         dm.setup("fit")
 
 
-def test_digits_augment_and_two_view(one_thread):
+def test_digits_augment_and_two_view():
     dm = DigitsDataModule(batch_size=16, augment=True, two_view=True)
     dm.setup("fit")
     (xw, xs), y = next(iter(dm.train_dataloader()))
@@ -188,124 +168,13 @@ def test_drop_last_only_when_dataset_holds_a_batch():
     assert not loader.drop_last and len(loader) == 1
 
 
-class _TwoViewProbe(L.LightningModule):
-    """Linear model on digits that checks the per-process two-view batches it receives."""
-
-    def __init__(self, per_process_batch: int, distributed: bool) -> None:
-        super().__init__()
-        self.lin = nn.Linear(64, 10)
-        self.per_process_batch = per_process_batch
-        self.distributed = distributed
-
-    def training_step(self, batch, _):
-        assert isinstance(batch, tuple) and isinstance(batch[0], tuple)
-        (xw, xs), y = batch
-        assert xw.shape == xs.shape == (self.per_process_batch, 1, 8, 8)
-        assert y.shape == (self.per_process_batch,) and y.dtype == torch.int64
-        # the datamodule's own sampler, kept by Lightning under DDP (not swapped for its
-        # DistributedSampler), one shard per process
-        sampler = self.trainer.train_dataloader.sampler
-        assert isinstance(sampler, EpochSampler)
-        assert sampler.num_replicas == (2 if self.distributed else 1)
-        assert sampler.rank == self.trainer.global_rank
-        return nn.functional.cross_entropy(self.lin(xw.flatten(1)), y)
-
-    def validation_step(self, batch, _):
-        x, y = batch  # single view
-        assert x.ndim == 4 and x.shape[0] <= 50
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
-def _probe_trainer(**kwargs) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        limit_val_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
-
-
-def test_two_view_batches_through_lightning(one_thread):
-    dm = DigitsDataModule(batch_size=64, eval_batch_size=50, two_view=True)
-    _probe_trainer(devices=1).fit(_TwoViewProbe(64, distributed=False), datamodule=dm)
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available(), reason="no torch.distributed")
-def test_ddp_two_processes_get_half_batches(one_thread):
-    dm = DigitsDataModule(batch_size=64, eval_batch_size=100, two_view=True)
-    # fork: the children leave through os._exit, so no C++ static teardown can abort them
-    trainer = _probe_trainer(devices=2, strategy="ddp_fork")
-    # the probe's assertions run in the spawned processes; failures propagate to fit()
-    trainer.fit(_TwoViewProbe(32, distributed=True), datamodule=dm)
-
-
 # ---------------------------------------------------------------------------- the stream
-def _views_by_sample(loader, epoch: int) -> dict[int, tuple]:
-    """``{i: (weak, strong, label)}`` of the training samples a two-view loader yields in
-    ``epoch``, matched to their indices through the loader's sampler (its order)."""
-    loader.sampler.set_epoch(epoch)
-    keys = list(loader.sampler)
-    views = [(xw[j], xs[j], int(y[j])) for (xw, xs), y in loader for j in range(len(y))]
-    assert all(e == epoch for e, _ in keys[: len(views)])
-    return {i: v for (_, i), v in zip(keys, views, strict=False)}
 
 
-def _digits_stream(batch_size: int, num_workers: int = 0, **kwargs) -> DigitsDataModule:
-    # val_split=0: the training set does not depend on the seed (a held-out split would).
-    return DigitsDataModule(
-        batch_size=batch_size,
-        num_workers=num_workers,
-        val_split=0,
-        augment=True,
-        two_view=True,
-        **kwargs,
-    )
-
-
-def test_training_views_of_a_sample_ignore_batch_size_workers_order_and_rank(one_thread):
-    """The DataLoader path: the views of training sample i in epoch e (random crop; RandAugment
-    and Cutout for the strong one) depend only on (seed, e, i)."""
-    one = _views_by_sample(_digits_stream(16).train_dataloader(), epoch=2)
-    workers = _views_by_sample(_digits_stream(64, num_workers=2).train_dataloader(), epoch=2)
-    ranks = {}
-    for rank in (0, 1):  # two processes: other shards, in another order
-        dm = _digits_stream(64)
-        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
-        ranks.update(_views_by_sample(dm.train_dataloader(), epoch=2))
-    dm = _digits_stream(64)
-    dm.setup("fit")
-    backwards = [(2, i) for i in reversed(range(len(dm.train_set)))]
-    reverse = DataLoader(
-        dm.train_set, batch_size=50, sampler=backwards, num_workers=2, collate_fn=tuple_collate
-    )
-    (xw, xs), y = next(iter(reverse))
-    reversed_views = {i: (xw[j], xs[j], int(y[j])) for j, (_, i) in enumerate(backwards[:50])}
-    # (each loader drops its last partial batch: most samples are in all three)
-    assert len(set(one) & set(workers) & set(ranks)) > 0.95 * len(dm.train_set)
-    for other in (workers, ranks, reversed_views):
-        for i in set(one) & set(other):
-            assert torch.equal(one[i][0], other[i][0]) and torch.equal(one[i][1], other[i][1]), i
-            assert one[i][2] == other[i][2]
-    # ...and the views are random: another epoch or another seed changes most of them.
-    for other in (
-        _views_by_sample(_digits_stream(64).train_dataloader(), epoch=3),
-        _views_by_sample(_digits_stream(64, seed=1).train_dataloader(), epoch=2),
-    ):
-        changed = [not torch.equal(one[i][1], other[i][1]) for i in set(one) & set(other)]
-        assert np.mean(changed) > 0.9
-
-
-def test_the_stream_leaves_the_global_random_generators_alone(one_thread):
+def test_the_stream_leaves_the_global_random_generators_alone():
     """Neither the order nor the augmentation draws from torch's, numpy's or Python's global
     generator (so nothing else that does, dropout say, sees its numbers moved)."""
-    dm = _digits_stream(64)
+    dm = DigitsDataModule(batch_size=64, val_split=0, augment=True, two_view=True)
     torch.manual_seed(5)
     np.random.seed(5)
     random.seed(5)
@@ -315,71 +184,6 @@ def test_the_stream_leaves_the_global_random_generators_alone(one_thread):
             pass
     assert torch.equal(torch.get_rng_state(), before[0])
     assert np.array_equal(np.random.get_state()[1], before[1]) and random.getstate() == before[2]
-
-
-def _fit(
-    root, epochs: int, ckpt=None, callbacks=(), dropout: float = 0.0, num_workers: int = 0
-) -> nn.Module:
-    """A few CE epochs of the digits student on the two-view DataLoader stream (the weak view)."""
-    from cskd_lightning import CELoss, DistillationModule
-
-    torch.manual_seed(0)
-    student = create_model("digits_student", num_classes=10, in_channels=1, dropout=dropout)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=epochs,
-        limit_train_batches=4,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        deterministic=True,
-        default_root_dir=root,
-        callbacks=list(callbacks),
-    )
-    module = DistillationModule(student, None, CELoss())
-    trainer.fit(module, datamodule=_digits_stream(64, num_workers), ckpt_path=ckpt)
-    if ckpt is None:
-        trainer.save_checkpoint(root / "end.ckpt")
-    return student
-
-
-def _same_weights(a: nn.Module, b: nn.Module) -> bool:
-    theirs = b.state_dict()
-    return all(torch.equal(value, theirs[key]) for key, value in a.state_dict().items())
-
-
-@pytest.mark.filterwarnings("ignore:.*does not have many workers")
-def test_resume_at_an_epoch_end_needs_no_data_state(tmp_path, one_thread):
-    # Worker processes load (and prefetch) before Lightning's first set_epoch: the resumed
-    # loader must start at the restored epoch by itself.
-    straight = _fit(tmp_path / "a", epochs=3, num_workers=2)
-    _fit(tmp_path / "b", epochs=1, num_workers=2)
-    checkpoint = torch.load(tmp_path / "b" / "end.ckpt", weights_only=True)
-    assert not [key for key in checkpoint if "DataModule" in key]  # nothing of the stream
-    # A checkpoint of an older version holds the loader's state under the class name:
-    # Lightning hands it to load_state_dict, which ignores it.
-    checkpoint["DigitsDataModule"] = {"train_loader": {"format": 1, "sampler_epoch": 7}}
-    torch.save(checkpoint, tmp_path / "old.ckpt")
-    for path in ("end.ckpt", "../old.ckpt"):
-        resumed = _fit(tmp_path / "b", 3, str(tmp_path / "b" / path), num_workers=2)
-        assert _same_weights(straight, resumed), path
-
-
-@pytest.mark.filterwarnings("ignore:.*does not have many workers")
-def test_epoch_seed_makes_dropout_resume_exactly(tmp_path, one_thread):
-    """Dropout draws from the global generator, whose state no checkpoint holds: a resumed run
-    repeats the uninterrupted one's dropout only when EpochSeed reseeds it every epoch."""
-    from cskd_lightning.callbacks import EpochSeed
-
-    for seeded in (True, False):
-        callbacks = [EpochSeed(0)] if seeded else []
-        root = tmp_path / str(seeded)
-        straight = _fit(root / "a", 3, callbacks=callbacks, dropout=0.5)
-        _fit(root / "b", 1, callbacks=callbacks, dropout=0.5)
-        resumed = _fit(root / "b", 3, str(root / "b" / "end.ckpt"), callbacks, dropout=0.5)
-        assert _same_weights(straight, resumed) == seeded
 
 
 # ---------------------------------------------------------------------------- Fashion-MNIST
@@ -503,104 +307,16 @@ def test_fmnist_normalised_training_images_have_zero_mean_and_unit_std():
     assert torch.all(mean.abs() < 2e-3) and torch.all((std - 1).abs() < 2e-3), (mean, std)
 
 
-@needs_fmnist
-@pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no")
-def test_fmnist_lightning_training_beats_chance(one_thread):
-    class TinyCNN(L.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = nn.Sequential(
-                nn.Conv2d(1, 16, 3, padding=1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-                nn.Conv2d(16, 32, 3, padding=1),
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-                nn.Flatten(),
-                nn.Linear(32 * 7 * 7, 10),
-            )
-
-        def training_step(self, batch, _):
-            x, y = batch
-            return nn.functional.cross_entropy(self.net(x), y)
-
-        def test_step(self, batch, _):
-            x, y = batch
-            acc = (self.net(x).argmax(1) == y).float().mean()
-            self.log("test_acc", acc, batch_size=len(y))
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=3e-3)
-
-    L.seed_everything(0, verbose=False)
-    dm = FashionMNISTDataModule(batch_size=128, eval_batch_size=500)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=150,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    model = TinyCNN()
-    trainer.fit(model, datamodule=dm)
-    assert dm.per_process_batch_size == 128
-    (result,) = trainer.test(model, datamodule=dm, verbose=False)
-    assert result["test_acc"] > 0.6, result
-
-
 # ---------------------------------------------------------------------------- CIFAR
-def _dump(path: Path, obj: dict) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f)
-
-
-def _cifar_entry(n: int, num_classes: int, label_key: str, rng) -> dict:
-    entry = {
-        "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-        label_key: [int(i % num_classes) for i in range(n)],
-        "filenames": [f"img_{i}.png" for i in range(n)],
-    }
-    if label_key == "fine_labels":
-        entry["coarse_labels"] = [int(i % num_classes) // 5 for i in range(n)]
-    return entry
-
-
-def fake_cifar10(root: Path, per_batch: int = 20, n_test: int = 30) -> Path:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(1, 6):
-        _dump(folder / f"data_batch_{i}", _cifar_entry(per_batch, 10, "labels", rng))
-    _dump(folder / "test_batch", _cifar_entry(n_test, 10, "labels", rng))
-    _dump(folder / "batches.meta", {"label_names": [f"c{i}" for i in range(10)]})
-    return folder
-
-
-def fake_cifar100(root: Path, n_train: int = 200, n_test: int = 100) -> Path:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    _dump(folder / "train", _cifar_entry(n_train, 100, "fine_labels", rng))
-    _dump(folder / "test", _cifar_entry(n_test, 100, "fine_labels", rng))
-    names = {"fine_label_names": [f"f{i}" for i in range(100)]}
-    names["coarse_label_names"] = [f"g{i}" for i in range(20)]
-    _dump(folder / "meta", names)
-    return folder
-
-
 @pytest.mark.parametrize(
-    ("cls", "make", "n_train", "n_test", "num_classes"),
+    ("cls", "classes", "n_train", "n_test", "num_classes"),
     [
-        (CIFAR10DataModule, fake_cifar10, 100, 30, 10),
-        (CIFAR100DataModule, fake_cifar100, 200, 100, 100),
+        (CIFAR10DataModule, 10, 100, 30, 10),
+        (CIFAR100DataModule, 100, 200, 100, 100),
     ],
 )
-def test_cifar_fake_data(tmp_path, cls, make, n_train, n_test, num_classes):
-    folder = make(tmp_path)
+def test_cifar_fake_data(tmp_path, cls, classes, n_train, n_test, num_classes):
+    folder = write_cifar(tmp_path, classes, n_train, n_test)
     dm = cls(data_dir=str(tmp_path), batch_size=16)
     assert dm.num_classes == num_classes
     dm.setup("fit")
@@ -648,11 +364,11 @@ def test_cifar_normalised_training_images_have_zero_mean_and_unit_std(cls, folde
     assert torch.all(mean.abs() < 5e-3) and torch.all((std - 1).abs() < 5e-3), (mean, std)
 
 
-def test_cifar_two_view_and_val_split(tmp_path, one_thread, monkeypatch):
+def test_cifar_two_view_and_val_split(tmp_path, monkeypatch):
     import torchvision.datasets
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR100", _no_download)
-    fake_cifar100(tmp_path)
+    write_cifar(tmp_path, 100, n_train=200, n_test=100)
     dm = CIFAR100DataModule(
         data_dir=str(tmp_path), batch_size=8, two_view=True, val_split=100, download=True
     )
@@ -678,7 +394,7 @@ def test_cifar_missing_and_corrupt(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         dm.setup("fit")
     assert str(tmp_path) in str(info.value) and "data.datamodule.download=true" in str(info.value)
-    folder = fake_cifar10(tmp_path)
+    folder = write_cifar(tmp_path, 10, n_train=100, n_test=30)
     (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
     with pytest.raises(ValueError, match="data_batch_3"):
         CIFAR10DataModule(data_dir=str(tmp_path)).setup("fit")
@@ -687,20 +403,10 @@ def test_cifar_missing_and_corrupt(tmp_path):
 # ---------------------------------------------------------------------------- ImageNet
 @pytest.fixture
 def image_tree(tmp_path) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in ("ant", "bee", "cat"):
-            d = tmp_path / split / c
-            d.mkdir(parents=True)
-            for i in range(4):
-                arr = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
-                Image.fromarray(arr).save(d / f"{i}.png")
-    return tmp_path
+    return write_image_folder(tmp_path, ("ant", "bee", "cat"), {"train": 4, "val": 4})
 
 
-def test_imagenet_tree(image_tree, one_thread):
+def test_imagenet_tree(image_tree):
     dm = ImageNetDataModule(str(image_tree), batch_size=4, num_classes=3, image_size=32)
     assert (dm.num_classes, dm.in_channels, dm.image_size) == (3, 3, 32)
     dm.setup("fit")
