@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep
 from omegaconf import DictConfig
 
 FAST = [
@@ -20,6 +23,19 @@ FAST = [
 """Overrides that keep a digits run to a few seconds."""
 
 
+def compose_app(
+    config_name: str, overrides: list[str] | None = None, return_hydra_config: bool = False
+) -> DictConfig:
+    """Compose one of the application's configs (``train``, ``eval``, ``export``, ...) with
+    ``overrides``, as its command would (with the ``hydra`` node: ``return_hydra_config``)."""
+    with initialize_config_module(config_module="cskd_lightning.conf", version_base="1.3"):
+        return compose(
+            config_name=config_name,
+            overrides=list(overrides or []),
+            return_hydra_config=return_hydra_config,
+        )
+
+
 def compose_train(
     overrides: list[str],
     tmp_path: Path,
@@ -28,15 +44,27 @@ def compose_train(
 ) -> DictConfig:
     """Compose ``train.yaml`` as ``cskd-train`` would, with the outputs in ``output_dir`` and
     the teacher cache in ``cache_dir`` (``tmp_path/run`` and ``tmp_path/cache`` by default)."""
-    with initialize_config_module(config_module="cskd_lightning.conf", version_base="1.3"):
-        return compose(
-            config_name="train",
-            overrides=[
-                f"paths.output_dir={output_dir or tmp_path / 'run'}",
-                f"paths.cache_dir={cache_dir or tmp_path / 'cache'}",
-                *overrides,
-            ],
-        )
+    paths = [
+        f"paths.output_dir={output_dir or tmp_path / 'run'}",
+        f"paths.cache_dir={cache_dir or tmp_path / 'cache'}",
+    ]
+    return compose_app("train", [*paths, *overrides])
+
+
+def optuna_search(
+    overrides: list[str] | None = None,
+) -> tuple[DictConfig, dict[str, IntervalSweep]]:
+    """The config composed with ``hparams_search=optuna`` (its ``hydra`` node too) and its search
+    space, each parameter parsed as Hydra's sweeper parses it."""
+    cfg = compose_app(
+        "train", ["hparams_search=optuna", *(overrides or [])], return_hydra_config=True
+    )
+    parser = OverridesParser.create()
+    space = {
+        key: parser.parse_override(f"{key}={value}").value()
+        for key, value in cfg.hydra.sweeper.params.items()
+    }
+    return cfg, space
 
 
 CONSOLE_SCRIPTS = {
@@ -76,6 +104,12 @@ def start_cli(args: list[str], cwd: Path, log: Path | None = None, **env: str) -
     finally:
         if log is not None:
             out.close()  # the child holds its own copy of the file
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    """The values of ``key`` in the run's ``metrics.csv``, in the order they were logged."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [float(row[key]) for row in csv.DictReader(handle) if row.get(key)]
 
 
 def read_summary(run_dir: Path) -> dict:

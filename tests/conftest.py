@@ -7,6 +7,7 @@ test that compares the two checks the math, not one implementation against itsel
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -109,6 +110,19 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real ``train()`` run of the digits default with ``FAST`` settings, for the tests that
+    only read a finished run (its summary, student.pt, checkpoints); its run directory."""
+    from app_helpers import FAST, compose_train
+
+    from cskd_lightning.app.train import train
+
+    tmp = tmp_path_factory.mktemp("digits_run")
+    train(compose_train(FAST, tmp))
+    return tmp / "run"
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ import hydra
 import lightning as L
 import pytest
 import torch
-from app_helpers import FAST, compose_train, read_summary
+from app_helpers import FAST, compose_app, compose_train, read_summary
 from helpers import REPO
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from cskd_lightning.app.jobs import instantiate_group
@@ -167,8 +166,7 @@ def test_train_yaml_defaults(tmp_path: Path) -> None:
     from cskd_lightning.losses import CSKDLoss
     from cskd_lightning.module import DistillationModule
 
-    with initialize_config_module(config_module="cskd_lightning.conf", version_base="1.3"):
-        cfg = compose(config_name="train")
+    cfg = compose_app("train")
     assert isinstance(hydra.utils.instantiate(cfg.data.datamodule), DigitsDataModule)
     loss = hydra.utils.instantiate(cfg.distill.loss)
     assert isinstance(loss, CSKDLoss) and loss.cswt

@@ -1,51 +1,29 @@
-"""The student after training: the ``student.pt`` artifact, ``load_student``, ``cskd-export``,
-``cskd-eval`` on the artifact, and ``DistillationModule.load_from_checkpoint``'s teacher."""
+"""The student after training: the ``student.pt`` artifact, ``load_student``, ``cskd-export``
+(TorchScript; ONNX and the console script: tests/integration/test_export_runs.py), ``cskd-eval``
+on the artifact, and ``DistillationModule.load_from_checkpoint``'s teacher."""
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from app_helpers import FAST, compose_train, read_summary, run_cli
-from hydra import compose, initialize_config_module
+from app_helpers import compose_app, read_summary
+from helpers import raw_digits_test_set
 
 from cskd_lightning import CSKDLoss, DistillationModule, load_student
 from cskd_lightning.app.eval import evaluate
 from cskd_lightning.app.export import export
-from cskd_lightning.app.train import train
 from cskd_lightning.checkpoints import CheckpointError, load_weights
-from cskd_lightning.data.base import stratified_split
-from cskd_lightning.data.digits import TEST_FRACTION, TEST_SPLIT_SEED
 from cskd_lightning.errors import InputError
 from cskd_lightning.models import create_model
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real ``cskd-train`` run on the digits (fast settings); its run directory."""
-    tmp = tmp_path_factory.mktemp("export")
-    train(compose_train(FAST, tmp))
-    return tmp / "run"
-
-
-def raw_digits_test_set() -> tuple[torch.Tensor, torch.Tensor]:
-    """The digits test split as ``load_digits`` gives it: pixels 0..16, ``(N, 1, 8, 8)``."""
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
-    _, test_idx = stratified_split(labels, math.ceil(TEST_FRACTION * len(labels)), TEST_SPLIT_SEED)
-    images = torch.as_tensor(np.asarray(bunch.images)[test_idx]).unsqueeze(1)
-    return images, labels[test_idx]
-
-
-def compose_app(name: str, overrides: list[str]):
-    with initialize_config_module(config_module="cskd_lightning.conf", version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
+@pytest.fixture
+def run(digits_run: Path) -> Path:
+    """The real digits run these tests read (one per session: tests/conftest.py)."""
+    return digits_run
 
 
 # --------------------------------------------------------------------------- the artifact
@@ -113,30 +91,6 @@ def test_cskd_export_torchscript_matches_pytorch(run: Path, tmp_path: Path) -> N
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
     assert (out.parent / "export.json").is_file()
-
-
-def test_cskd_export_onnx_matches_pytorch(run: Path, tmp_path: Path) -> None:
-    ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (onnx extra)")
-    pytest.importorskip("onnxscript", reason="onnxscript is not installed (onnx extra)")
-    out = tmp_path / "student.onnx"
-    record = export(compose_app("export", [f"run_dir={run}", "format=onnx", f"output={out}"]))
-    assert record["max_abs_diff"] <= 1e-4
-    model, preprocess, _ = load_student(run / "student.pt")
-    x = preprocess(raw_digits_test_set()[0])  # 360 images: another batch size than the check's
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
-    with torch.no_grad():
-        torch.testing.assert_close(got, model(x), rtol=1e-4, atol=1e-4)
-
-
-def test_cskd_export_console_script_reports_input_errors(run: Path, tmp_path: Path) -> None:
-    bad = run_cli(["cskd-export", f"run_dir={run}", "format=tflite"], cwd=tmp_path)
-    assert bad.returncode == 1
-    lines = [line for line in bad.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1 and "Traceback" not in bad.stderr, bad.stderr[-2000:]
-    assert "format=tflite" in lines[0] and "onnx" in lines[0]
-    with pytest.raises(InputError, match="Checkpoint not found"):
-        export(compose_app("export", [f"run_dir={tmp_path / 'nothing'}"]))
 
 
 # --------------------------------------------------------------------------- load_from_checkpoint

@@ -1,5 +1,6 @@
 """The 100-class Fashion-MNIST pairs: labels, split separation, shapes, seeds, device variant,
-the pair of models, and a real ``cskd-train data=fashion_mnist_pairs pair=fashion_mnist_pairs``.
+the pair of models (a real ``cskd-train data=fashion_mnist_pairs pair=fashion_mnist_pairs``:
+tests/integration/test_fashion_mnist_pairs_runs.py).
 
 Real data only: Debian's ``dataset-fashion-mnist`` in /usr/share/datasets/fashion-mnist (the
 tests are skipped, saying so, without it). The expected labels are recomputed here from the raw
@@ -15,18 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from app_helpers import read_summary, run_cli
+from helpers import FMNIST_DIR, needs_fmnist
 
 from cskd_lightning.data import DeviceDataModule, FashionMNISTPairsDataModule
 from cskd_lightning.data.fashion_mnist_pairs import draw_pair_indices
 from cskd_lightning.models import count_parameters, create_model
-
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(
-    not (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-    reason="real Fashion-MNIST not installed in /usr/share/datasets/fashion-mnist (apt-get install "
-    "dataset-fashion-mnist)",
-)
 
 
 def _raw(name: str, header: int) -> np.ndarray:
@@ -191,30 +185,3 @@ def test_pair_models_sizes_and_ratio() -> None:
 
 
 # ------------------------------------------------------------------------------ the real command
-@pytest.mark.slow
-@needs_fmnist
-def test_cskd_train_runs_on_the_pairs(tmp_path: Path) -> None:
-    result = run_cli(
-        [
-            "cskd-train",
-            "data=fashion_mnist_pairs",
-            "pair=fashion_mnist_pairs",
-            "pair.teacher.recipe.max_epochs=1",
-            "pair.student.recipe.max_epochs=1",
-            "+trainer.limit_train_batches=6",
-            "+trainer.limit_val_batches=2",
-            "+trainer.limit_test_batches=2",
-            "callbacks.progress_bar=null",
-            f"paths.output_dir={tmp_path / 'run'}",
-            f"paths.cache_dir={tmp_path / 'cache'}",
-        ],
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = read_summary(tmp_path / "run")
-    assert summary["method"] == "cskd_cswt"
-    assert "fashion_mnist_pairs" in (tmp_path / "run" / "config.yaml").read_text()
-    for role in ("teacher", "student"):
-        assert 0.0 <= summary[role]["test_acc"] <= 1.0
-    state = torch.load(tmp_path / "run" / "student.pt", weights_only=True)["state_dict"]
-    assert state["classifier.weight"].shape == (100, 32)

@@ -1,10 +1,12 @@
-"""Mixed precision, channels_last and torch.compile options of DistillationModule (CPU)."""
+"""Mixed precision and channels_last options of DistillationModule (CPU; torch.compile:
+tests/integration/test_speed_options_runs.py)."""
 
 from __future__ import annotations
 
 import lightning as L
 import pytest
 import torch
+from helpers import quiet_trainer
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import Tensor, nn
 
@@ -20,14 +22,6 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode at the start of training"),
     pytest.mark.filterwarnings("ignore:.*GradScaler is enabled, but CUDA is not available"),
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class Recording(DistillationModule):
@@ -66,19 +60,15 @@ def _models() -> tuple[nn.Module, nn.Module]:
 
 
 def _fit(module: DistillationModule, tmp_path, steps: int = 4, **kwargs) -> L.Trainer:
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
+    trainer = quiet_trainer(
+        **{
+            "max_steps": steps,
+            "limit_val_batches": 1,
+            "num_sanity_val_steps": 0,
+            "default_root_dir": tmp_path,
+            **kwargs,
+        }
     )
-    trainer = L.Trainer(**{**options, **kwargs})
     trainer.fit(module, datamodule=DeviceDataModule(DigitsDataModule(batch_size=64, augment=True)))
     return trainer
 
@@ -123,18 +113,3 @@ def test_channels_last_trains_and_keeps_the_state_dict(tmp_path):
     assert formats and all(formats)
     assert not torch.equal(before, student.features[0].weight)
     assert list(module.state_dict()) == keys
-
-
-def test_compile_models_trains_and_keeps_the_state_dict(tmp_path):
-    # about 20 s on 2 CPU cores with a cold inductor cache (no validation: one graph per model)
-    student, teacher = _models()
-    keys = list(DistillationModule(student, teacher, CSKDLoss()).state_dict())
-    module = DistillationModule(student, teacher, CSKDLoss(), compile_models=True)
-    before = student.classifier.weight.detach().clone()
-    trainer = _fit(module, tmp_path, steps=2, limit_val_batches=0)
-    assert not torch.equal(before, student.classifier.weight)
-    assert torch.isfinite(trainer.callback_metrics["train/loss"])
-    assert list(module.state_dict()) == keys
-    assert set(module.__dict__["_compiled_models"]) == {"student", "teacher"}
-    fresh = DistillationModule(*_models(), CSKDLoss())
-    fresh.load_state_dict(module.state_dict())  # loadable without compile
