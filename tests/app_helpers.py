@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep
@@ -38,17 +39,36 @@ def compose_app(
 
 def compose_train(
     overrides: list[str],
-    tmp_path: Path,
+    tmp_path: Path | None = None,
     output_dir: Path | None = None,
     cache_dir: Path | None = None,
 ) -> DictConfig:
     """Compose ``train.yaml`` as ``cskd-train`` would, with the outputs in ``output_dir`` and
     the teacher cache in ``cache_dir`` (``tmp_path/run`` and ``tmp_path/cache`` by default)."""
-    paths = [
-        f"paths.output_dir={output_dir or tmp_path / 'run'}",
-        f"paths.cache_dir={cache_dir or tmp_path / 'cache'}",
-    ]
+    if tmp_path is not None:
+        output_dir = output_dir or tmp_path / "run"
+        cache_dir = cache_dir or tmp_path / "cache"
+    if output_dir is None or cache_dir is None:
+        raise ValueError("compose_train needs tmp_path, or both output_dir and cache_dir")
+    paths = [f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}"]
     return compose_app("train", [*paths, *overrides])
+
+
+def user_error(cfg: DictConfig, capsys: pytest.CaptureFixture) -> str:
+    """Run ``cfg`` as ``cskd-train`` does (``run_task``); expect exit status 1, no traceback and
+    one ``Error:`` line on stderr; return that line."""
+    from cskd_lightning.app.jobs import run_task
+    from cskd_lightning.app.train import train
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        run_task(train, cfg)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("Error: ")]
+    assert len(lines) == 1, err[-2000:]
+    return lines[0]
 
 
 def optuna_search(

@@ -11,11 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from app_helpers import compose_train
+from app_helpers import compose_train, user_error
 from helpers import process_view
 
-from cskd_lightning.app.jobs import run_task
-from cskd_lightning.app.train import train
 from cskd_lightning.data import DeviceDataModule, DigitsDataModule
 from cskd_lightning.data.device import SampleBatch, batch_rand_augment
 from cskd_lightning.data.sample_random import SampleRandom, hash32, hash32_int
@@ -132,15 +130,8 @@ def test_the_size_formula_is_what_the_files_take(tmp_path: Path, dtype: str):
 
 # --------------------------------------------------------------------------- refusals
 def test_the_dataloader_path_is_refused_in_one_line(tmp_path, capsys):
-    cfg = compose_train(["data=digits", "teacher.logit_cache=true"], tmp_path)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exited:
-        run_task(train, cfg)
-    assert exited.value.code == 1
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("Error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
-    assert "data=digits_device" in lines[0] and "teacher.logit_cache" in lines[0]
+    line = user_error(compose_train(["data=digits", "teacher.logit_cache=true"], tmp_path), capsys)
+    assert "data=digits_device" in line and "teacher.logit_cache" in line
     assert not (tmp_path / "cache" / "teachers").exists()  # refused before the teacher stage
 
 
