@@ -1,29 +1,19 @@
 """Real torch.distributed (2 CPU processes over gloo): gathering makes N x B/N behave as 1 x B.
 
-One launch of 2 worker processes runs every scenario; the workers write their results to files
-and the parent compares them with a single-process computation on the whole batch.
+One launch of 2 worker processes (forked: about a second) runs every scenario; the parent
+compares their results with a single-process computation on the whole batch.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-from pathlib import Path
-
 import pytest
 import torch
-import torch.multiprocessing as mp
+from helpers import run_gloo
 
 WORLD = 2
 BATCH, FEATURES, CLASSES = 16, 6, 5
 UNEQUAL = (3, 5)  # per-process batch sizes for the unequal-split scenarios
 F64 = torch.float64
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _problem() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -56,67 +46,50 @@ def _step(model, loss_fn, x, teacher_logits, y) -> dict[str, torch.Tensor]:
     return result
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
+def _worker(rank: int) -> dict[str, object]:
+    """Rank ``rank``'s part of every scenario, in a 2-process gloo group (helpers.run_gloo)."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from cskd_lightning.losses import CSKDLoss
     from cskd_lightning.losses.distributed import distributed_world_size, gather_batch
 
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
-    try:
-        assert distributed_world_size() == WORLD
-        x, zt, y, _ = _problem()
-        results: dict[str, object] = {}
+    assert distributed_world_size() == WORLD
+    x, zt, y, _ = _problem()
+    results: dict[str, object] = {}
 
-        # Equal split 8/8, CE + CSKD + CSWT, with and without gathering.
-        part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
-        for gather in (True, False):
-            model = DDP(_student())
-            results[f"equal_gather={gather}"] = _step(
-                model, CSKDLoss(gather=gather), x[part], zt[part], y[part]
-            )
-
-        # Unequal split 3/5 of the first 8 samples, distillation terms only (CE's per-process
-        # mean would weight the two processes differently; the gathered terms must not).
-        start = sum(UNEQUAL[:rank])
-        part = slice(start, start + UNEQUAL[rank])
+    # Equal split 8/8, CE + CSKD + CSWT, with and without gathering.
+    part = slice(rank * BATCH // WORLD, (rank + 1) * BATCH // WORLD)
+    for gather in (True, False):
         model = DDP(_student())
-        results["unequal_kd_only"] = _step(
-            model, CSKDLoss(ce_weight=0.0), x[part], zt[part], y[part]
+        results[f"equal_gather={gather}"] = _step(
+            model, CSKDLoss(gather=gather), x[part], zt[part], y[part]
         )
 
-        # gather_batch itself on unequal sizes: values in rank order, and a backward that sums
-        # the gradient every process sends to this process's rows.
-        local = torch.arange(UNEQUAL[rank] * CLASSES, dtype=F64).reshape(-1, CLASSES) + 100 * rank
-        local.requires_grad_()
-        gathered = gather_batch(local)
-        weights = torch.arange(sum(UNEQUAL) * CLASSES, dtype=F64).reshape(-1, CLASSES)
-        ((rank + 1) * weights * gathered).sum().backward()
-        results["gather_values"] = gathered.detach()
-        results["gather_grad"] = local.grad.clone()
+    # Unequal split 3/5 of the first 8 samples, distillation terms only (CE's per-process
+    # mean would weight the two processes differently; the gathered terms must not).
+    start = sum(UNEQUAL[:rank])
+    part = slice(start, start + UNEQUAL[rank])
+    model = DDP(_student())
+    results["unequal_kd_only"] = _step(model, CSKDLoss(ce_weight=0.0), x[part], zt[part], y[part])
 
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.barrier()
-        dist.destroy_process_group()
+    # gather_batch itself on unequal sizes: values in rank order, and a backward that sums
+    # the gradient every process sends to this process's rows.
+    local = torch.arange(UNEQUAL[rank] * CLASSES, dtype=F64).reshape(-1, CLASSES) + 100 * rank
+    local.requires_grad_()
+    gathered = gather_batch(local)
+    weights = torch.arange(sum(UNEQUAL) * CLASSES, dtype=F64).reshape(-1, CLASSES)
+    ((rank + 1) * weights * gathered).sum().backward()
+    results["gather_values"] = gathered.detach()
+    results["gather_grad"] = local.grad.clone()
+
+    return results
 
 
 @pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory) -> list[dict]:
-    out_dir = tmp_path_factory.mktemp("ddp")
-    # Forked workers inherit the imported library; spawned ones would each re-import torch and
-    # Lightning (about 10 s on a busy 2-core machine). Fall back to spawn where fork is missing.
-    import cskd_lightning.losses  # noqa: F401
+def ddp_results() -> list[dict]:
+    import cskd_lightning.losses  # noqa: F401 - imported once, before the workers fork
 
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _worker, args=(_free_port(), str(out_dir)), nprocs=WORLD, join=True, start_method=method
-    )
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return run_gloo(_worker, world=WORLD)
 
 
 def _single_process(loss_kwargs: dict, rows: slice) -> dict[str, torch.Tensor]:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,8 +11,8 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from app_helpers import compose_train
+from helpers import quiet_trainer, run_gloo
 from lightning.pytorch.loggers import CSVLogger
 
 from cskd_lightning.callbacks import CLASS_COSINE_CSV, TemperatureMonitor
@@ -41,17 +39,13 @@ def _fit(tmp_path: Path, loss, teacher: bool = True, **monitor_kwargs) -> tuple[
     module = DistillationModule(
         student, create_model("digits_teacher", 10, 1) if teacher else None, loss
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=EPOCHS,
         limit_train_batches=TRAIN_BATCHES,
         limit_val_batches=1,
         logger=CSVLogger(tmp_path, name="", version=""),
         callbacks=[TemperatureMonitor(**monitor_kwargs)],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
-        accelerator="cpu",
         log_every_n_steps=1,
     )
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
@@ -171,49 +165,31 @@ def test_hook_reads_the_weak_view_only_in_training() -> None:
 
 
 # --- DDP: two processes over gloo --------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _ddp_worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        results = {}
-        for gather in (True, False):
-            monitor = TemperatureMonitor()
-            monitor.gather = gather
-            for s, t in _steps():  # rank 0 gets the first rows of each batch, rank 1 the rest
-                half = (s.shape[0] + 1) // 2
-                rows = slice(0, half) if rank == 0 else slice(half, None)
-                monitor.update(s[rows], t[rows])
-            results[gather] = monitor.compute()
-        # What the (gathering) loss itself reports for the same slices, step by step.
-        results["loss"] = []
-        for s, t in _steps():
+def _ddp_worker(rank: int) -> dict:
+    """Rank ``rank``'s monitor statistics and loss values, in a 2-process gloo group."""
+    results = {}
+    for gather in (True, False):
+        monitor = TemperatureMonitor()
+        monitor.gather = gather
+        for s, t in _steps():  # rank 0 gets the first rows of each batch, rank 1 the rest
             half = (s.shape[0] + 1) // 2
             rows = slice(0, half) if rank == 0 else slice(half, None)
-            y = torch.zeros(s[rows].shape[0], dtype=torch.long)
-            out = CSKDLoss()(s[rows], t[rows], y)
-            results["loss"].append((s.shape[0], float(out["cswt_t_mean"]), float(out["cos_mean"])))
-        torch.save(results, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.barrier()
-        dist.destroy_process_group()
+            monitor.update(s[rows], t[rows])
+        results[gather] = monitor.compute()
+    # What the (gathering) loss itself reports for the same slices, step by step.
+    results["loss"] = []
+    for s, t in _steps():
+        half = (s.shape[0] + 1) // 2
+        rows = slice(0, half) if rank == 0 else slice(half, None)
+        y = torch.zeros(s[rows].shape[0], dtype=torch.long)
+        out = CSKDLoss()(s[rows], t[rows], y)
+        results["loss"].append((s.shape[0], float(out["cswt_t_mean"]), float(out["cos_mean"])))
+    return results
 
 
 @pytest.mark.timeout(120)
-def test_ddp_gathered_equals_one_process_and_ranks_agree(tmp_path: Path, ref) -> None:
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    mp.start_processes(
-        _ddp_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True, start_method=method
-    )
-    results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+def test_ddp_gathered_equals_one_process_and_ranks_agree(ref) -> None:
+    results = run_gloo(_ddp_worker)
     steps = _steps()
     # gather=True (the loss's default): the global batch, exactly one process's numbers, and
     # the loss's own per-step values under DDP, weighted by the global batch.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from app_helpers import FAST, compose_train, user_error
-from helpers import process_view
+from helpers import process_view, quiet_trainer
 from omegaconf import DictConfig
 
 from cskd_lightning.app.resume import (
@@ -109,7 +109,7 @@ def test_epoch_end_checkpoints_are_committed_after_the_epoch_is_logged(tmp_path:
     ckpt_dir.mkdir()
     (ckpt_dir / ".last.ckpt.tmp").write_bytes(b"half a checkpoint")
     data = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))), batch_size=4)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=3,
         callbacks=[
             CommitCheckpointsAfterLogging(ckpt_dir),
@@ -118,9 +118,7 @@ def test_epoch_end_checkpoints_are_committed_after_the_epoch_is_logged(tmp_path:
         ],
         plugins=[Watch()],
         logger=RunCSVLogger(tmp_path),
-        accelerator="cpu",
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
     )
     trainer.fit(Tiny(), data, data)
     assert torch.load(ckpt_dir / "last.ckpt", weights_only=True)["epoch"] == 2

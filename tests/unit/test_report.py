@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning as L
 import matplotlib.image as mpimg
 import pytest
+from helpers import quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
 
 from cskd_lightning.app.report import find_runs, generate_report, main, read_run
@@ -292,17 +293,13 @@ def test_reads_a_real_run_with_the_monitor(tmp_path: Path) -> None:
     module = DistillationModule(
         create_model("digits_student", 10, 1), create_model("digits_teacher", 10, 1), CSKDLoss()
     )
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
         max_epochs=2,
         limit_train_batches=2,
         limit_val_batches=1,
         logger=CSVLogger(run, name="", version=""),
         callbacks=[TemperatureMonitor()],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
-        accelerator="cpu",
     )
     trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
     val = {k: float(v) for k, v in trainer.callback_metrics.items()}
