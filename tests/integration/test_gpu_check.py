@@ -11,7 +11,6 @@ import pytest
 from helpers import REPO
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_gpu_check_smoke_passes_and_writes_its_record(tmp_path: Path) -> None:
     out = tmp_path / "record.md"

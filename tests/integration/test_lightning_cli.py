@@ -20,8 +20,6 @@ from helpers import REPO
 from cskd_lightning.checkpoints import CheckpointError
 from cskd_lightning.models import Pretrained, create_model
 
-pytestmark = pytest.mark.slow
-
 EXAMPLE = REPO / "examples" / "lightning_cli"
 FAST = ["--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4"]
 

@@ -4,27 +4,12 @@ line)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from app_helpers import FAST, read_summary, run_cli
 
-pytestmark = pytest.mark.slow
-
 ONE_EPOCH = [*FAST, "pair.student.recipe.max_epochs=1"]
-
-
-def report(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cskd_lightning.app.report", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def results_rows(text: str) -> list[str]:
@@ -52,7 +37,7 @@ def test_report_groups_a_real_sweep_by_its_swept_values(tmp_path: Path) -> None:
     summaries = [read_summary(sweep / str(job)) for job in range(4)]
     assert {s["selection"] for s in summaries} == {"validation"}  # digits holds out 10 %
 
-    made = report([str(sweep)], tmp_path)
+    made = run_cli(["cskd-report", str(sweep)], tmp_path)
     assert made.returncode == 0, made.stderr
     rows = results_rows((sweep / "report.md").read_text())
     # Two settings of the loss, never averaged together: one row each, two seeds each.
@@ -63,8 +48,9 @@ def test_report_groups_a_real_sweep_by_its_swept_values(tmp_path: Path) -> None:
 
     # --group-by chooses: by method alone, the four runs are one group and the report says
     # that the settings were averaged and that seeds repeat.
-    made = report(
-        [str(sweep), "--group-by", "method", "--out", str(tmp_path / "by_method")], tmp_path
+    made = run_cli(
+        ["cskd-report", str(sweep), "--group-by", "method", "--out", str(tmp_path / "by_method")],
+        tmp_path,
     )
     assert made.returncode == 0, made.stderr
     text = (tmp_path / "by_method" / "report.md").read_text()
