@@ -148,7 +148,6 @@ def _same_weights(a: nn.Module, b: nn.Module) -> bool:
     return all(torch.equal(value, theirs[key]) for key, value in a.state_dict().items())
 
 
-@pytest.mark.filterwarnings("ignore:.*does not have many workers")
 def test_resume_at_an_epoch_end_needs_no_data_state(tmp_path):
     # Worker processes load (and prefetch) before Lightning's first set_epoch: the resumed
     # loader must start at the restored epoch by itself.
@@ -165,7 +164,6 @@ def test_resume_at_an_epoch_end_needs_no_data_state(tmp_path):
         assert _same_weights(straight, resumed), path
 
 
-@pytest.mark.filterwarnings("ignore:.*does not have many workers")
 def test_epoch_seed_makes_dropout_resume_exactly(tmp_path):
     """Dropout draws from the global generator, whose state no checkpoint holds: a resumed run
     repeats the uninterrupted one's dropout only when EpochSeed reseeds it every epoch."""

@@ -23,12 +23,7 @@ from omegaconf import OmegaConf
 from cskd_lightning.app.train import train
 from cskd_lightning.module import DistillationModule
 
-pytestmark = [
-    pytest.mark.timeout(300),
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval"),
-    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
-]
+pytestmark = pytest.mark.timeout(300)
 
 TINY = [
     "data=digits_device",

@@ -12,11 +12,7 @@ from cskd_lightning import CSKDLoss, DistillationModule
 from cskd_lightning.data import DeviceDataModule, DigitsDataModule
 from cskd_lightning.models import create_model
 
-pytestmark = [
-    pytest.mark.timeout(180),
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
-]
+pytestmark = pytest.mark.timeout(180)
 
 
 def _models() -> tuple[nn.Module, nn.Module]:

@@ -33,13 +33,7 @@ from cskd_lightning.data.transforms import RandomCropTensor, RandomHorizontalFli
 from cskd_lightning.errors import InputError
 from cskd_lightning.models import create_model
 
-pytestmark = [
-    pytest.mark.timeout(120),
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval"),
-    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
-    pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode at the start of training"),
-]
+pytestmark = pytest.mark.timeout(120)
 
 
 def _epoch(loader) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,12 +19,7 @@ from cskd_lightning.data.device import SampleBatch, batch_rand_augment
 from cskd_lightning.data.sample_random import SampleRandom, hash32, hash32_int
 from cskd_lightning.logit_cache import LogitFile, cache_size_bytes
 
-pytestmark = [
-    pytest.mark.timeout(300),
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval"),
-    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
-]
+pytestmark = pytest.mark.timeout(300)
 
 
 # --------------------------------------------------------------------------- the numbers

@@ -20,12 +20,7 @@ from cskd_lightning.losses.functional import cross_entropy
 
 pytestmark = [
     pytest.mark.timeout(120),
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval"),
     pytest.mark.filterwarnings("ignore:.*but have no `val_dataloader`"),
-    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
-    # module.py silences this at import; pytest restores the warning filters before each test.
-    pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode at the start of training"),
 ]
 
 CLASSES, FEATURES, BATCH = 10, 64, 32

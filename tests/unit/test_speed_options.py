@@ -16,10 +16,6 @@ from cskd_lightning.models import create_model
 
 pytestmark = [
     pytest.mark.timeout(180),
-    pytest.mark.filterwarnings("ignore:.*does not have many workers"),
-    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval"),
-    pytest.mark.filterwarnings("ignore:`isinstance\\(treespec, LeafSpec\\)` is deprecated"),
-    pytest.mark.filterwarnings("ignore:.*module\\(s\\) in eval mode at the start of training"),
     pytest.mark.filterwarnings("ignore:.*GradScaler is enabled, but CUDA is not available"),
 ]
 
