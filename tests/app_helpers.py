@@ -1,4 +1,5 @@
-"""Helpers for the tests that run the Hydra application (compose, run, read outputs)."""
+"""Helpers for the tests that run the Hydra application (compose, run, read outputs); also
+imported, through tests/error_catalogue.py, by benchmarks/error_catalogue.py."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    import pytest
 
 FAST = [
     "pair.teacher.recipe.max_epochs=1",
@@ -57,6 +61,8 @@ def compose_train(
 def user_error(cfg: DictConfig, capsys: pytest.CaptureFixture) -> str:
     """Run ``cfg`` as ``cskd-train`` does (``run_task``); expect exit status 1, no traceback and
     one ``Error:`` line on stderr; return that line."""
+    import pytest  # here: benchmarks/error_catalogue.py imports this module without pytest
+
     from cskd_lightning.app.jobs import run_task
     from cskd_lightning.app.train import train
 
