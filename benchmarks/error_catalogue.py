@@ -1,6 +1,6 @@
 """Run every bad input of the catalogue through the real ``cskd-train`` and write the table of
-``docs/errors.md`` from what the runs printed (the test ``tests/test_error_catalogue.py``
-checks the same cases).
+``docs/errors.md`` from what the runs printed (the test
+``tests/integration/test_error_catalogue.py`` checks the same cases).
 
     python benchmarks/error_catalogue.py --write docs/errors.md
 

@@ -7,6 +7,7 @@ test that compares the two checks the math, not one implementation against itsel
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -109,6 +110,30 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real ``train()`` run of the digits default with ``FAST`` settings, for the tests that
+    only read a finished run (its summary, student.pt, checkpoints); its run directory."""
+    from app_helpers import FAST, compose_train
+
+    from cskd_lightning.app.train import train
+
+    tmp = tmp_path_factory.mktemp("digits_run")
+    train(compose_train(FAST, tmp))
+    return tmp / "run"
+
+
+@pytest.fixture
+def no_weight_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail loudly if anything asks torchvision for pretrained weights (nothing is downloaded)."""
+    import torchvision.models._api as tv_api
+
+    def refuse(url: str, *args, **kwargs):
+        raise AssertionError(f"a test tried to download {url}")
+
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url", refuse)
 
 
 @pytest.fixture(scope="session")

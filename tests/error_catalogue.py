@@ -2,7 +2,7 @@
 finished run directory, must end with one ``Error:`` message and exit status 1, and leave the
 run directory and the teacher cache byte-identical.
 
-Used by ``tests/test_error_catalogue.py`` (which checks every case) and by
+Used by ``tests/integration/test_error_catalogue.py`` (which checks every case) and by
 ``benchmarks/error_catalogue.py`` (which runs them and writes the table of ``docs/errors.md``).
 """
 
