@@ -22,9 +22,14 @@ import torch
 from app_helpers import FAST, compose_train, read_summary, run_cli, start_cli
 from omegaconf import DictConfig
 
-from cskd_lightning.app.resume import checkpoint_candidates, newest_good_checkpoint, resolve_resume
+from cskd_lightning.app.resume import resolve_resume
 from cskd_lightning.app.train import train
-from cskd_lightning.checkpoints import CheckpointError, read_checkpoint
+from cskd_lightning.checkpoints import (
+    CheckpointError,
+    checkpoint_candidates,
+    newest_good_checkpoint,
+    read_checkpoint,
+)
 from cskd_lightning.errors import InputError
 
 
