@@ -76,11 +76,16 @@ __all__ = [
 CACHE_FORMAT = 1
 DTYPES = {"float32": np.float32, "float16": np.float16}
 REFUSAL = (
-    "teacher.logit_cache=true needs the device-resident data pipeline, whose augmentation of a "
-    "sample depends only on (augment_seed, epoch, index), but {data} is a DataLoader "
+    "teacher.logit_cache=true needs the device-resident data pipeline, whose batches carry "
+    "their sample indices (the cache's row numbers), but {data} is a DataLoader "
     "datamodule: use {fix} (or teacher.logit_cache=false)."
 )
-DEVICE_DATA = ("digits_device", "fashion_mnist_device", "cifar100_device")
+DEVICE_DATA = (
+    "digits_device",
+    "fashion_mnist_device",
+    "fashion_mnist_pairs_device",
+    "cifar100_device",
+)
 
 
 def refusal(data_name: str, datamodule: Any) -> str:
