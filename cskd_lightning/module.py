@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -10,7 +11,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
@@ -20,9 +20,16 @@ from cskd_lightning.losses.base import DistillationLoss
 
 log = logging.getLogger(__name__)
 
-# Lightning's own callable types: LightningCLI / jsonargparse accept a ``class_path`` for them
+# The same types as Lightning's ``OptimizerCallable`` / ``LRSchedulerCallable``, written here
+# because importing ``lightning.pytorch.cli`` for them would import jsonargparse (the ``cli``
+# extra) with the library. LightningCLI / jsonargparse accept a ``class_path`` for them
 # (``--model.scheduler=CosineAnnealingLR --model.scheduler.T_max=20``), and a Hydra
 # ``_partial_`` or ``functools.partial`` is such a callable too.
+OptimizerCallable = Callable[[Iterable], torch.optim.Optimizer]
+LRSchedulerCallable = Callable[
+    [torch.optim.Optimizer],
+    torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau,
+]
 OptimizerFactory = OptimizerCallable
 SchedulerFactory = LRSchedulerCallable
 
@@ -61,10 +68,11 @@ def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
 def _refuse_ignored_cli_scheduler(trainer: Any) -> None:
     """LightningCLI's own ``--lr_scheduler`` without ``--optimizer`` is dropped by Lightning
     (it only replaces ``configure_optimizers`` when an optimizer is given): refuse it."""
-    from lightning.pytorch.cli import SaveConfigCallback
-
+    cli = sys.modules.get("lightning.pytorch.cli")
+    if cli is None:  # no LightningCLI in this process
+        return
     for callback in getattr(trainer, "callbacks", None) or []:
-        if not isinstance(callback, SaveConfigCallback):
+        if not isinstance(callback, cli.SaveConfigCallback):
             continue
         config = getattr(callback, "config", None)
         if config is not None and config.get("lr_scheduler") is not None:

@@ -25,7 +25,8 @@ PROBE = textwrap.dedent(
         "new_filters": [repr(f) for f in warnings.filters if f not in filters],
         "removed_filters": len([f for f in filters if f not in warnings.filters]),
         "changed_levels": changed,
-        "app_modules": sorted(m for m in sys.modules if m.split(".")[0] in ("hydra", "omegaconf")
+        "app_modules": sorted(m for m in sys.modules
+                              if m.split(".")[0] in ("hydra", "omegaconf", "jsonargparse")
                               or m.startswith("cskd_lightning.app")),
     }))
     """
@@ -44,3 +45,19 @@ def test_importing_the_library_changes_no_global_state_and_no_app_is_loaded() ->
         "changed_levels": [],
         "app_modules": [],
     }
+
+
+def _filters_after(statement: str) -> list[str]:
+    show = "print(json.dumps(sorted(map(repr, warnings.filters))))"
+    code = f"import json, warnings\n{statement}\n{show}"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_imported_first_the_library_sets_only_its_dependencies_filters() -> None:
+    """In a fresh process, ``import cskd_lightning`` alone leaves exactly the warning filters
+    that importing its dependencies (Lightning, torchmetrics, torchvision) leaves."""
+    library = _filters_after("import cskd_lightning")
+    dependencies = _filters_after("import lightning, torchmetrics, torchvision")
+    assert library == dependencies
