@@ -13,7 +13,7 @@ from cskd_lightning.losses.functional import cross_entropy, dkd_terms, standardi
 class DKDLoss(DistillationLoss):
     """DKD: classic KD split into a target-class and a non-target-class part, re-weighted.
 
-    ``L = ce_weight * CE(z_s, y) + w(epoch) * (alpha * TCKD + beta * NCKD)``
+    ``L = ce_weight * CE(z_s, y) + w(epoch) * kd_weight * (alpha * TCKD + beta * NCKD)``
 
     - ``TCKD = T^2 * KL(b_t || b_s)`` on the binary ``b = [p_y, 1 - p_y]``;
     - ``NCKD = T^2 * KL(p_hat_t || p_hat_s)``, ``p_hat = softmax(z / T)`` over the ``C - 1``
@@ -30,8 +30,12 @@ class DKDLoss(DistillationLoss):
     ``logit_standardization=True`` (Sun et al., CVPR 2024) computes TCKD and NCKD on the
     per-sample z-scored logits ``Z(z) / T``; CE stays on the raw logits.
 
-    Per sample, so nothing is gathered across processes. Defaults: the CIFAR-100 setting of the
-    paper (``beta = 8``; the paper uses 2 for the resnet56/resnet110 pairs, 6 for VGG/WRN).
+    ``kd_weight`` multiplies alpha and beta together: the logit-standardization code's
+    ``--kd-weight`` (9) does exactly that to a pair's DKD config (``distill=dkd_ls``).
+
+    Per sample, so nothing is gathered across processes. Defaults: mdistiller's (alpha 1,
+    beta 8, T 4, 20 warm-up epochs); its CIFAR-100 configs set beta per pair (2, 6 or 8), and
+    ``distill=dkd`` takes it from the pair config (``pair.dkd.beta``).
     Inputs ``(B, C)`` logits, ``(B,)`` targets. Terms: ``loss``, ``ce``, ``tckd``, ``nckd``
     (unweighted, without the warm-up factor) and ``dkd_warmup`` (the factor ``w``).
     """
@@ -44,6 +48,7 @@ class DKDLoss(DistillationLoss):
         ce_weight: float = 1.0,
         warmup_epochs: int = 20,
         logit_standardization: bool = False,
+        kd_weight: float = 1.0,
     ) -> None:
         super().__init__()
         self.alpha = check_weight("alpha", alpha)
@@ -56,6 +61,7 @@ class DKDLoss(DistillationLoss):
             )
         self.warmup_epochs = int(warmup_epochs)
         self.logit_standardization = bool(logit_standardization)
+        self.kd_weight = check_weight("kd_weight", kd_weight)
 
     def warmup_factor(self) -> float:
         """``min((epoch + 1) / warmup_epochs, 1)`` from ``self.progress`` (1 without warm-up)."""
@@ -72,7 +78,8 @@ class DKDLoss(DistillationLoss):
             zs, zt = standardize_logits(zs), standardize_logits(zt)
         tckd, nckd = dkd_terms(zs, zt, targets, self.temperature)
         factor = self.warmup_factor()
-        loss = self.ce_weight * ce + factor * (self.alpha * tckd + self.beta * nckd)
+        kd = self.kd_weight * (self.alpha * tckd + self.beta * nckd)
+        loss = self.ce_weight * ce + factor * kd
         return {
             "loss": loss,
             "ce": ce,
