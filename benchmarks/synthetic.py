@@ -16,11 +16,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from cskd_lightning.data import CIFAR100DataModule
 from cskd_lightning.data.base import BaseDataModule, TensorImageDataset
 from cskd_lightning.data.transforms import ToFloatNormalize
 
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+CIFAR100_MEAN, CIFAR100_STD = CIFAR100DataModule.mean, CIFAR100DataModule.std
 
 
 class SyntheticCIFAR(BaseDataModule):

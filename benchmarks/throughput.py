@@ -60,6 +60,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from cskd_lightning import CSKDLoss, DistillationModule
+from cskd_lightning.data import CIFAR100DataModule
 from cskd_lightning.data.device import BatchAugment, DeviceBatchLoader, ShardedPermutation
 from cskd_lightning.data.fashion_mnist import MEAN as FMNIST_MEAN
 from cskd_lightning.data.fashion_mnist import STD as FMNIST_STD
@@ -68,8 +69,7 @@ from cskd_lightning.data.transforms import Cutout, TwoViewTransform
 from cskd_lightning.models import create_model
 from cskd_lightning.module import logits_of
 
-CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
-CIFAR100_STD = (0.2673, 0.2564, 0.2762)
+CIFAR100_MEAN, CIFAR100_STD = CIFAR100DataModule.mean, CIFAR100DataModule.std
 
 
 # ------------------------------------------------------------------------------- workloads

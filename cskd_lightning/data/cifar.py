@@ -177,8 +177,11 @@ class CIFAR100DataModule(_CIFARDataModule):
 
     Reads ``data_dir/cifar-100-python/{train, test, meta}`` (``download=True`` fetches them
     with torchvision). Labels are the ``fine_labels``. Training augmentation: RandomCrop(32,
-    padding=4) + horizontal flip; normalisation mean (0.5071, 0.4865, 0.4409), std (0.2673,
-    0.2564, 0.2762). ``val_split`` defaults to 0 (validation on the test set).
+    padding=4) + horizontal flip; normalisation mean (0.5071, 0.4867, 0.4408), std (0.2675,
+    0.2565, 0.2761): the constants the released CIFAR-100 teachers were trained with
+    (RepDistiller's and mdistiller's ``dataset/cifar100.py``), so that a teacher loaded from
+    their checkpoints sees its own input scale. ``val_split`` defaults to 0 (validation on the
+    test set).
 
     Batches: ``x`` ``float32`` ``(B, 3, 32, 32)``, ``y`` ``int64`` ``(B,)``; two-view training
     batches ``((x_weak, x_strong), y)``.
@@ -191,6 +194,6 @@ class CIFAR100DataModule(_CIFARDataModule):
     meta_file = "meta"
     label_key = "fine_labels"
     names_key = "fine_label_names"
-    mean = (0.5071, 0.4865, 0.4409)
-    std = (0.2673, 0.2564, 0.2762)
+    mean = (0.5071, 0.4867, 0.4408)  # RepDistiller / mdistiller dataset/cifar100.py
+    std = (0.2675, 0.2565, 0.2761)
     tv_name = "CIFAR100"

@@ -27,12 +27,14 @@ from cskd_lightning.data import (
     CIFAR10DataModule,
     CIFAR100DataModule,
     Cutout,
+    DeviceDataModule,
     DigitsDataModule,
     FashionMNISTDataModule,
     ImageNetDataModule,
     TwoViewTransform,
 )
 from cskd_lightning.data.fashion_mnist import read_idx
+from cskd_lightning.export import preprocessing_of
 
 
 def _check_batch(x: torch.Tensor, y: torch.Tensor, b: int, c: int, s: int) -> None:
@@ -308,6 +310,25 @@ def test_fmnist_normalised_training_images_have_zero_mean_and_unit_std():
 
 
 # ---------------------------------------------------------------------------- CIFAR
+# The normalisation, written here (not read from the datamodule):
+# - CIFAR-100: the constants the released teachers were trained with, RepDistiller's and
+#   mdistiller's dataset/cifar100.py: Normalize((0.5071, 0.4867, 0.4408), (0.2675, 0.2565,
+#   0.2761)); a teacher loaded from their checkpoints needs its own input scale.
+# - CIFAR-10: the usual constants (the training images' per-channel statistics).
+CIFAR_NORM = {
+    CIFAR100DataModule: ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    CIFAR10DataModule: ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+}
+
+
+def _expected_cifar_batch(folder: Path, cls: type, n: int) -> torch.Tensor:
+    """The first ``n`` test images of the written files, normalised with :data:`CIFAR_NORM`."""
+    with open(folder / ("test_batch" if cls is CIFAR10DataModule else "test"), "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in CIFAR_NORM[cls])
+    return (torch.from_numpy(raw["data"][:n].reshape(n, 3, 32, 32)).float() / 255 - mean) / std
+
+
 @pytest.mark.parametrize(
     ("cls", "classes", "n_train", "n_test", "num_classes"),
     [
@@ -326,16 +347,26 @@ def test_cifar_fake_data(tmp_path, cls, classes, n_train, n_test, num_classes):
     x, y = next(iter(dm.train_dataloader()))
     _check_batch(x, y, 16, 3, 32)
     assert (dm.in_channels, dm.image_size) == (x.shape[1], x.shape[-1])
-    # evaluation batches are exactly (raw / 255 - mean) / std, in file order
-    with open(folder / ("test_batch" if cls is CIFAR10DataModule else "test"), "rb") as f:
-        raw = pickle.load(f, encoding="latin1")
-    expect = torch.from_numpy(raw["data"][:16].reshape(16, 3, 32, 32)).float() / 255
-    mean = torch.tensor(dm.mean).view(1, 3, 1, 1)
-    std = torch.tensor(dm.std).view(1, 3, 1, 1)
+    # evaluation batches are exactly (raw / 255 - mean) / std with CIFAR_NORM, in file order
     x, y = next(iter(dm.test_dataloader()))
     _check_batch(x, y, 16, 3, 32)
-    torch.testing.assert_close(x, (expect - mean) / std)
+    torch.testing.assert_close(x, _expected_cifar_batch(folder, cls, 16), rtol=0, atol=1e-6)
     assert y.tolist() == [i % num_classes for i in range(16)]
+
+
+def test_cifar100_device_pipeline_and_export_use_the_teachers_constants(tmp_path):
+    """data=cifar100_device normalises its batches on the device with the same constants, and
+    the student.pt export records them (``cskd-export``'s and ``cskd-eval``'s preprocessing)."""
+    folder = write_cifar(tmp_path, 100, n_train=64, n_test=32)
+    dm = DeviceDataModule(CIFAR100DataModule(data_dir=str(tmp_path), batch_size=16))
+    dm.setup("fit")
+    x, _ = next(iter(dm.test_dataloader()))
+    torch.testing.assert_close(x, _expected_cifar_batch(folder, CIFAR100DataModule, 16))
+    mean, std = CIFAR_NORM[CIFAR100DataModule]
+    spec = preprocessing_of(dm)
+    assert spec is not None and spec["scale"] == 255.0
+    assert spec["mean"] == pytest.approx(mean, abs=1e-7)
+    assert spec["std"] == pytest.approx(std, abs=1e-7)
 
 
 CIFAR_DIR = Path(os.environ.get("CIFAR_DIR", "data"))
