@@ -197,3 +197,10 @@ def print_summary(summary: Mapping[str, Any], console: Console | None = None) ->
     console.print(table)
     console.print(f"wall time {summary['wall_time_s']:.1f} s; files in {summary['output_dir']}")
     console.print(f"teacher weights: {teacher.get('source')}")
+    published = teacher.get("published")
+    if published:
+        beyond = "" if published.get("within_tolerance") else " (beyond tolerance: check it)"
+        console.print(
+            f"teacher published: {published['published_acc']:.2f}% "
+            f"({published['gap_pts']:+.2f} pts){beyond}"
+        )

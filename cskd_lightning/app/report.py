@@ -9,7 +9,10 @@ Written into ``DIR`` (or ``--out``):
 
 - ``report.md``: per group, mean ± sample standard deviation over seeds of the teacher's and
   the student's test accuracy, the best-epoch and last-epoch validation accuracy, the best
-  epoch, the number of epochs and the wall time; then every run, and the failed jobs;
+  epoch, the number of epochs and the wall time; on a CIFAR-100 or ImageNet pair, each
+  group's student (and teacher) accuracy beside the published one, its source and the
+  difference (:mod:`cskd_lightning.published`, ``pair.teacher.published_acc``); then every
+  run, and the failed jobs;
 - ``val_acc.png``: validation accuracy per epoch per group (mean over seeds, ± 1 std band);
 - ``cswt_temperature.png``: the CSWT temperatures over training (the ``TemperatureMonitor``'s
   10/50/90% quantiles, else the loss's own per-epoch mean/min/max);
@@ -36,6 +39,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from cskd_lightning.errors import InputError, MissingInputError
+from cskd_lightning.published import SOURCES, published_top1
 
 SUMMARY = "summary.json"
 METRICS = "metrics.csv"
@@ -308,10 +312,29 @@ def _first_known(value: Any, fallback: Any) -> Any:
     return fallback if value is None else value
 
 
+#: The published numbers beside a run (:mod:`cskd_lightning.published`, the pair config).
+PUBLISHED_COLUMNS = ("published student (%)", "published source", "published teacher (%)")
+
+
+def published_values(run: Run) -> dict[str, Any]:
+    """What was published for the run's (data, pair, method): the student's top-1 and its
+    source (:func:`cskd_lightning.published.published_top1`; NaN and ``""`` when nothing is),
+    and the teacher's accuracy the run compared its teacher with (``summary.json``'s
+    ``teacher.published``, from ``pair.teacher.published_acc``)."""
+    data = str(run.summary.get("data"))
+    found = published_top1(data, str(run.summary.get("pair")), run.method)
+    teacher = run.summary.get("teacher", {}).get("published") or {}
+    return {
+        "published student (%)": found.top1 if found else np.nan,
+        "published source": found.source if found else "",
+        "published teacher (%)": teacher.get("published_acc", np.nan),
+    }
+
+
 def runs_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
     """One row per run: ``group``, ``seed``, ``selection``, ``data`` (data set and pair),
-    ``path`` and the :data:`DIGITS` columns in display units (accuracies in percent; NaN where
-    a run lacks the value)."""
+    ``path``, the :data:`DIGITS` columns in display units (accuracies in percent; NaN where
+    a run lacks the value) and the :data:`PUBLISHED_COLUMNS` (see :func:`published_values`)."""
     rows = [
         {
             "group": name,
@@ -320,11 +343,13 @@ def runs_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
             "data": f"{run.summary.get('data')} ({run.summary.get('pair')})",
             "path": run.path,
             **run_values(run),
+            **published_values(run),
         }
         for name, runs in groups.items()
         for run in runs
     ]
-    table = pd.DataFrame(rows, columns=["group", "seed", "selection", "data", "path", *DIGITS])
+    columns = ["group", "seed", "selection", "data", "path", *DIGITS, *PUBLISHED_COLUMNS]
+    table = pd.DataFrame(rows, columns=columns)
     numbers = table[list(DIGITS)].apply(pd.to_numeric, errors="coerce")
     table[list(DIGITS)] = numbers.replace([np.inf, -np.inf], np.nan).astype(float)
     table[ACCURACIES] *= 100
@@ -403,6 +428,71 @@ def _override_text(overrides: dict[str, str]) -> str:
     return " ".join(f"`{k}={v}`" for k, v in keep.items())
 
 
+PUBLISHED_INTRO = (
+    "Each group's student test accuracy beside the published number for its method on its "
+    "pair, and the difference (yours minus published, in points). The published numbers are "
+    "the best test-epoch top-1 of the standard 240-epoch protocol (MLKD: its own two-view "
+    "recipe); compare runs made the same way (`experiment=cifar100_standard`, or "
+    "`experiment=imagenet`), and a mean over seeds with a mean. The CSKD methods have no "
+    "published per-pair number."
+)
+
+
+def _one(values: pd.Series) -> Any:
+    """The group's single value of a column, NaN/``""`` when its runs disagree or have none."""
+    known = values.dropna()
+    known = known if pd.api.types.is_numeric_dtype(known) else known[known != ""]
+    return known.iloc[0] if len(known) and known.nunique() == 1 else np.nan
+
+
+def published_section(table: pd.DataFrame) -> list[str]:
+    """The "Against the published numbers" lines of ``report.md``: one row per group whose
+    (data, pair, method) has a published student or teacher number, none at all otherwise."""
+    groups = table.groupby("group", sort=False)
+    rows = []
+    for name, runs in groups:
+        student, source = _one(runs["published student (%)"]), _one(runs["published source"])
+        teacher = _one(runs["published teacher (%)"])
+        if pd.isna(student) and pd.isna(teacher):
+            continue
+        ours = runs["student test acc (%)"].dropna()
+        ours_teacher = runs["teacher test acc (%)"].dropna()
+        rows.append(
+            {
+                "method": f"`{name}`",
+                "data (pair)": ", ".join(sorted(set(runs["data"]))),
+                "student test acc (%)": mean_std(runs["student test acc (%)"], 2),
+                "published (%)": _number(student, 2),
+                "difference (pts)": (
+                    "–" if pd.isna(student) or ours.empty else f"{ours.mean() - student:+.2f}"
+                ),
+                "source": "–" if pd.isna(source) else str(source),
+                "teacher test acc (%)": mean_std(runs["teacher test acc (%)"], 2),
+                "teacher published (%)": _number(teacher, 2),
+                "teacher difference (pts)": (
+                    "–"
+                    if pd.isna(teacher) or ours_teacher.empty
+                    else f"{ours_teacher.mean() - teacher:+.2f}"
+                ),
+            }
+        )
+    if not rows:
+        return []
+    used = sorted({r["source"] for r in rows if r["source"] != "–"})
+    return [
+        "## Against the published numbers",
+        "",
+        PUBLISHED_INTRO,
+        "",
+        *markdown_table(pd.DataFrame(rows)),
+        "",
+        "Sources (`cskd_lightning/published.py`; the teachers': the pair configs):",
+        "",
+        *[f"- {key}: {SOURCES[key]}." for key in used],
+        "",
+    ]
+
+
 def render_markdown(
     root: Path,
     table: pd.DataFrame,
@@ -445,6 +535,7 @@ def render_markdown(
         results = results.reset_index().rename(columns={"selection": "selected on"})
         results.insert(0, "method", "`" + results.pop("group") + "`")
         lines += markdown_table(results) + [""]
+        lines += published_section(table)
 
         runs = pd.DataFrame(
             {

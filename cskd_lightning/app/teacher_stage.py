@@ -142,6 +142,48 @@ def evaluate_teacher(
     return to_float(results[0].get("test/acc")) if results else None
 
 
+PUBLISHED_TOLERANCE_PTS = 1.0
+"""How far (in points of top-1) a teacher may score from its published accuracy before the run
+warns: one point, about what a CIFAR-100 teacher moves between seeds."""
+
+
+def compare_with_published(
+    cfg: DictConfig, test_acc: float | None, source: str
+) -> dict[str, Any] | None:
+    """The teacher's test accuracy beside the one published for the pair's teacher.
+
+    ``pair.teacher.published_acc`` (percent; the pair config names its source) against
+    ``test_acc`` (a fraction, from this data's test split). Logs the comparison, as a warning
+    when they differ by more than :data:`PUBLISHED_TOLERANCE_PTS`: a wrong checkpoint, another
+    normalisation or a damaged file shows here, before the student trains. Returns the record
+    ``{"published_acc", "gap_pts", "tolerance_pts", "within_tolerance"}`` for ``summary.json``,
+    or ``None`` when the pair publishes no accuracy or the test gave none.
+    """
+    published = cfg.pair.teacher.get("published_acc")
+    if published is None or test_acc is None:
+        return None
+    published = float(published)
+    gap = 100.0 * float(test_acc) - published
+    within = abs(gap) <= PUBLISHED_TOLERANCE_PTS
+    message = "Teacher %s (%s): %.2f%% on the test set, published %.2f%% (%+.2f points)"
+    args = (cfg.pair.teacher.model.name, source, 100.0 * test_acc, published, gap)
+    if within:
+        log.info(message, *args)
+    else:
+        log.warning(
+            message + ", more than %.0f point from it: check the checkpoint, the pair and the "
+            "data (the split and normalisation it was trained with) before trusting the student.",
+            *args,
+            PUBLISHED_TOLERANCE_PTS,
+        )
+    return {
+        "published_acc": published,
+        "gap_pts": round(gap, 2),
+        "tolerance_pts": PUBLISHED_TOLERANCE_PTS,
+        "within_tolerance": within,
+    }
+
+
 def train_teacher(
     cfg: DictConfig, teacher: nn.Module, datamodule: L.LightningDataModule, output_dir: Path
 ) -> float | None:
@@ -200,14 +242,16 @@ def prepare_teacher(
     if given is not None:
         log.info("Teacher weights loaded from %s", given)
         acc = evaluate_teacher(cfg, teacher, datamodule, stage_dir)
-        return teacher.eval(), {"source": str(given.resolve()), "test_acc": acc, "cached": False}
+        info = {"source": str(given.resolve()), "test_acc": acc, "cached": False}
+        return teacher.eval(), _with_published(cfg, info, f"loaded from {given}")
     if cfg.pair.teacher.get("pretrained", False):
         log.info(
             "Teacher %s comes with pretrained weights: no teacher training.",
             cfg.pair.teacher.model.name,
         )
         acc = evaluate_teacher(cfg, teacher, datamodule, stage_dir)
-        return teacher.eval(), {"source": "pretrained", "test_acc": acc, "cached": False}
+        info = {"source": "pretrained", "test_acc": acc, "cached": False}
+        return teacher.eval(), _with_published(cfg, info, "pretrained weights")
 
     path = teacher_cache_path(cfg)
     if path.is_file():
@@ -215,11 +259,8 @@ def prepare_teacher(
         teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)
         meta = stored.get("meta", {}) if isinstance(stored, dict) else {}
         log.info("Reusing the cached teacher %s (test acc %s)", path, meta.get("test_acc"))
-        return teacher.eval(), {
-            "source": str(path),
-            "test_acc": meta.get("test_acc"),
-            "cached": True,
-        }
+        info = {"source": str(path), "test_acc": meta.get("test_acc"), "cached": True}
+        return teacher.eval(), _with_published(cfg, info, "cached, trained here")
 
     log.info("No cached teacher for this data/model/recipe/seed: training one (%s).", path.name)
     acc = train_teacher(cfg, teacher, datamodule, stage_dir)
@@ -233,7 +274,14 @@ def prepare_teacher(
         }
         _save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path)
         log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)
-    return teacher.eval(), {"source": str(path), "test_acc": acc, "cached": False}
+    info = {"source": str(path), "test_acc": acc, "cached": False}
+    return teacher.eval(), _with_published(cfg, info, "trained here")
+
+
+def _with_published(cfg: DictConfig, info: dict[str, Any], source: str) -> dict[str, Any]:
+    """``info`` with the comparison of :func:`compare_with_published` under ``"published"``."""
+    record = compare_with_published(cfg, info.get("test_acc"), source)
+    return {**info, "published": record} if record is not None else info
 
 
 def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache | None:

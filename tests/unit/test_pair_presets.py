@@ -132,3 +132,29 @@ def test_cifar_pair_recipes_and_teacher_accuracy(pair: str, tmp_path) -> None:
 def test_imagenet_teacher_accuracy(pair: str, tmp_path) -> None:
     cfg = compose_train(["experiment=imagenet", f"pair={pair}"], tmp_path)
     assert cfg.pair.teacher.published_acc == IMAGENET[pair][1]
+
+
+def test_a_teacher_is_compared_with_its_published_accuracy(tmp_path, caplog) -> None:
+    """RepDistiller's downloaded resnet110 scored 70.27% (issue report) against the 74.31% its
+    README publishes: a warning and a record; within one point: an info line; a pair without a
+    published teacher (digits): nothing."""
+    from cskd_lightning.app.teacher_stage import compare_with_published
+
+    cfg = compose_train(["experiment=cifar100_standard", "pair=resnet110_resnet32"], tmp_path)
+    with caplog.at_level("INFO", logger="cskd_lightning"):
+        far = compare_with_published(cfg, 0.7027, "loaded from resnet110.pth")
+    assert far == {
+        "published_acc": 74.31,
+        "gap_pts": -4.04,
+        "tolerance_pts": 1.0,
+        "within_tolerance": False,
+    }
+    (record,) = caplog.records
+    assert record.levelname == "WARNING"
+    assert "70.27% on the test set, published 74.31% (-4.04 points)" in record.getMessage()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cskd_lightning"):
+        near = compare_with_published(cfg, 0.7345, "trained here")
+    assert near is not None and near["within_tolerance"] and near["gap_pts"] == -0.86
+    assert [r.levelname for r in caplog.records] == ["INFO"]
+    assert compare_with_published(compose_train([], tmp_path), 0.99, "trained here") is None

@@ -12,7 +12,15 @@ import pytest
 from helpers import quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
 
-from cskd_lightning.app.report import find_runs, generate_report, main, read_run
+from cskd_lightning.app.report import (
+    find_runs,
+    generate_report,
+    group_runs,
+    main,
+    published_section,
+    read_run,
+    runs_table,
+)
 from cskd_lightning.callbacks import TemperatureMonitor
 from cskd_lightning.data import DigitsDataModule
 from cskd_lightning.losses import CSKDLoss
@@ -312,3 +320,44 @@ def test_reads_a_real_run_with_the_monitor(tmp_path: Path) -> None:
     assert list(parsed.series("monitor/cswt_t_q50").index) == [0, 1]
     assert parsed.class_cosine.shape == (2, 10)
     assert parsed.class_cosine.loc[1, 3] == pytest.approx(val["monitor/class_cos/3"])
+
+
+def test_published_numbers_beside_a_cifar100_sweep(tmp_path) -> None:
+    """Two seeds of dkd and one of cskd_cswt on vgg13 -> vgg8 (CIFAR-100): the dkd group gets
+    mdistiller's 74.68 and the difference from its mean; cskd_cswt has no published student
+    number but its teacher's comparison shows; a digits-only report has no such section."""
+    tests = {("dkd", 0): 0.7400, ("dkd", 1): 0.7500, ("cskd_cswt", 0): 0.7300}
+    for job, ((method, seed), acc) in enumerate(tests.items()):
+        run = tmp_path / "sweep" / str(job)
+        run.mkdir(parents=True)
+        summary = {
+            "method": method,
+            "seed": seed,
+            "data": "cifar100",
+            "pair": "vgg13_vgg8",
+            "teacher": {
+                "model": "vgg13",
+                "test_acc": 0.7364,
+                "published": {"published_acc": 74.64, "gap_pts": -1.0},
+            },
+            "student": {"model": "vgg8", "test_acc": acc},
+        }
+        (run / "summary.json").write_text(json.dumps(summary))
+    runs, _ = find_runs(tmp_path / "sweep")
+    lines = published_section(runs_table(group_runs(runs)))
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in lines if line[:3] == "| `"]
+    rows = {row[0]: row[1:] for row in cells}
+    # mdistiller README, the DKD row, VGG13 -> VGG8: 74.68; VGG13 (RepDistiller README): 74.64
+    assert rows["`dkd`"] == [
+        "cifar100 (vgg13_vgg8)", "74.50 ± 0.71", "74.68", "-0.18", "DKD",
+        "73.64 ± 0.00", "74.64", "-1.00",
+    ]  # fmt: skip
+    assert rows["`cskd_cswt`"] == [
+        "cifar100 (vgg13_vgg8)", "73.00", "–", "–", "–", "73.64", "74.64", "-1.00",
+    ]  # fmt: skip
+    assert any(line.startswith("- DKD: mdistiller README") for line in lines)
+
+
+def test_no_published_section_without_published_numbers(multirun) -> None:
+    runs, _ = find_runs(multirun[0])
+    assert published_section(runs_table(group_runs(runs))) == []
