@@ -167,7 +167,9 @@ def compare_with_published(
     within = abs(gap) <= PUBLISHED_TOLERANCE_PTS
     message = "Teacher %s (%s): %.2f%% on the test set, published %.2f%% (%+.2f points)"
     args = (cfg.pair.teacher.model.name, source, 100.0 * test_acc, published, gap)
-    if within:
+    if not is_global_zero():
+        pass  # one line per run, not per process
+    elif within:
         log.info(message, *args)
     else:
         log.warning(
