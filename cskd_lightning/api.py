@@ -67,17 +67,19 @@ METHODS: dict[str, tuple[type[DistillationLoss], dict[str, Any]]] = {
             "temperature": 4.0,
             "ce_weight": 1.0,
             "warmup_epochs": 20,
+            "kd_weight": 1.0,
             "logit_standardization": False,
         },
     ),
     "dkd_ls": (
         DKDLoss,
         {
-            "alpha": 9.0,
-            "beta": 72.0,
+            "alpha": 1.0,
+            "beta": 8.0,
             "temperature": 2.0,
             "ce_weight": 1.0,
             "warmup_epochs": 20,
+            "kd_weight": 9.0,
             "logit_standardization": True,
         },
     ),
@@ -98,7 +100,10 @@ METHODS: dict[str, tuple[type[DistillationLoss], dict[str, Any]]] = {
     ),
 }
 """``method -> (loss class, its arguments)``: the ``loss`` of each ``conf/distill/<method>.yaml``.
-``cskd_full`` and ``mlkd`` need two views per image (a datamodule with ``two_view=True``)."""
+``cskd_full`` and ``mlkd`` need two views per image (a datamodule with ``two_view=True``).
+``dkd`` and ``dkd_ls`` carry mdistiller's defaults (beta 8): ``cskd-train`` takes a published
+pair's own DKD values from its pair config (``pair.dkd``); here pass them, e.g.
+``make_loss("dkd", beta=6.0)`` for vgg13 -> vgg8."""
 
 
 def make_loss(method: str, **overrides: Any) -> DistillationLoss:
