@@ -11,8 +11,11 @@ from pathlib import Path
 import hydra
 import pytest
 from app_helpers import compose_train
+from helpers import REPO
 
+from cskd_lightning.app.teacher_stage import compare_with_published
 from cskd_lightning.losses import DKDLoss
+from cskd_lightning.published import PUBLISHED, SOURCES
 
 pytestmark = pytest.mark.usefixtures("no_weight_download")
 
@@ -138,8 +141,6 @@ def test_a_teacher_is_compared_with_its_published_accuracy(tmp_path, caplog) -> 
     """RepDistiller's downloaded resnet110 scored 70.27% (issue report) against the 74.31% its
     README publishes: a warning and a record; within one point: an info line; a pair without a
     published teacher (digits): nothing."""
-    from cskd_lightning.app.teacher_stage import compare_with_published
-
     cfg = compose_train(["experiment=cifar100_standard", "pair=resnet110_resnet32"], tmp_path)
     with caplog.at_level("INFO", logger="cskd_lightning"):
         far = compare_with_published(cfg, 0.7027, "loaded from resnet110.pth")
@@ -158,3 +159,20 @@ def test_a_teacher_is_compared_with_its_published_accuracy(tmp_path, caplog) -> 
     assert near is not None and near["within_tolerance"] and near["gap_pts"] == -0.86
     assert [r.levelname for r in caplog.records] == ["INFO"]
     assert compare_with_published(compose_train([], tmp_path), 0.99, "trained here") is None
+
+
+def test_every_published_number_names_a_real_pair_method_and_source() -> None:
+    """A misspelt pair or method in the published table would never match a run: every row
+    must name a bundled pair of its data set, a ``distill=`` method (or CRD, not bundled) and a
+    described source, once."""
+    pairs = {p.stem for p in (REPO / "conf" / "pair").glob("*.yaml")}
+    methods = {p.stem for p in (REPO / "conf" / "distill").glob("*.yaml")} | {"crd"}
+    keys = [(row.data, row.pair, row.method) for row in PUBLISHED]
+    assert len(keys) == len(set(keys))
+    for row in PUBLISHED:
+        assert row.pair in pairs and row.method in methods and row.source in SOURCES, row
+        assert row.data == ("imagenet" if row.pair.startswith("imagenet_") else "cifar100"), row
+        assert 50.0 < row.top1 < 90.0, row
+    # every CIFAR-100 pair has its student-alone, KD and DKD numbers
+    for pair in CIFAR:
+        assert {"ce", "kd", "dkd"} <= {r.method for r in PUBLISHED if r.pair == pair}, pair
