@@ -270,3 +270,61 @@ def test_sample_batch_unpacks_like_a_pair() -> None:
     batch = SampleBatch(torch.zeros(2, 1), torch.zeros(2), torch.arange(2), torch.arange(2).numpy())
     x, y = batch
     assert x.shape == (2, 1) and batch.index.tolist() == [0, 1]
+
+
+# --------------------------------------------------------------------------- configs
+def _feature_case() -> tuple[FeatureBatch, torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    shapes_s = [(6, 4, 16, 16), (6, 8, 16, 16), (6, 16, 8, 8), (6, 32, 4, 4)]
+    shapes_t = [(6, 8, 16, 16), (6, 16, 16, 16), (6, 32, 8, 8), (6, 64, 4, 4)]
+    feats_s = [torch.randn(*s, generator=g) for s in shapes_s]
+    feats_t = [torch.randn(*s, generator=g) for s in shapes_t]
+    features = FeatureBatch(
+        {
+            "feats": feats_s,
+            "preact_feats": feats_s,
+            "pooled_feat": [torch.randn(6, 32, generator=g)],
+        },
+        {
+            "feats": feats_t,
+            "preact_feats": feats_t,
+            "pooled_feat": [torch.randn(6, 64, generator=g)],
+        },
+        torch.arange(6),
+    )
+    zs, zt = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    return features, zs, zt, torch.randint(0, 5, (6,), generator=g)
+
+
+@pytest.mark.parametrize("method", ["fitnet", "at", "rkd", "pkt", "sp", "crd", "reviewkd"])
+def test_every_feature_config_has_mdistillers_settings(method: str, tmp_path) -> None:
+    """``distill=<method>`` composed as cskd-train composes it: the loss is mdistiller's
+    objective with its weights (numbers written here, from mdistiller/engine/cfg.py and
+    configs/cifar100/reviewkd.yaml, not read from the configs)."""
+    import hydra
+    import torch.nn.functional as F
+    from app_helpers import compose_train
+
+    from cskd_lightning.losses import functional as fn
+
+    loss = hydra.utils.instantiate(compose_train([f"distill={method}"], tmp_path).distill.loss)
+    features, zs, zt, y = _feature_case()
+    loss.prepare(features.student, features.teacher, num_samples=6)
+    terms = loss.forward_views([zs], [zt], y, features=features)
+    ce = F.cross_entropy(zs, y)
+    s, t = features.student, features.teacher
+    expected = {
+        "at": lambda: 1000.0 * fn.at_loss(s["feats"][1:], t["feats"][1:], 2.0),
+        "rkd": lambda: fn.rkd_loss(s["pooled_feat"][0], t["pooled_feat"][0], False, 1e-12, 25, 50),
+        "pkt": lambda: 30000.0 * fn.pkt_loss(s["pooled_feat"][0], t["pooled_feat"][0], 1e-7),
+        "sp": lambda: 3000.0 * fn.sp_loss([s["feats"][-1]], [t["feats"][-1]]),
+        "fitnet": lambda: 100.0 * F.mse_loss(loss.regressor(s["feats"][2]), t["feats"][2]),
+        "crd": lambda: 0.8 * terms["crd"],
+        "reviewkd": lambda: 5.0 * (1 / 20) * terms["reviewkd"],
+    }[method]()
+    assert terms["loss"].item() == pytest.approx((ce + expected).item(), rel=1e-5)
+    if method == "crd":
+        assert (loss.feat_dim, loss.num_negatives) == (128, 16384)
+        assert (loss.temperature, loss.momentum) == (0.07, 0.5)
+    if method == "reviewkd":
+        assert (loss.warmup_epochs, loss.max_mid_channel, loss.student_preact) == (20, 512, False)
