@@ -607,6 +607,22 @@ class DistillationModule(L.LightningModule):
         for name in ("val_acc_best", "teacher_val_acc"):
             for key, value in getattr(self, name).state_dict(prefix=f"{name}.").items():
                 state.setdefault(key, value)
+        # A feature loss not prepared yet (load_from_checkpoint runs no setup hook) has no
+        # modules to take its saved ones: they are left out (the student loads as always).
+        loss = self.loss
+        if isinstance(loss, FeatureDistillationLoss) and not loss.is_prepared:
+            dropped = [k for k in state if k.startswith("loss.")]
+            for key in dropped:
+                del state[key]
+            if dropped:
+                warnings.warn(
+                    f"{type(loss).__name__}'s own modules were not restored from the checkpoint "
+                    f"({len(dropped)} tensors): the loss is sized in the module's setup hook, "
+                    "which Trainer.fit/validate/test run (pass ckpt_path= to them to resume "
+                    "with the loss's state); the student's weights are loaded.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         # The teacher's validation accuracy is logged once, at the run's first validation.
         if checkpoint.get(TEACHER_ACC_LOGGED_KEY):
             self._teacher_acc_pending = False

@@ -328,3 +328,21 @@ def test_every_feature_config_has_mdistillers_settings(method: str, tmp_path) ->
         assert (loss.temperature, loss.momentum) == (0.07, 0.5)
     if method == "reviewkd":
         assert (loss.warmup_epochs, loss.max_mid_channel, loss.student_preact) == (20, 512, False)
+
+
+def test_load_from_checkpoint_loads_the_student_of_a_feature_run(tmp_path) -> None:
+    student, teacher = _models()
+    module = DistillationModule(student, teacher, FitNetLoss(), features=DIGITS)
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=1, default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+    path = tmp_path / "run.ckpt"
+    trainer.save_checkpoint(path)
+    assert any(k.startswith("loss.regressor") for k in torch.load(path)["state_dict"])
+    fresh_student, fresh_teacher = _models()
+    fresh_teacher.load_state_dict(teacher.state_dict())
+    with pytest.warns(UserWarning, match="not restored"):
+        loaded = DistillationModule.load_from_checkpoint(
+            path, student=fresh_student, teacher=fresh_teacher, loss=FitNetLoss(), features=DIGITS
+        )
+    for key, value in student.state_dict().items():
+        assert torch.equal(loaded.student.state_dict()[key], value)
