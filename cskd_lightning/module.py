@@ -211,6 +211,12 @@ class DistillationModule(L.LightningModule):
             return None
         if getattr(self.loss, "num_views", 1) != 1:
             raise InputError(f"{type(self.loss).__name__}: feature losses take one view.")
+        if self.compile_models:
+            raise InputError(
+                f"{type(self.loss).__name__} reads features through forward hooks, which "
+                "compile_models (torch.compile) would recompile around at every step: use "
+                "compile_models=false (module.compile_models=false) with a feature method."
+            )
         features = features or {}
         assert self.teacher is not None
         return (

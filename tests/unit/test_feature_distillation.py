@@ -346,3 +346,9 @@ def test_load_from_checkpoint_loads_the_student_of_a_feature_run(tmp_path) -> No
         )
     for key, value in student.state_dict().items():
         assert torch.equal(loaded.student.state_dict()[key], value)
+
+
+def test_compile_models_is_refused_for_a_feature_loss() -> None:
+    student, teacher = _models()
+    with pytest.raises(InputError, match="compile_models=false"):
+        DistillationModule(student, teacher, ATLoss(), features=DIGITS, compile_models=True)
