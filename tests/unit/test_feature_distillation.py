@@ -352,3 +352,36 @@ def test_compile_models_is_refused_for_a_feature_loss() -> None:
     student, teacher = _models()
     with pytest.raises(InputError, match="compile_models=false"):
         DistillationModule(student, teacher, ATLoss(), features=DIGITS, compile_models=True)
+
+
+@pytest.mark.parametrize(
+    "pair",
+    ["digits", "fashion_mnist", "resnet32x4_resnet8x4", "resnet56_resnet20", "resnet110_resnet32"],
+)
+def test_every_pair_feature_block_names_layers_that_run(pair: str, tmp_path) -> None:
+    """Each pair config's ``features`` block resolves on its models; ``feats`` are stage maps
+    (channels growing, side not growing), ``preact_feats`` give ``feats`` after a ReLU, and
+    ``pooled_feat`` is the classifier's input."""
+    import hydra
+    from app_helpers import compose_train
+    from omegaconf import OmegaConf
+
+    data = {"digits": "digits", "fashion_mnist": "fashion_mnist"}.get(pair, "cifar100")
+    cfg = compose_train([f"pair={pair}", f"data={data}"], tmp_path)
+    block = OmegaConf.to_container(cfg.pair.features, resolve=True)
+    side = {"digits": 8, "fashion_mnist": 28}.get(pair, 32)
+    for role in ("student", "teacher"):
+        model = hydra.utils.instantiate(cfg.pair[role].model).eval()
+        hooks = FeatureHooks(model, block[role], role)
+        x = torch.randn(2, cfg.data.in_channels, side, side)
+        with torch.no_grad(), hooks.capture() as feats:
+            logits = model(x)
+        maps = feats["feats"]
+        assert all(m.dim() == 4 for m in maps) and len(maps) >= 3
+        assert [m.shape[1] for m in maps] == sorted(m.shape[1] for m in maps)
+        assert [m.shape[2] for m in maps] == sorted((m.shape[2] for m in maps), reverse=True)
+        for pre, post in zip(feats["preact_feats"], maps, strict=True):
+            assert torch.equal(torch.relu(pre), post)
+        (pooled,) = feats["pooled_feat"]
+        classifier = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+        torch.testing.assert_close(classifier(pooled), logits)
