@@ -21,14 +21,22 @@ from torch import nn
 
 from cskd_lightning.errors import InputError
 from cskd_lightning.losses import (
+    ATLoss,
     CELoss,
+    CRDLoss,
     CSKDFullLoss,
     CSKDLoss,
     DistillationLoss,
     DISTLoss,
     DKDLoss,
+    FitNetLoss,
     KDLoss,
     MLKDLoss,
+    PKTLoss,
+    ReviewKDLoss,
+    RKDLoss,
+    SPLoss,
+    WTTMLoss,
 )
 from cskd_lightning.module import DistillationModule, OptimizerFactory, SchedulerFactory
 
@@ -98,12 +106,53 @@ METHODS: dict[str, tuple[type[DistillationLoss], dict[str, Any]]] = {
             "gather": True,
         },
     ),
+    "wttm": (WTTMLoss, {"gamma": 0.2, "ce_weight": 1.0, "wttm_weight": 4.0}),
+    # Feature methods: they need the models' feature layers (distill(..., features=...)).
+    "fitnet": (FitNetLoss, {"hint_layer": 2, "ce_weight": 1.0, "feat_weight": 100.0}),
+    "at": (ATLoss, {"p": 2.0, "ce_weight": 1.0, "feat_weight": 1000.0}),
+    "rkd": (
+        RKDLoss,
+        {
+            "distance_weight": 25.0,
+            "angle_weight": 50.0,
+            "eps": 1e-12,
+            "squared": False,
+            "ce_weight": 1.0,
+            "feat_weight": 1.0,
+            "gather": True,
+        },
+    ),
+    "pkt": (PKTLoss, {"eps": 1e-7, "ce_weight": 1.0, "feat_weight": 30000.0, "gather": True}),
+    "sp": (SPLoss, {"ce_weight": 1.0, "feat_weight": 3000.0, "gather": True}),
+    "crd": (
+        CRDLoss,
+        {
+            "feat_dim": 128,
+            "num_negatives": 16384,
+            "temperature": 0.07,
+            "momentum": 0.5,
+            "ce_weight": 1.0,
+            "crd_weight": 0.8,
+            "num_samples": None,
+        },
+    ),
+    "reviewkd": (
+        ReviewKDLoss,
+        {
+            "ce_weight": 1.0,
+            "reviewkd_weight": 5.0,
+            "warmup_epochs": 20,
+            "max_mid_channel": 512,
+            "student_preact": False,
+        },
+    ),
 }
 """``method -> (loss class, its arguments)``: the ``loss`` of each ``conf/distill/<method>.yaml``.
-``cskd_full`` and ``mlkd`` need two views per image (a datamodule with ``two_view=True``).
-``dkd`` and ``dkd_ls`` carry mdistiller's defaults (beta 8): ``cskd-train`` takes a published
-pair's own DKD values from its pair config (``pair.dkd``); here pass them, e.g.
-``make_loss("dkd", beta=6.0)`` for vgg13 -> vgg8."""
+``cskd_full`` and ``mlkd`` need two views per image (a datamodule with ``two_view=True``);
+``fitnet``, ``at``, ``rkd``, ``pkt``, ``sp``, ``crd`` and ``reviewkd`` need the models' feature
+layers (``features=``). ``dkd`` and ``dkd_ls`` carry mdistiller's defaults (beta 8):
+``cskd-train`` takes a published pair's own DKD values from its pair config (``pair.dkd``); here
+pass them, e.g. ``make_loss("dkd", beta=6.0)`` for vgg13 -> vgg8."""
 
 
 def make_loss(method: str, **overrides: Any) -> DistillationLoss:
@@ -132,6 +181,7 @@ def distill(
     max_epochs: int = 10,
     *,
     loss_kwargs: Mapping[str, Any] | None = None,
+    features: Mapping[str, Any] | None = None,
     optimizer: OptimizerFactory | None = None,
     scheduler: SchedulerFactory | None = None,
     test: bool = True,
@@ -148,6 +198,9 @@ def distill(
         method: a :data:`METHODS` name (``cskd-train``'s ``distill=`` options).
         max_epochs: training epochs.
         loss_kwargs: overrides of the method's loss settings (e.g. ``{"temperature": 2.0}``).
+        features: for a feature method, the layers of each feature role, ``{"student": {role:
+            [layer, ...]}, "teacher": {...}}`` (as :class:`~cskd_lightning.DistillationModule`
+            takes them; the CIFAR-100 pair configs' ``features`` blocks are examples).
         optimizer, scheduler: as :class:`~cskd_lightning.DistillationModule` takes them
             (default SGD lr 0.05, momentum 0.9, weight decay 5e-4; no scheduler).
         test: test the final student on ``datamodule``'s test loader.
@@ -167,6 +220,7 @@ def distill(
         loss,
         optimizer=optimizer,
         scheduler=scheduler,
+        features=features,
     )
     trainer = L.Trainer(max_epochs=max_epochs, **{**_TRAINER_DEFAULTS, **trainer_kwargs})
     with warnings.catch_warnings():

@@ -16,7 +16,9 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from cskd_lightning.errors import InputError, NonFiniteLossError
+from cskd_lightning.features import FeatureHooks, check_feature_map
 from cskd_lightning.losses.base import DistillationLoss
+from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,18 @@ def _teacher_record(teacher: nn.Module) -> dict[str, str]:
     from cskd_lightning.logit_cache import state_dict_hash
 
     return {"class": type(teacher).__name__, "weights": state_dict_hash(teacher)}
+
+
+def _train_size(datamodule: Any) -> int | None:
+    """The training set's sample count, where the datamodule tells it (else None)."""
+    train_set = getattr(datamodule, "train_set", None)
+    if train_set is not None:
+        return len(train_set)
+    split = getattr(datamodule, "split_tensors", None)
+    if callable(split):
+        tensors = split("train")
+        return None if tensors is None else int(tensors[0].shape[0])
+    return None
 
 
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
@@ -107,6 +121,20 @@ class DistillationModule(L.LightningModule):
         compile_models: run the student's and teacher's forward through ``torch.compile``. The
             compiled callables wrap ``self.student`` / ``self.teacher`` without being registered
             as submodules, so the ``state_dict`` keys (and checkpoints) stay the same.
+        features: for a :class:`~cskd_lightning.losses.FeatureDistillationLoss`, the layers to
+            read each feature role from: ``{"student": {role: [layer, ...]}, "teacher": {...}}``
+            (submodule names; ``"fc:input"`` for a submodule's input; see
+            :mod:`cskd_lightning.features`). Ignored by the logit losses.
+
+    Feature distillation: the named layers are read by forward hooks that exist only during the
+    training step's forwards (the models stay unchanged). In :meth:`setup`, before the optimizer
+    is built, one batch of the datamodule's validation loader runs through both models (eval
+    mode, no gradient) and :meth:`~cskd_lightning.losses.FeatureDistillationLoss.prepare` sizes
+    the loss's trainable modules from the real shapes; they are in :meth:`trainable_modules`,
+    saved in checkpoints (``loss.*``) and not in the student artifact. A loss that
+    ``needs_index`` gets the batches' sample indices (the module switches the datamodule's
+    ``with_indices`` on). The teacher-logit cache cannot serve a feature loss (it holds no
+    features): the combination is refused in :meth:`setup`.
 
     Mixed precision (``trainer.precision="bf16-mixed"`` / ``"16-mixed"``): Lightning runs
     ``training_step`` / ``validation_step`` under autocast, and both the student and the teacher
@@ -142,10 +170,12 @@ class DistillationModule(L.LightningModule):
         check_inputs: bool = True,
         channels_last: bool = False,
         compile_models: bool = False,
+        features: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
-            ignore=["student", "teacher", "loss", "optimizer", "scheduler"], logger=False
+            ignore=["student", "teacher", "loss", "optimizer", "scheduler", "features"],
+            logger=False,
         )
         if getattr(loss, "requires_teacher", True) and teacher is None:
             raise InputError(
@@ -171,6 +201,36 @@ class DistillationModule(L.LightningModule):
         self._make_metrics()
         self._teacher_acc_pending = teacher is not None
         self.on_train_epoch_start()  # the per-epoch sums of the loss terms
+        self.feature_hooks = self._make_feature_hooks(features)
+
+    def _make_feature_hooks(
+        self, features: Mapping[str, Any] | None
+    ) -> tuple[FeatureHooks, FeatureHooks] | None:
+        """The student's and teacher's :class:`FeatureHooks` for a feature loss, else None."""
+        if not isinstance(self.loss, FeatureDistillationLoss):
+            return None
+        if getattr(self.loss, "num_views", 1) != 1:
+            raise InputError(f"{type(self.loss).__name__}: feature losses take one view.")
+        if self.compile_models:
+            raise InputError(
+                f"{type(self.loss).__name__} reads features through forward hooks, which "
+                "compile_models (torch.compile) would recompile around at every step: use "
+                "compile_models=false (module.compile_models=false) with a feature method."
+            )
+        features = features or {}
+        assert self.teacher is not None
+        return (
+            FeatureHooks(
+                self.student,
+                check_feature_map(features.get("student"), self.loss.student_features, "student"),
+                "student",
+            ),
+            FeatureHooks(
+                self.teacher,
+                check_feature_map(features.get("teacher"), self.loss.teacher_features, "teacher"),
+                "teacher",
+            ),
+        )
 
     # --- construction helpers -------------------------------------------------------------
     def _resolve_num_classes(self, num_classes: int | None) -> int:
@@ -296,6 +356,8 @@ class DistillationModule(L.LightningModule):
             )
         views = [self._format_input(v) for v in views[:needed]]
         self._check_targets(y)
+        if self.feature_hooks is not None:
+            return self._compute_feature_loss(batch, views[0], y)
         # Teacher first: its activations are freed before the student's are kept for backward,
         # which lowers the step's peak memory.
         teacher = self.teacher_logits(batch, views) if self.loss.requires_teacher else None
@@ -303,6 +365,78 @@ class DistillationModule(L.LightningModule):
         if teacher is not None:
             self._check_class_counts(student[0], teacher[0])
         return student[0], self.loss.forward_views(student, teacher, y)
+
+    def _compute_feature_loss(
+        self, batch: Any, x: Tensor, y: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Both models on ``x`` with their feature hooks; the loss gets logits and features."""
+        assert self.feature_hooks is not None
+        student_hooks, teacher_hooks = self.feature_hooks
+        with teacher_hooks.capture() as teacher_feats:
+            teacher = self.forward_teacher(x)
+        with student_hooks.capture() as student_feats:
+            student = self.forward_student(x)
+        self._check_class_counts(student, teacher)
+        index = getattr(batch, "index", None) if self.loss.needs_index else None
+        features = FeatureBatch(student_feats, teacher_feats, index)
+        return student, self.loss.forward_views([student], [teacher], y, features=features)
+
+    # --- feature losses: sized before the optimizer is built ------------------------------
+    def setup(self, stage: str) -> None:
+        """Prepare a feature loss (see the class docstring); nothing for the logit losses."""
+        if self.feature_hooks is None:
+            return
+        if self.logit_cache is not None:
+            raise InputError(
+                f"{type(self.loss).__name__} needs the teacher's features, which the "
+                "teacher-logit cache does not hold: switch the cache off "
+                "(teacher.logit_cache=false) for a feature method."
+            )
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.loss.needs_index and hasattr(datamodule, "with_indices"):
+            datamodule.with_indices = True
+        if not self.loss.is_prepared:
+            self.prepare_feature_loss(self._example_input(datamodule), _train_size(datamodule))
+
+    def _example_input(self, datamodule: Any) -> Tensor:
+        """Two images of the first validation batch (or of ``example_input_array``)."""
+        if self.example_input_array is not None:
+            return self.example_input_array
+        loader = None
+        for name in ("val_dataloader", "train_dataloader"):
+            if datamodule is not None and hasattr(datamodule, name):
+                loader = getattr(datamodule, name)()
+                break
+        if loader is None:
+            raise InputError(
+                f"{type(self.loss).__name__} sizes its modules from one batch before training, "
+                "but the Trainer has no datamodule: pass datamodule= to fit, or set the module's "
+                "example_input_array to a batch of inputs."
+            )
+        x = next(iter(loader))[0]
+        if isinstance(x, (tuple, list)):
+            x = x[0]
+        return x[:2]
+
+    def prepare_feature_loss(self, x: Tensor, num_samples: int | None = None) -> None:
+        """Run both models on ``x`` (eval mode, no gradient) and prepare the feature loss with
+        their features and the training set's size ``num_samples``."""
+        assert self.feature_hooks is not None and self.teacher is not None
+        student_hooks, teacher_hooks = self.feature_hooks
+        device = next(self.student.parameters()).device
+        x = self._format_input(x.to(device))
+        was_training = self.student.training
+        self.student.eval()
+        try:
+            with torch.no_grad():
+                with teacher_hooks.capture() as teacher_feats:
+                    self.teacher(x)
+                with student_hooks.capture() as student_feats:
+                    self.student(x)
+        finally:
+            self.student.train(was_training)
+        self.loss.prepare(student_feats, teacher_feats, num_samples)
+        self.loss.to(device)
 
     # --- checks ---------------------------------------------------------------------------
     def _check_targets(self, y: Tensor) -> None:
@@ -479,6 +613,22 @@ class DistillationModule(L.LightningModule):
         for name in ("val_acc_best", "teacher_val_acc"):
             for key, value in getattr(self, name).state_dict(prefix=f"{name}.").items():
                 state.setdefault(key, value)
+        # A feature loss not prepared yet (load_from_checkpoint runs no setup hook) has no
+        # modules to take its saved ones: they are left out (the student loads as always).
+        loss = self.loss
+        if isinstance(loss, FeatureDistillationLoss) and not loss.is_prepared:
+            dropped = [k for k in state if k.startswith("loss.")]
+            for key in dropped:
+                del state[key]
+            if dropped:
+                warnings.warn(
+                    f"{type(loss).__name__}'s own modules were not restored from the checkpoint "
+                    f"({len(dropped)} tensors): the loss is sized in the module's setup hook, "
+                    "which Trainer.fit/validate/test run (pass ckpt_path= to them to resume "
+                    "with the loss's state); the student's weights are loaded.",
+                    UserWarning,
+                    stacklevel=2,
+                )
         # The teacher's validation accuracy is logged once, at the run's first validation.
         if checkpoint.get(TEACHER_ACC_LOGGED_KEY):
             self._teacher_acc_pending = False

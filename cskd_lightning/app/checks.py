@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
@@ -182,6 +183,31 @@ def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int) -> None
             f"{batch // world_size} sample per process and distill.loss.gather=false",
             cfg,
         )
+
+
+# --------------------------------------------------------------------------- features
+def feature_layers(cfg: DictConfig, loss: Any) -> dict[str, Any] | None:
+    """The pair's ``features`` block for a feature loss (``None`` for a logit loss), checked
+    against the roles the loss declares and the models' submodule names, before training."""
+    from cskd_lightning.features import FeatureHooks, check_feature_map
+    from cskd_lightning.losses.feature_base import FeatureDistillationLoss
+
+    if not isinstance(loss, FeatureDistillationLoss):
+        return None
+    block = cfg.pair.get("features")
+    if block is None:
+        raise InputError(
+            f"distill={cfg.distill.get('name')} distils intermediate features, but "
+            f"pair={cfg.pair.get('name')} names no feature layers (no pair.features block). "
+            "Use a pair with one (docs/methods.md lists them) or add pair.features.student and "
+            "pair.features.teacher."
+        )
+    features = OmegaConf.to_container(block, resolve=True)
+    assert isinstance(features, dict)
+    for role, roles in (("student", loss.student_features), ("teacher", loss.teacher_features)):
+        layers = check_feature_map(features.get(role), roles, role, where="pair.features")
+        FeatureHooks(hydra.utils.instantiate(cfg.pair[role].model), layers, role)
+    return features
 
 
 # --------------------------------------------------------------------------- module

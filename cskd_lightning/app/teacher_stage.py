@@ -296,6 +296,11 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
     teacher_cfg = cfg.get("teacher", {}) or {}
     if not teacher_cfg.get("logit_cache", False):
         return None
+    if getattr(loss, "teacher_features", ()):
+        raise InputError(
+            f"distill={cfg.distill.name} needs the teacher's intermediate features, and the "
+            "teacher-logit cache holds logits only: run it with teacher.logit_cache=false."
+        )
     if not isinstance(datamodule, DeviceDataModule):
         raise InputError(refusal(str(cfg.data.get("name", "?")), datamodule))
     if not getattr(loss, "requires_teacher", True):

@@ -28,6 +28,7 @@ from cskd_lightning.app.checks import (
     check_tuning_selection,
     check_world_size,
     config_errors,
+    feature_layers,
     selection_of,
 )
 from cskd_lightning.app.jobs import (
@@ -88,6 +89,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     loss = hydra.utils.instantiate(cfg.distill.loss)
     check_batch_for_loss(cfg, loss)
     check_class_counts(cfg, datamodule, hydra.utils.instantiate(cfg.pair.student.model))
+    features = feature_layers(cfg, loss)  # a feature method: the pair's layers, checked
     teacher = build_teacher(cfg)
     logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
     clock = RunClock(started)
@@ -144,6 +146,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
         loss=loss,
         optimizer=optional_instantiate(recipe.get("optimizer")),
         scheduler=optional_instantiate(recipe.get("scheduler")),
+        **({"features": features} if features is not None else {}),
     )
     if cfg.get("train", True):
         trainer.fit(

@@ -162,6 +162,31 @@ def tuple_collate(batch: list[Any]) -> Any:
     return _as_tuples(default_collate(batch))
 
 
+class IndexedSamples(Dataset):
+    """``dataset``'s items with their key: ``(image, label, index, epoch)`` for a key ``(epoch,
+    index)`` (what :class:`EpochSampler` yields) or ``index`` (epoch 0)."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, ...]:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        return (*self.dataset[key], int(index), int(epoch))
+
+
+def sample_batch_collate(batch: list[Any]) -> Any:
+    """Collate :class:`IndexedSamples` items into a
+    :class:`~cskd_lightning.data.device.SampleBatch` (unpacks like ``(x, y)``; carries the
+    sample indices and the epoch)."""
+    from cskd_lightning.data.device import SampleBatch
+
+    x, y, index, epoch = tuple_collate(batch)
+    return SampleBatch(x, y, index, index.numpy(), int(epoch[0]), "train")
+
+
 def resolve_val_count(val_split: float | int, n: int) -> int:
     """Number of samples to hold out of ``n``: ``val_split`` is a fraction in ``[0, 1)`` (rounded
     up, like scikit-learn) or a count in ``[0, n)``; a float with an integral value >= 1 (e.g.
@@ -273,6 +298,9 @@ class BaseDataModule(L.LightningDataModule):
         self.pin_memory = bool(pin_memory)
         self.augment = bool(augment)
 
+        #: training batches carry their samples' indices (:class:`IndexedSamples`); a loss that
+        #: needs them (CRD) switches it on through :class:`~cskd_lightning.DistillationModule`.
+        self.with_indices = False
         self.per_process_batch_size: int = self.batch_size
         self.per_process_eval_batch_size: int = self.eval_batch_size or self.batch_size
         self.train_set: Dataset | None = None
@@ -390,6 +418,9 @@ class BaseDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset, batch_size: int, train: bool) -> DataLoader:
         sampler = None
+        collate: Callable[[list[Any]], Any] = tuple_collate
+        if train and self.with_indices:
+            dataset, collate = IndexedSamples(dataset), sample_batch_collate
         if train:
             sampler = EpochSampler(
                 dataset, num_replicas=self.world_size, rank=self.rank, seed=self.seed
@@ -403,7 +434,7 @@ class BaseDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
-            collate_fn=tuple_collate,
+            collate_fn=collate,
             # Only the workers' base seed comes from it (nothing random depends on that): with
             # its own generator, making an iterator draws nothing from the global one.
             generator=torch.Generator().manual_seed(self.seed),

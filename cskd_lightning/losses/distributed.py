@@ -55,3 +55,18 @@ def gather_batch(tensor: Tensor) -> Tensor:
     if distributed_world_size() <= 1:
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+def gather_no_grad(tensor: Tensor) -> Tensor:
+    """:func:`gather_batch` without gradient (for state every process must update alike)."""
+    with torch.no_grad():
+        return gather_batch(tensor.detach())
+
+
+def mean_across_processes(value: Tensor) -> Tensor:
+    """The mean of a scalar tensor over the processes (itself without a group)."""
+    if distributed_world_size() <= 1:
+        return value
+    value = value.detach().clone()
+    dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value / distributed_world_size()

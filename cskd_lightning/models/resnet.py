@@ -41,6 +41,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
         self.stride = stride
+        # No weights: a hook point for the pre-activation feature (out + residual before the
+        # last ReLU) that feature distillation reads; state_dict keys are unchanged.
+        self.preact = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         residual = x
@@ -48,7 +51,7 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         if self.downsample is not None:
             residual = self.downsample(x)
-        return F.relu(out + residual)
+        return F.relu(self.preact(out + residual))
 
 
 class Bottleneck(nn.Module):
@@ -69,6 +72,7 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
+        self.preact = nn.Identity()  # the pre-activation hook point (see BasicBlock)
 
     def forward(self, x: Tensor) -> Tensor:
         residual = x
@@ -77,7 +81,7 @@ class Bottleneck(nn.Module):
         out = self.bn3(self.conv3(out))
         if self.downsample is not None:
             residual = self.downsample(x)
-        return F.relu(out + residual)
+        return F.relu(self.preact(out + residual))
 
 
 class ResNet(nn.Module):

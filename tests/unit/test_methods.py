@@ -503,6 +503,13 @@ def published_objective(ref, method: str, zs, zt, y, epoch: int) -> float:
         return ce + 2.0 * inter + 2.0 * intra
     if method == "cskd":
         return ce + ref.cskd(zs, zt, 4.0, alpha=2.0)
+    if method == "wttm":  # the official code's README example: --ttm_l 0.2 -a 4, CE weight 1
+        p_t = torch.softmax(zt.double(), dim=1) ** 0.2
+        power_sum = p_t.sum(dim=1)
+        q = p_t / power_sum[:, None]
+        log_ps = torch.log_softmax(zs.double(), dim=1)
+        kl = (q * (q.log() - log_ps)).sum(dim=1)
+        return ce + 4.0 * float((power_sum * kl).mean())
     if method in ("cskd_cswt", "cskd_cswt_ls"):  # the cosine terms on z-scores with _ls
         s, t = (ref_zscore(zs), ref_zscore(zt)) if method.endswith("_ls") else (zs, zt)
         temps = ref.cswt(zs, zt, 2.0, 6.0)  # CSWT always on the raw logits
@@ -511,9 +518,13 @@ def published_objective(ref, method: str, zs, zt, y, epoch: int) -> float:
 
 
 CONF = Path(cskd_lightning.__file__).resolve().parent.parent / "conf" / "distill"
+FEATURE_METHODS = {"fitnet", "at", "rkd", "pkt", "sp", "crd", "reviewkd"}
+"""Checked against their published settings in tests/unit/test_feature_distillation.py."""
 
 
-@pytest.mark.parametrize("method", sorted(path.stem for path in CONF.glob("*.yaml")))
+@pytest.mark.parametrize(
+    "method", sorted(p.stem for p in CONF.glob("*.yaml") if p.stem not in FEATURE_METHODS)
+)
 def test_every_config_is_its_published_objective(ref, method: str, tmp_path: Path) -> None:
     """``distill=<method>`` composed as ``cskd-train`` composes it, instantiated, and called
     through the module's entry point: its loss is the published objective (numbers written
