@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cskd_lightning import locks
 from cskd_lightning.app.jobs import (
     instantiate_group,
     is_global_zero,
@@ -210,6 +211,35 @@ def prepare_teacher(
         return teacher.eval(), {"source": "pretrained", "test_acc": acc, "cached": False}
 
     path = teacher_cache_path(cfg)
+    if not single_process_job(cfg):
+        # Every rank of a DDP job trains the teacher together: a lock held by one rank would
+        # stall the others (see docs/scaling.md, "The teacher on several nodes").
+        return _cached_or_trained(cfg, teacher, datamodule, stage_dir, path)
+    with locks.held(path, "training the teacher"):
+        return _cached_or_trained(cfg, teacher, datamodule, stage_dir, path)
+
+
+def single_process_job(cfg: DictConfig) -> bool:
+    """Whether the job runs in one process (``trainer.devices * trainer.num_nodes == 1`` and
+    no launcher started other ranks)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return False
+    try:
+        devices = int(cfg.trainer.get("devices", 1))
+        nodes = int(cfg.trainer.get("num_nodes", 1) or 1)
+    except (TypeError, ValueError):  # "auto", a list of device ids
+        return False
+    return devices * nodes == 1
+
+
+def _cached_or_trained(
+    cfg: DictConfig,
+    teacher: nn.Module,
+    datamodule: L.LightningDataModule,
+    stage_dir: Path,
+    path: Path,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the cached teacher ``path``, or train the teacher and cache it there."""
     if path.is_file():
         stored = read_checkpoint(path)
         teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)
