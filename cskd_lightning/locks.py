@@ -14,6 +14,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+__all__ = ["FileLock", "Timeout", "acquire", "held"]
+
 log = logging.getLogger("cskd_lightning")
 
 
