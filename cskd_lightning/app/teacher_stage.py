@@ -7,11 +7,13 @@ import hashlib
 import json
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -170,10 +172,28 @@ def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _initial_teacher(cfg: DictConfig) -> nn.Module:
+    """The pair's teacher model, its initial weights drawn from ``teacher.seed`` alone.
+
+    They are drawn as a run with ``seed=<teacher.seed>`` draws them (seeded, after the
+    student's), whatever the run's own seed, so whichever job of a sweep trains the shared
+    teacher trains the same one. The global random states are left as they were.
+    """
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        L.seed_everything(teacher_seed(cfg), workers=True, verbose=False)
+        hydra.utils.instantiate(cfg.pair.student.model)  # the draws a run makes before
+        return hydra.utils.instantiate(cfg.pair.teacher.model)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
 def build_teacher(cfg: DictConfig) -> tuple[nn.Module, Path | None]:
     """The pair's teacher model, with the weights of ``teacher.ckpt_path`` when one is given
     (read and checked: a bad file fails here, before anything is written or trained)."""
-    teacher = hydra.utils.instantiate(cfg.pair.teacher.model)
+    teacher = _initial_teacher(cfg)
     given = cfg.teacher.get("ckpt_path")
     if not given:
         return teacher, None

@@ -5,13 +5,15 @@ bit-identical to the same sweep run one job after another."""
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
 
 import torch
-from app_helpers import read_summary, run_cli, start_cli
+from app_helpers import compose_train, read_summary, run_cli, start_cli
 
 SLURM_ENV = {
     "SLURM_JOB_ID": "4242",
@@ -87,3 +89,104 @@ def test_slurm_requeue_after_sigkill_resumes_by_itself(tmp_path: Path) -> None:
     assert _val_epochs(run) == [0, 1, 2, 3, 4]
     summary = read_summary(run)
     assert summary["segments"] == 2 and summary["student"]["test_acc"] is not None
+
+
+PARALLEL_SWEEP = [
+    "data=digits_device",
+    "teacher.seed=0",  # one teacher for the whole sweep
+    "teacher.logit_cache=true",
+    "trainer.deterministic=true",
+    "pair.teacher.recipe.max_epochs=1",
+    "pair.student.recipe.max_epochs=2",
+    "+trainer.limit_train_batches=4",
+    "callbacks.progress_bar=null",
+    "distill=kd,cskd_cswt",
+    "seed=0,1",
+]
+VOLATILE = ("wall_time_s", "output_dir", "overrides")
+
+
+def _job_logs(sweep: Path) -> list[str]:
+    return [
+        (sweep / str(job) / "train.log").read_text()
+        if (sweep / str(job) / "train.log").is_file()
+        else ""
+        for job in range(4)
+    ]
+
+
+def _cache_batches(logs: list[str], which: str) -> int:
+    """The training batches the jobs' teacher-logit caches answered (``read``) or the teacher
+    computed (``computed``), summed over the jobs' logs."""
+    pattern = re.compile(r"Teacher-logit cache: (\d+) training batches read from it, (\d+) comp")
+    found = [m.groups() for log in logs for m in pattern.finditer(log)]
+    return sum(int(read if which == "read" else computed) for read, computed in found)
+
+
+def test_parallel_submitit_sweep_trains_one_teacher_and_equals_the_sequential_sweep(
+    tmp_path: Path,
+) -> None:
+    """A 4-job sweep on submitit's local executor (4 processes at once), started on an empty
+    cache, with a shared teacher and the teacher-logit cache: the test holds the teacher's
+    cache lock until all 4 jobs wait for it (so they really run together), then lets go. One
+    teacher is trained, each epoch's teacher logits are computed once, and every job ends
+    bit-identical (summary, student weights) to the same sweep run one job after another."""
+    from cskd_lightning.app.teacher_stage import teacher_cache_path
+    from cskd_lightning.locks import FileLock
+
+    par, seq = tmp_path / "parallel", tmp_path / "sequential"
+    cfg = compose_train(
+        [p for p in PARALLEL_SWEEP if "," not in p] + ["seed=0"],
+        output_dir=tmp_path / "x",
+        cache_dir=par / "cache",
+    )
+    teacher = teacher_cache_path(cfg)
+    held = FileLock(str(teacher) + ".lock")
+    teacher.parent.mkdir(parents=True)
+    held.acquire()
+    env = {"OMP_NUM_THREADS": "1"}
+    command = ["cskd-train", "-m", *PARALLEL_SWEEP]
+    proc = start_cli(
+        [*command, "launcher=local", f"hydra.sweep.dir={par}", f"paths.cache_dir={par / 'cache'}"],
+        cwd=tmp_path,
+        log=tmp_path / "parallel.out",
+        **env,
+    )
+    waiting = "Waiting for another job to finish training the teacher"
+    deadline = time.monotonic() + 420
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if all(waiting in log for log in _job_logs(par)):
+                break
+            time.sleep(0.2)
+        all_waited = all(waiting in log for log in _job_logs(par))
+    finally:
+        held.release()
+    assert proc.wait(timeout=420) == 0, (tmp_path / "parallel.out").read_text()[-3000:]
+    assert all_waited, "the 4 jobs must run at the same time"
+    sequential = run_cli(
+        [*command, f"hydra.sweep.dir={seq}", f"paths.cache_dir={seq / 'cache'}"],
+        cwd=tmp_path,
+        **env,
+    )
+    assert sequential.returncode == 0, sequential.stderr[-3000:]
+
+    logs = _job_logs(par)
+    assert sum(log.count("Teacher trained") for log in logs) == 1
+    assert sum(log.count("Reusing the cached teacher") for log in logs) == 3
+    assert len(list((par / "cache" / "teachers").glob("*.pt"))) == 1
+    # 2 logit caches (the student seed sets the augmentation), 2 epochs x 4 batches each: every
+    # batch computed once by the teacher, in one job, and read from the cache by the other.
+    assert (_cache_batches(logs, "computed"), _cache_batches(logs, "read")) == (16, 16)
+    for job in range(4):
+        a, b = read_summary(seq / str(job)), read_summary(par / str(job))
+        assert a["teacher"].pop("source") != b["teacher"].pop("source")
+        a["teacher"].pop("cached"), b["teacher"].pop("cached")
+        assert {k: v for k, v in a.items() if k not in VOLATILE} == {
+            k: v for k, v in b.items() if k not in VOLATILE
+        }
+        x = torch.load(seq / str(job) / "student.pt", weights_only=True)
+        y = torch.load(par / str(job) / "student.pt", weights_only=True)
+        x, y = x.get("state_dict", x), y.get("state_dict", y)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+        assert json.loads((par / str(job) / "exit.json").read_text())["status"] == "ok"

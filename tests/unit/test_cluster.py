@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from app_helpers import compose_train
 from omegaconf import OmegaConf
 
@@ -18,6 +19,7 @@ from cskd_lightning import locks
 from cskd_lightning.app.jobs import FailedJobsReport, write_exit_record
 from cskd_lightning.app.report import find_runs
 from cskd_lightning.app.resume import resume_if_requeued
+from cskd_lightning.app.teacher_stage import build_teacher
 
 
 def _sweep_config(sweep: Path):
@@ -114,3 +116,21 @@ def test_a_slurm_restart_resumes_only_its_own_run(
     assert not resume_if_requeued(given, run) and given.ckpt_path == "x.ckpt"
     other = compose_train(["seed=1"], output_dir=run, cache_dir=tmp_path / "cache")
     assert not resume_if_requeued(other, run) and other.ckpt_path is None
+
+
+def test_the_teachers_initial_weights_follow_teacher_seed_alone(tmp_path: Path) -> None:
+    """Whichever job of a sweep trains the shared teacher (``teacher.seed=0``, student seeds 0
+    and 1) starts it from the same weights; another teacher seed starts elsewhere. The global
+    random state is left as it was."""
+
+    def weights(*overrides: str) -> dict:
+        cfg = compose_train(list(overrides), tmp_path=tmp_path)
+        torch.manual_seed(123)
+        model, _ = build_teacher(cfg)
+        assert torch.rand(1).item() == pytest.approx(0.2961, abs=1e-4)  # torch.manual_seed(123)
+        return model.state_dict()
+
+    a, b = weights("seed=0"), weights("seed=1", "teacher.seed=0")
+    c = weights("seed=1")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
