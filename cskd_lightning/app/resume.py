@@ -67,6 +67,7 @@ IGNORED_KEYS = (
     "train",
     "test",
     "optimized_metric",
+    "plan",
     "logger",
     "teacher.trust_checkpoint",
     "trainer.default_root_dir",

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from app_helpers import compose_train, read_summary, run_cli, start_cli
+from helpers import write_cifar
 
 SLURM_ENV = {
     "SLURM_JOB_ID": "4242",
@@ -190,3 +191,64 @@ def test_parallel_submitit_sweep_trains_one_teacher_and_equals_the_sequential_sw
         x, y = x.get("state_dict", x), y.get("state_dict", y)
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
         assert json.loads((par / str(job) / "exit.json").read_text())["status"] == "ok"
+
+
+CIFAR_PAIRS = [
+    "resnet110_resnet32",
+    "resnet32x4_resnet8x4",
+    "resnet32x4_shufflev1",
+    "resnet32x4_shufflev2",
+    "resnet50_mobilenetv2",
+    "resnet56_resnet20",
+    "vgg13_mobilenetv2",
+    "vgg13_vgg8",
+    "wrn_40_2_shufflev1",
+    "wrn_40_2_wrn_16_2",
+    "wrn_40_2_wrn_40_1",
+]
+METHODS = ["ce", "kd", "kd_ls", "dkd", "dist", "mlkd", "cskd", "cskd_cswt"]
+
+
+def test_plan_of_the_440_job_cifar100_sweep(tmp_path: Path) -> None:
+    """``plan=true`` on the published table's sweep (11 pairs x 8 methods x 5 seeds, one
+    teacher per pair's teacher, the logit cache on): every job listed, the 6 distinct teachers
+    (one of them already cached), the logit caches and their size, nothing trained or written."""
+    from cskd_lightning.app.teacher_stage import teacher_cache_path
+
+    write_cifar(tmp_path / "data", 100, n_train=500, n_test=100)
+    common = [
+        "experiment=cifar100_standard",
+        "data=cifar100_device",
+        "teacher.seed=0",
+        "teacher.logit_cache=true",
+        f"paths.data_dir={tmp_path / 'data'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
+    one = compose_train(
+        [*common, "pair=vgg13_vgg8", "distill=kd", "seed=3"],
+        output_dir=tmp_path / "x",
+        cache_dir=tmp_path / "cache",
+    )
+    cached = teacher_cache_path(one)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")  # the plan only looks whether the entry is there
+    sweep = [f"pair={','.join(CIFAR_PAIRS)}", f"distill={','.join(METHODS)}", "seed=0,1,2,3,4"]
+    started = time.monotonic()
+    done = run_cli(["cskd-train", "-m", *common, *sweep, "plan=true"], cwd=tmp_path)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert out.startswith("Plan: 440 job(s); nothing is trained or written")
+    jobs = [line for line in out.splitlines() if re.match(r"  #\d+ experiment=", line)]
+    assert len(jobs) == 440 and sum("no teacher" in j for j in jobs) == 55  # distill=ce
+    assert "Teachers: 6 (1 cached, 5 to train)" in out
+    assert f"  cached     vgg13 on cifar100, seed 0 (70 job(s)): {cached}" in out
+    # One cache per teacher, augmentation seed (= the seed) and view count: the two-view
+    # methods (mlkd) have their own. 500 samples x 100 classes x 240 epochs, float32, 1 view:
+    # 240 * 500 * (100 * 4 + 1) bytes + the 100 test samples' 100 * (100 * 4 + 1).
+    assert "Teacher-logit caches: 60," in out
+    one_view = 240 * 500 * (100 * 4 + 1) + 100 * (100 * 4 + 1)
+    assert f"float32 (18 job(s)): {one_view / 1e6:.1f} MB, 240 epochs x 500 samples" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data"]  # no outputs/
+    assert list((tmp_path / "cache").rglob("*")) == [cached.parent, cached]
+    print(f"plan of 440 jobs: {elapsed:.1f} s for the whole command")
