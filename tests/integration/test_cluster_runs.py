@@ -252,3 +252,40 @@ def test_plan_of_the_440_job_cifar100_sweep(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "data"]  # no outputs/
     assert list((tmp_path / "cache").rglob("*")) == [cached.parent, cached]
     print(f"plan of 440 jobs: {elapsed:.1f} s for the whole command")
+
+
+def test_optuna_trials_in_parallel_each_reach_the_study(tmp_path: Path) -> None:
+    """``hparams_search=optuna`` with ``hydra.sweeper.n_jobs=2`` on submitit's local executor:
+    the 2 trials of a round run in 2 processes at once, and each trial's value in the study
+    is what its job measured (its ``summary.json``)."""
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'hpo.db'}"
+    done = run_cli(
+        [
+            "cskd-train",
+            "hparams_search=optuna",
+            "launcher=local",
+            "hydra.sweeper.n_jobs=2",
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.storage={storage}",
+            "pair.teacher.recipe.max_epochs=1",
+            "pair.student.recipe.max_epochs=2",
+            "+trainer.limit_train_batches=4",
+            "callbacks.progress_bar=null",
+            "teacher.seed=0",
+            f"hydra.sweep.dir={tmp_path / 'hpo'}",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        cwd=tmp_path,
+        OMP_NUM_THREADS="1",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Submitit 'local' sweep output dir" in done.stdout + done.stderr
+    study = optuna.load_study(study_name="cskd_cswt", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for trial in study.trials:
+        summary = read_summary(tmp_path / "hpo" / str(trial.number))
+        assert trial.value == summary["metrics"]["val/acc_best"]
+        temperature = float(summary["overrides"][0].split("=")[1])
+        assert trial.params["distill.loss.temperature"] == temperature
