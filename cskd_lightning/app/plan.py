@@ -291,6 +291,16 @@ class SweepPlan(HydraCallback):
     def _plan(self, config: DictConfig) -> None:
         if not config.get(PLAN_KEY, False):
             return
+        sweeper = str(config.hydra.sweeper.get("_target_", ""))
+        if not sweeper.endswith("BasicSweeper"):
+            print(
+                f"Error: plan=true lists the jobs of a sweep given as value lists (a=1,2 b=x,y), "
+                f"but this sweep's jobs are chosen while it runs ({sweeper.rsplit('.', 1)[-1]}, "
+                "e.g. hparams_search=optuna): plan one trial's settings without the search "
+                "(its teacher and logit cache are every trial's).",
+                file=sys.stderr,
+            )
+            sys.exit(1)
         print_plan(make_plan(config))
         sys.exit(0)
 

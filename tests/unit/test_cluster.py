@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from cskd_lightning import locks
 from cskd_lightning.app.jobs import FailedJobsReport, write_exit_record
+from cskd_lightning.app.plan import SweepPlan, sweep_jobs
 from cskd_lightning.app.report import find_runs
 from cskd_lightning.app.resume import resume_if_requeued
 from cskd_lightning.app.teacher_stage import build_teacher
@@ -134,3 +135,28 @@ def test_the_teachers_initial_weights_follow_teacher_seed_alone(tmp_path: Path) 
     c = weights("seed=1")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_plan_expands_the_sweep_and_refuses_a_search(capsys: pytest.CaptureFixture) -> None:
+    config = OmegaConf.create(
+        {
+            "plan": True,
+            "hydra": {
+                "overrides": {"task": ["distill=kd,cskd", "seed=0,1,2", "trainer.max_epochs=3"]},
+                "sweeper": {
+                    "_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                    "params": {"data.datamodule.batch_size": "32,64"},
+                },
+            },
+        }
+    )
+    jobs = sweep_jobs(config)
+    assert len(jobs) == 12 and len({tuple(j) for j in jobs}) == 12
+    first = ["data.datamodule.batch_size=32", "distill=kd", "seed=0", "trainer.max_epochs=3"]
+    assert jobs[0] == first
+    config.hydra.sweeper._target_ = "hydra_plugins.hydra_optuna_sweeper.OptunaSweeper"
+    with pytest.raises(SystemExit) as end:
+        SweepPlan().on_multirun_start(config)
+    assert end.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Error: plan=true lists the jobs of a sweep")
