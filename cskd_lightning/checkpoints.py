@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -208,13 +208,17 @@ def progress_of(checkpoint: Mapping[str, Any]) -> tuple[int, int]:
 
 
 def newest_good_checkpoint(
-    ckpt_dir: Path, trust: bool = False, trust_flag: str = "trust=True"
+    ckpt_dir: Path,
+    trust: bool = False,
+    trust_flag: str = "trust=True",
+    extra: Sequence[Path] = (),
 ) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint in ``ckpt_dir`` that is furthest into training, by the global step and
-    epoch recorded inside it (never by file time: a copy keeps the progress, not the time);
-    ``last*.ckpt`` wins a tie. Files that do not load are logged and skipped."""
+    """The checkpoint in ``ckpt_dir`` (or among ``extra`` files) that is furthest into
+    training, by the global step and epoch recorded inside it (never by file time: a copy
+    keeps the progress, not the time); ``last*.ckpt`` wins a tie. Files that do not load are
+    logged and skipped."""
     problems, good = [], []
-    for path in checkpoint_candidates(ckpt_dir):
+    for path in [*checkpoint_candidates(ckpt_dir), *extra]:
         try:
             checkpoint = load_resumable(path, trust, trust_flag)
         except CheckpointError as err:

@@ -59,6 +59,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
+from cskd_lightning import locks
 from cskd_lightning.data.device import DeviceDataModule, SampleBatch, ShardedPermutation
 from cskd_lightning.errors import InputError
 
@@ -252,6 +253,7 @@ class TeacherLogitCache(Callback):
         self._views = 1
         self._classes = 0
         self._tables: dict[str, _Table] = {}
+        self.lock = True
 
     # ---------------------------------------------------------------- key and directory
     def key_payload(
@@ -274,7 +276,13 @@ class TeacherLogitCache(Callback):
         }
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Attach to the trainer's datamodule and module (Lightning calls it before fit/test)."""
+        """Attach to the trainer's datamodule and module (Lightning calls it before fit/test).
+
+        A one-process run locks each table while it fills it (other jobs wait, then read);
+        the processes of a DDP run fill disjoint rows of the same files and take no lock (one
+        rank waiting for another job would stall its peers in their collectives).
+        """
+        self.lock = trainer.world_size == 1
         self.attach(
             pl_module,
             trainer.datamodule,
@@ -393,6 +401,15 @@ class TeacherLogitCache(Callback):
             if table is not None:
                 table.flush()
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """A failed run releases its tables' locks (the next job of a sweep in this process
+        may need them); what it computed is not written."""
+        for table in self._tables.values():
+            table.release()
+        self._tables.clear()
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._enabled:
             log.info(
@@ -435,8 +452,13 @@ class TeacherLogitCache(Callback):
             return table
         self._flush(split)
         views = self._views if split == "train" else 1
-        file = LogitFile(self._stem(split, epoch), self._n(split), views, self._classes, self.dtype)
-        table = self._tables[split] = _Table(file, epoch, batch.index.device)
+        stem = self._stem(split, epoch)
+        # One process at a time per table (its first store): a job that opens a table another
+        # job is filling waits for it, then reads its rows instead of computing them again.
+        what = f"the teacher logits of {stem.name}"
+        lock = locks.acquire(stem, what) if self.lock else None
+        file = LogitFile(stem, self._n(split), views, self._classes, self.dtype)
+        table = self._tables[split] = _Table(file, epoch, batch.index.device, lock)
         return table
 
 
@@ -444,8 +466,10 @@ class _Table:
     """One open :class:`LogitFile` during an epoch: the stored rows on the device for lookups,
     a device buffer for the rows the teacher computes, written out by :meth:`flush`."""
 
-    def __init__(self, file: LogitFile, epoch: int | None, device: torch.device) -> None:
-        self.file, self.epoch, self.device = file, epoch, device
+    def __init__(
+        self, file: LogitFile, epoch: int | None, device: torch.device, lock: Any = None
+    ) -> None:
+        self.file, self.epoch, self.device, self.lock = file, epoch, device, lock
         self.done = np.array(file.done, dtype=bool)  # (N, V) host copy
         n, views, classes = file.shape
         self.stored: list[Tensor] | None = None
@@ -478,12 +502,20 @@ class _Table:
             self.written[:, v].index_fill_(0, index, True)
 
     def flush(self) -> None:
-        """Write the computed rows not yet stored (one device-to-host copy per view)."""
-        if self.buffer is None:
-            return
-        written = self.written.cpu().numpy()
-        for v, values in enumerate(self.buffer):
-            rows = np.nonzero(written[:, v] & ~self.done[:, v])[0]
-            if rows.size:
-                self.file.write(rows, v, values.cpu().numpy()[rows])
-        self.buffer = self.written = None
+        """Write the computed rows not yet stored (one device-to-host copy per view), then
+        release the table's lock."""
+        try:
+            if self.buffer is not None:
+                written = self.written.cpu().numpy()
+                for v, values in enumerate(self.buffer):
+                    rows = np.nonzero(written[:, v] & ~self.done[:, v])[0]
+                    if rows.size:
+                        self.file.write(rows, v, values.cpu().numpy()[rows])
+                self.buffer = self.written = None
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None

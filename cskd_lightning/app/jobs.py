@@ -3,13 +3,14 @@ behind (one `Error:` line, or a traceback in `error.txt`), failed sweep jobs, th
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import math
 import os
 import sys
-import time
 import traceback
+import uuid
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,6 +28,8 @@ log = logging.getLogger("cskd_lightning")
 
 ERROR_FILE = "error.txt"
 PREVIOUS_ERROR_FILE = "error.previous.txt"
+EXIT_FILE = "exit.json"
+"""A sweep job's exit record: ``{"attempt", "status", "error"}`` (see :func:`write_exit_record`)."""
 
 
 def quiet_logs() -> None:
@@ -199,6 +202,35 @@ def _retire_old_failure(output_dir: Path) -> None:
         os.replace(old, output_dir / PREVIOUS_ERROR_FILE)
 
 
+def write_exit_record(output_dir: Path, attempt: str, status: str, error: str = "") -> None:
+    """Write the job's exit record ``<output_dir>/exit.json`` (rank 0; atomically).
+
+    ``attempt``: a random id of this start of the job; ``status``: ``running`` (written when
+    the job starts, so a job killed before its end is still seen), ``ok`` or ``failed``;
+    ``error``: the failure's one line. The failed-jobs report (:class:`FailedJobsReport`) and
+    ``cskd-report`` read these records, never file times (clocks differ across machines).
+    """
+    if not is_global_zero():
+        return
+    record = {"attempt": attempt, "status": status, "error": error}
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = output_dir / f".{EXIT_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record) + "\n")
+        os.replace(tmp, output_dir / EXIT_FILE)
+    except OSError:  # e.g. the unwritable output directory the error is about
+        pass
+
+
+def read_exit_record(output_dir: Path) -> dict[str, Any] | None:
+    """The job's exit record (``None``: none, or unreadable)."""
+    try:
+        record = json.loads((output_dir / EXIT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def exit_on_input_error(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """``task(cfg)``; an :class:`~cskd_lightning.errors.InputError` ends the program with one
     ``Error: <message>`` line on stderr and exit status 1 (``HYDRA_FULL_ERROR=1``: the
@@ -229,6 +261,9 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     relaunch_this_job_in_ddp_children()
     output_dir = Path(cfg.paths.output_dir)
     _run_log = DeferredRunLog()
+    attempt = uuid.uuid4().hex
+    if is_multirun():
+        write_exit_record(output_dir, attempt, "running")
     try:
         metrics = task(cfg)
     except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
@@ -239,6 +274,7 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
             _run_log.release()
         if is_multirun():
             _record_failure(output_dir)
+            write_exit_record(output_dir, attempt, "failed", f"{type(err).__name__}: {err}")
             log.error(
                 "Job failed: %s: %s (traceback in %s)",
                 type(err).__name__,
@@ -263,6 +299,8 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
         if is_multirun():
             end_distributed_job(env_before)
     _retire_old_failure(output_dir)
+    if is_multirun():
+        write_exit_record(output_dir, attempt, "ok")
     metric = cfg.get("optimized_metric")
     return to_float(metrics.get(metric)) if metric else None
 
@@ -270,27 +308,42 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
 class FailedJobsReport(HydraCallback):
     """After a multirun, list the jobs of this multirun that failed and exit with status 1.
 
-    A job directory's ``error.txt`` counts when it was written after the multirun started, so a
-    rerun into the same sweep directory does not report an earlier attempt's failure.
+    It decides from what the jobs wrote, never from file times: every job writes its exit
+    record (``exit.json``, :func:`write_exit_record`) with a random attempt id when it starts
+    and again when it ends. A record whose attempt was not there when the multirun started
+    belongs to this multirun; its status ``failed`` (or ``running``: the job died before its
+    end) counts. A rerun into the same sweep directory therefore does not report an earlier
+    attempt's failure, whichever machine's clock wrote what.
     """
 
     def __init__(self) -> None:
-        self.started = time.time()
+        self.before: dict[Path, str] = {}
+
+    @staticmethod
+    def _records(sweep_dir: Path) -> dict[Path, dict[str, Any]]:
+        records = {}
+        for path in sorted(sweep_dir.glob(f"*/{EXIT_FILE}")):
+            record = read_exit_record(path.parent)
+            if record is not None:
+                records[path.parent] = record
+        return records
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self.started = time.time()
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self.before = {job: str(r.get("attempt")) for job, r in self._records(sweep_dir).items()}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = sorted(
-            path
-            for path in sweep_dir.glob(f"*/{ERROR_FILE}")
-            if path.stat().st_mtime >= self.started - 1.0
-        )
+        failed = [
+            (job, record)
+            for job, record in self._records(sweep_dir).items()
+            if self.before.get(job) != str(record.get("attempt")) and record.get("status") != "ok"
+        ]
         if not failed:
             return
         log.error("%d job(s) of the multirun failed:", len(failed))
-        for path in failed:
-            lines = path.read_text().strip().splitlines()
-            log.error("  %s: %s", path.parent, lines[-1] if lines else "")
+        for job, record in failed:
+            reason = record.get("error") or "did not finish (killed, or still running)"
+            lines = str(reason).strip().splitlines()
+            log.error("  %s: %s", job, lines[-1] if lines else "")
         sys.exit(1)

@@ -2,7 +2,8 @@
 
 Every directory under ``DIR`` that holds a ``summary.json`` (what ``cskd-train`` writes at the
 end of a run) counts as a run; a directory with an ``error.txt`` and no summary is a failed
-job. Runs are grouped by method (plus the data set, the teacher/student pair and any other
+job, and so is a sweep job whose exit record (``exit.json``) says it started and never ended.
+Runs are grouped by method (plus the data set, the teacher/student pair and any other
 command-line override that differs between runs, the seed aside); a group's seeds are its runs.
 
 Written into ``DIR`` (or ``--out``):
@@ -38,6 +39,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from cskd_lightning.app.jobs import EXIT_FILE, read_exit_record
 from cskd_lightning.errors import InputError, MissingInputError
 from cskd_lightning.published import SOURCES, published_top1
 
@@ -149,7 +151,18 @@ def find_runs(root: Path) -> tuple[list[Run], list[FailedJob]]:
         for p in sorted(root.rglob(ERROR))
         if p.parent not in done
     ]
-    return runs, failed
+    # A sweep job whose exit record says it started and never ended (killed: SIGKILL, out of
+    # memory, a time limit) left no error.txt: it is reported too.
+    seen = done | {job.path for job in failed}
+    for path in sorted(root.rglob(EXIT_FILE)):
+        record = read_exit_record(path.parent) or {}
+        if path.parent in seen or record.get("status") not in ("running", "failed"):
+            continue
+        reason = str(record.get("error") or "").strip().splitlines()
+        if record.get("status") == "running" or not reason:
+            reason = ["did not finish (killed, or still running): no summary.json, no error.txt"]
+        failed.append(FailedJob(path.parent, reason[-1], read_overrides(path.parent)))
+    return runs, sorted(failed, key=lambda job: job.path)
 
 
 def read_run(path: Path) -> Run:

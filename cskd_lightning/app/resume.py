@@ -25,13 +25,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from cskd_lightning.checkpoints import (
     CheckpointError,
@@ -66,6 +67,7 @@ IGNORED_KEYS = (
     "train",
     "test",
     "optimized_metric",
+    "plan",
     "logger",
     "teacher.trust_checkpoint",
     "trainer.default_root_dir",
@@ -286,8 +288,11 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
     now = relevant_config(cfg)
     if str(given) == "last":
         ckpt_dir = output_dir / "checkpoints"
-        if checkpoint_candidates(ckpt_dir):
-            path, checkpoint = newest_good_checkpoint(ckpt_dir, trust, TRUST_FLAG)
+        # Lightning's SLURM handler (SIGUSR1 before the time limit) saves hpc_ckpt_<n>.ckpt in
+        # the run directory before it requeues the job: a candidate too.
+        hpc = sorted(p for p in output_dir.glob("hpc_ckpt_*.ckpt") if p.is_file())
+        if checkpoint_candidates(ckpt_dir) or hpc:
+            path, checkpoint = newest_good_checkpoint(ckpt_dir, trust, TRUST_FLAG, extra=hpc)
         elif cfg.get("resume_from_sibling", False):
             path, checkpoint = search_sibling_runs(output_dir, now, trust)
         else:
@@ -312,3 +317,38 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
     step, epoch = progress_of(checkpoint)
     log.info("Resuming from %s (saved after epoch %s, global step %s)", path, epoch, step)
     return ResumeChoice(path=path, epoch=epoch, global_step=step)
+
+
+# --------------------------------------------------------------------------- requeue
+def restart_count() -> int:
+    """How many times SLURM has restarted this job (``SLURM_RESTART_COUNT``; 0 outside SLURM
+    and on a job's first start). A requeue, by ``scontrol requeue``, by Lightning's SIGUSR1
+    handler or by submitit after a timeout or preemption, restarts the same command."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        return 0
+
+
+def resume_if_requeued(cfg: DictConfig, output_dir: Path) -> bool:
+    """A job SLURM restarted continues its run: ``ckpt_path=last`` unless a ``ckpt_path`` is
+    given. Only when the run directory holds this job's own run (a ``config.yaml`` with the
+    same relevant settings) or none; another run there is refused as for any job. Returns
+    whether it set ``ckpt_path``."""
+    count = restart_count()
+    if count <= 0 or cfg.get("ckpt_path"):
+        return False
+    saved = _saved_run_config(output_dir)
+    if (output_dir / "config.yaml").is_file() and (
+        saved is None or diff_configs(saved, relevant_config(cfg))
+    ):
+        return False  # someone else's run: inspect_run_dir refuses it
+    log.info(
+        "SLURM restarted this job (SLURM_RESTART_COUNT=%d): resuming its run in %s "
+        "(ckpt_path=last).",
+        count,
+        output_dir,
+    )
+    with open_dict(cfg):
+        cfg.ckpt_path = "last"
+    return True

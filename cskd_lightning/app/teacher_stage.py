@@ -7,15 +7,18 @@ import hashlib
 import json
 import logging
 import os
+import random
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cskd_lightning import locks
 from cskd_lightning.app.jobs import (
     instantiate_group,
     is_global_zero,
@@ -213,10 +216,28 @@ def _save_atomically(payload: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _initial_teacher(cfg: DictConfig) -> nn.Module:
+    """The pair's teacher model, its initial weights drawn from ``teacher.seed`` alone.
+
+    They are drawn as a run with ``seed=<teacher.seed>`` draws them (seeded, after the
+    student's), whatever the run's own seed, so whichever job of a sweep trains the shared
+    teacher trains the same one. The global random states are left as they were.
+    """
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    try:
+        L.seed_everything(teacher_seed(cfg), workers=True, verbose=False)
+        hydra.utils.instantiate(cfg.pair.student.model)  # the draws a run makes before
+        return hydra.utils.instantiate(cfg.pair.teacher.model)
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+
+
 def build_teacher(cfg: DictConfig) -> tuple[nn.Module, Path | None]:
     """The pair's teacher model, with the weights of ``teacher.ckpt_path`` when one is given
     (read and checked: a bad file fails here, before anything is written or trained)."""
-    teacher = hydra.utils.instantiate(cfg.pair.teacher.model)
+    teacher = _initial_teacher(cfg)
     given = cfg.teacher.get("ckpt_path")
     if not given:
         return teacher, None
@@ -256,6 +277,35 @@ def prepare_teacher(
         return teacher.eval(), _with_published(cfg, info, "pretrained weights")
 
     path = teacher_cache_path(cfg)
+    if not single_process_job(cfg):
+        # Every rank of a DDP job trains the teacher together: a lock held by one rank would
+        # stall the others (see docs/scaling.md, "The teacher on several nodes").
+        return _cached_or_trained(cfg, teacher, datamodule, stage_dir, path)
+    with locks.held(path, "training the teacher"):
+        return _cached_or_trained(cfg, teacher, datamodule, stage_dir, path)
+
+
+def single_process_job(cfg: DictConfig) -> bool:
+    """Whether the job runs in one process (``trainer.devices * trainer.num_nodes == 1`` and
+    no launcher started other ranks)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return False
+    try:
+        devices = int(cfg.trainer.get("devices", 1))
+        nodes = int(cfg.trainer.get("num_nodes", 1) or 1)
+    except (TypeError, ValueError):  # "auto", a list of device ids
+        return False
+    return devices * nodes == 1
+
+
+def _cached_or_trained(
+    cfg: DictConfig,
+    teacher: nn.Module,
+    datamodule: L.LightningDataModule,
+    stage_dir: Path,
+    path: Path,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Load the cached teacher ``path``, or train the teacher and cache it there."""
     if path.is_file():
         stored = read_checkpoint(path)
         teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)

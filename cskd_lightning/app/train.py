@@ -48,7 +48,12 @@ from cskd_lightning.app.records import (
     write_json,
     write_run_config,
 )
-from cskd_lightning.app.resume import RunConfigRecorder, relevant_config, resolve_resume
+from cskd_lightning.app.resume import (
+    RunConfigRecorder,
+    relevant_config,
+    resolve_resume,
+    resume_if_requeued,
+)
 from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher, prepare_teacher
 from cskd_lightning.callbacks import EpochSeed, RunClock
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
@@ -82,6 +87,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     # --- 1. checks: a bad input fails here, with the run directory as it was -----------------
     check_output_dir(output_dir, "hydra.run.dir")
+    resume_if_requeued(cfg, output_dir)  # a SLURM requeue continues its run
     check_logger_packages(cfg)
     check_module_class(cfg)
     L.seed_everything(cfg.seed, workers=True)

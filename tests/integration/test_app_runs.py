@@ -82,6 +82,9 @@ def test_multirun_records_a_failing_job_runs_the_others_and_exits_1(tmp_path: Pa
     assert not (sweep / "1" / "summary.json").exists()
     output = done.stdout + done.stderr
     assert "1 job(s) of the multirun failed" in output and f"{sweep / '1'}:" in output
+    exits = [json.loads((sweep / job / "exit.json").read_text()) for job in ("0", "1")]
+    assert [e["status"] for e in exits] == ["ok", "failed"]
+    assert "temperature must be a positive number" in exits[1]["error"]
     first = (sweep / "0" / "summary.json").read_bytes()
 
     # The same sweep directory again, the bad value fixed: job 0 is finished (reported, not
@@ -93,6 +96,7 @@ def test_multirun_records_a_failing_job_runs_the_others_and_exits_1(tmp_path: Pa
     assert "holds this run, finished" in (sweep / "0" / "train.log").read_text()
     assert read_summary(sweep / "1")["overrides"][-1] == "distill.loss.temperature=3.0"
     assert not (sweep / "1" / "error.txt").exists()
+    assert json.loads((sweep / "1" / "exit.json").read_text())["attempt"] != exits[1]["attempt"]
     assert (
         "temperature must be a positive number" in (sweep / "1" / "error.previous.txt").read_text()
     )
