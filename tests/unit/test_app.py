@@ -125,7 +125,15 @@ def test_teacher_cache_key_changes_with_what_determines_the_teacher(tmp_path: Pa
     assert base == teacher_cache_key(compose_train(["data.datamodule.two_view=true"], tmp_path))
     # A fixed teacher seed shares one teacher across student seeds.
     assert base == teacher_cache_key(compose_train(["seed=1", "teacher.seed=0"], tmp_path))
-    for override in ("seed=1", "pair.teacher.recipe.max_epochs=3", "data.datamodule.batch_size=32"):
+    changes = (
+        "seed=1",
+        "pair.teacher.recipe.max_epochs=3",
+        "data.datamodule.batch_size=32",
+        # A bf16 teacher is another teacher: a float32 run must not load it, nor the reverse.
+        "trainer.precision=bf16-mixed",
+        "trainer.precision=64-true",
+    )
+    for override in changes:
         assert base != teacher_cache_key(compose_train([override], tmp_path)), override
 
 
