@@ -200,3 +200,33 @@ def test_a_failed_sweep_job_returns_the_worst_value(
     hydra_cfg = OmegaConf.create({"sweeper": {}})
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg))
     assert math.isnan(failed_job_value())  # a plain grid sweep
+
+
+def test_trainer_ddp_gives_batchnorm_the_global_batch(tmp_path: Path) -> None:
+    """N devices x B/N trains like one device x B only if every student's BatchNorm sees the
+    global batch's statistics: ``trainer=ddp`` builds a DDP trainer whose layer sync turns the
+    module's BatchNorm layers into SyncBatchNorm, and the converted student's weights load into
+    the plain student (what ``student.pt`` and the exports rebuild). The sync itself is not run
+    here: torch's SyncBatchNorm synchronises on GPUs only, so the 2-process gloo runs
+    (``trainer=ddp_sim``) keep per-process statistics."""
+    from lightning.pytorch.plugins import TorchSyncBatchNorm
+
+    from cskd_lightning.losses import KDLoss
+    from cskd_lightning.models import create_model
+    from cskd_lightning.module import DistillationModule
+
+    cfg = compose_train(["trainer=ddp"], tmp_path)
+    on_cpu = dict(accelerator="cpu", devices=1, precision="32-true", logger=False)
+    trainer = hydra.utils.instantiate(cfg.trainer, **on_cpu)
+    layer_sync = trainer.strategy._layer_sync  # what Lightning applies to the module in setup
+    assert isinstance(layer_sync, TorchSyncBatchNorm)
+    student = create_model("resnet8x4", num_classes=100)
+    teacher = create_model("resnet32x4", num_classes=100)
+    plain_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+    module = layer_sync.apply(DistillationModule(student, teacher, KDLoss()))
+    synced = [m for m in module.student.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert plain_bn > 0 and len(synced) == plain_bn
+    rebuilt = create_model("resnet8x4", num_classes=100)
+    rebuilt.load_state_dict(module.student.state_dict(), strict=True)
+    sim = hydra.utils.instantiate(compose_train(["trainer=ddp_sim"], tmp_path).trainer, logger=False)
+    assert sim.strategy._layer_sync is None
