@@ -67,7 +67,7 @@ from cskd_lightning.losses import CELoss
 from cskd_lightning.models import create_model
 from cskd_lightning.module import DistillationModule
 
-METHODS = ("kd", "cskd_cswt")
+METHODS = ("kd", "cskd_cswt", "ce", "kd_ce1")
 RECORDED_METHODS = ("cskd_cswt_memory_warm", "cskd_cswt_memory_cold")
 """In the recorded results only: the logit memory they used is no longer in the package."""
 RECORDED_MEMORY_ROWS = 256
@@ -75,6 +75,8 @@ RECORDED_MEMORY_ROWS = 256
 LABELS = {
     "kd": "KD (control)",
     "cskd_cswt": "CSKD + CSWT",
+    "ce": "labels only (no teacher)",
+    "kd_ce1": "KD with CE weight 1.0",
     "cskd_cswt_memory_warm": "CSKD + CSWT + memory after warm-up",
     "cskd_cswt_memory_cold": "CSKD + CSWT + memory from step 1",
 }
@@ -148,8 +150,12 @@ def test_accuracy(module: DistillationModule, dm: L.LightningDataModule) -> floa
 
 
 def make_loss(method: str) -> torch.nn.Module:
-    """The loss of ``conf/distill/<method>.yaml``."""
-    cfg = OmegaConf.load(str(files("cskd_lightning.conf") / "distill" / f"{method}.yaml"))
+    """The loss of ``conf/distill/<method>.yaml``; ``kd_ce1`` is ``kd.yaml`` with
+    ``ce_weight=1.0`` (``1.0 * CE + 0.9 * T^2 KL``, the CE weight CSKD + CSWT uses)."""
+    name = "kd" if method == "kd_ce1" else method
+    cfg = OmegaConf.load(str(files("cskd_lightning.conf") / "distill" / f"{name}.yaml"))
+    if method == "kd_ce1":
+        cfg.loss.ce_weight = 1.0
     return hydra.utils.instantiate(cfg.loss)
 
 
@@ -371,6 +377,10 @@ def report(args: argparse.Namespace, teacher_acc: float | None) -> str:
         ("Minus KD's accuracy with the same seed (points), mean ± std over seeds:", None),
         (None, table(diffs, batches, signed=True)),
     ]
+    if "ce" in accs:
+        no_teacher = {m: d for m, d in minus_control(accs, "ce").items() if m in args.methods}
+        title = "Minus the labels-only run's accuracy with the same seed (points), mean ± std:"
+        sections += [(title, table(no_teacher, batches, signed=True))]
     if recorded:
         title = "The memory variants minus CSKD + CSWT with the same seed (points), mean ± std:"
         sections += [(title, table(memory_diffs, batches, signed=True))]

@@ -228,5 +228,6 @@ def test_trainer_ddp_gives_batchnorm_the_global_batch(tmp_path: Path) -> None:
     assert plain_bn > 0 and len(synced) == plain_bn
     rebuilt = create_model("resnet8x4", num_classes=100)
     rebuilt.load_state_dict(module.student.state_dict(), strict=True)
-    sim = hydra.utils.instantiate(compose_train(["trainer=ddp_sim"], tmp_path).trainer, logger=False)
+    sim_cfg = compose_train(["trainer=ddp_sim"], tmp_path).trainer
+    sim = hydra.utils.instantiate(sim_cfg, logger=False)
     assert sim.strategy._layer_sync is None
