@@ -8,8 +8,13 @@ This study measures that case on real images: the 100-class Fashion-MNIST pairs
 ``fmnist_pairs_student``, 6,908), at global batch sizes 16 to 256 (0.16 to 2.56 samples per
 class), with
 
-* ``kd``: Hinton KD (per sample), the control;
-* ``cskd_cswt``: the method (the published objective, ``conf/distill/cskd_cswt.yaml``).
+* ``kd``: Hinton KD (per sample, ``0.1 CE + 0.9 T^2 KL``, ``conf/distill/kd.yaml``), the
+  control each method is paired with;
+* ``cskd_cswt``: the method (the published objective, ``conf/distill/cskd_cswt.yaml``: CE with
+  weight 1 plus two cosine terms);
+* ``ce``: the labels alone, no teacher (``conf/distill/ce.yaml``): what distillation adds;
+* ``kd_ce1``: KD with CE weight 1.0 (``1.0 CE + 0.9 T^2 KL``): KD with the CE weight
+  CSKD + CSWT uses, so that the CE weight is not what separates the two.
 
 The recorded study (docs/benchmarks/batch_size_100/results.jsonl, run at commit 0184698) also
 holds two variants with a logit memory of ``256 - B`` rows below the batch,
