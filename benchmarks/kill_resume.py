@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run(command(reference, cache), env=ENV, check=True, capture_output=True)  # teacher
     shutil.rmtree(reference)
     first, duration = time_to_first_checkpoint(reference, cache)
+    print(json.dumps({"reference_s": round(duration, 2), "first_checkpoint_s": round(first, 2)}))
     expected = state_of(reference)
 
     rows, not_killed = [], []
@@ -237,18 +238,23 @@ def main(argv: list[str] | None = None) -> int:
             diff = differences(expected, state_of(run_dir))
         rows.append({**hit, "identical": not diff, "differs": diff})
         print(json.dumps(rows[-1]), flush=True)
+        line = summary_line(rows, not_killed)
+        if args.out:  # after every trial: an interrupted study keeps what it measured
+            write_record(args.out, rows, not_killed, line, first, duration, args.trials)
 
+    line = summary_line(rows, not_killed)
+    print(line)
+    return 0 if sum(r["identical"] for r in rows) == len(rows) == args.trials else 1
+
+
+def summary_line(rows: list[dict], not_killed: list[dict]) -> str:
     resumes = sum(r["resumed_from"] is not None for r in rows)
     passed = sum(r["identical"] for r in rows)
-    line = (
+    return (
         f"{passed} of {len(rows)} killed runs resumed from a checkpoint and ended bit-identical "
         f"with the whole record ({resumes} resumed; {len(not_killed)} more draws finished "
         "before their kill and are not counted)"
     )
-    print(line)
-    if args.out:
-        write_record(args.out, rows, not_killed, line, first, duration, args.trials)
-    return 0 if passed == len(rows) == args.trials else 1
 
 
 def write_record(
@@ -289,6 +295,11 @@ def write_record(
             command_line,
             "```",
             "",
+            *(
+                [f"Interrupted after {len(rows)} of the {trials} trials asked for.", ""]
+                if len(rows) < trials
+                else []
+            ),
             f"**{line}.** Kinds of kill: "
             + ", ".join(f"{n} `{k}`" for k, n in kinds.items())
             + " (see the script's docstring). Every kill came after a loadable checkpoint "
