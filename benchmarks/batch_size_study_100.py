@@ -382,10 +382,13 @@ def report(args: argparse.Namespace, teacher_acc: float | None) -> str:
         ("Minus KD's accuracy with the same seed (points), mean ± std over seeds:", None),
         (None, table(diffs, batches, signed=True)),
     ]
-    if "ce" in accs:
-        no_teacher = {m: d for m, d in minus_control(accs, "ce").items() if m in args.methods}
-        title = "Minus the labels-only run's accuracy with the same seed (points), mean ± std:"
-        sections += [(title, table(no_teacher, batches, signed=True))]
+    for control, what in (("ce", "the labels-only run"), ("kd_ce1", "KD with CE weight 1.0")):
+        if control in accs:
+            diff = {m: d for m, d in minus_control(accs, control).items() if m in args.methods}
+            title = f"Minus {what}'s accuracy with the same seed (points), mean ± std:"
+            sections += [(title, table(diff, batches, signed=True))]
+            title = f"Per seed, minus {what} (points):"
+            sections += [(title, table(diff, batches, signed=True, per_seed=True))]
     if recorded:
         title = "The memory variants minus CSKD + CSWT with the same seed (points), mean ± std:"
         sections += [(title, table(memory_diffs, batches, signed=True))]
