@@ -125,7 +125,15 @@ def test_teacher_cache_key_changes_with_what_determines_the_teacher(tmp_path: Pa
     assert base == teacher_cache_key(compose_train(["data.datamodule.two_view=true"], tmp_path))
     # A fixed teacher seed shares one teacher across student seeds.
     assert base == teacher_cache_key(compose_train(["seed=1", "teacher.seed=0"], tmp_path))
-    for override in ("seed=1", "pair.teacher.recipe.max_epochs=3", "data.datamodule.batch_size=32"):
+    changes = (
+        "seed=1",
+        "pair.teacher.recipe.max_epochs=3",
+        "data.datamodule.batch_size=32",
+        # A bf16 teacher is another teacher: a float32 run must not load it, nor the reverse.
+        "trainer.precision=bf16-mixed",
+        "trainer.precision=64-true",
+    )
+    for override in changes:
         assert base != teacher_cache_key(compose_train([override], tmp_path)), override
 
 
@@ -192,3 +200,34 @@ def test_a_failed_sweep_job_returns_the_worst_value(
     hydra_cfg = OmegaConf.create({"sweeper": {}})
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg))
     assert math.isnan(failed_job_value())  # a plain grid sweep
+
+
+def test_trainer_ddp_gives_batchnorm_the_global_batch(tmp_path: Path) -> None:
+    """N devices x B/N trains like one device x B only if every student's BatchNorm sees the
+    global batch's statistics: ``trainer=ddp`` builds a DDP trainer whose layer sync turns the
+    module's BatchNorm layers into SyncBatchNorm, and the converted student's weights load into
+    the plain student (what ``student.pt`` and the exports rebuild). The sync itself is not run
+    here: torch's SyncBatchNorm synchronises on GPUs only, so the 2-process gloo runs
+    (``trainer=ddp_sim``) keep per-process statistics."""
+    from lightning.pytorch.plugins import TorchSyncBatchNorm
+
+    from cskd_lightning.losses import KDLoss
+    from cskd_lightning.models import create_model
+    from cskd_lightning.module import DistillationModule
+
+    cfg = compose_train(["trainer=ddp"], tmp_path)
+    on_cpu = dict(accelerator="cpu", devices=1, precision="32-true", logger=False)
+    trainer = hydra.utils.instantiate(cfg.trainer, **on_cpu)
+    layer_sync = trainer.strategy._layer_sync  # what Lightning applies to the module in setup
+    assert isinstance(layer_sync, TorchSyncBatchNorm)
+    student = create_model("resnet8x4", num_classes=100)
+    teacher = create_model("resnet32x4", num_classes=100)
+    plain_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+    module = layer_sync.apply(DistillationModule(student, teacher, KDLoss()))
+    synced = [m for m in module.student.modules() if isinstance(m, torch.nn.SyncBatchNorm)]
+    assert plain_bn > 0 and len(synced) == plain_bn
+    rebuilt = create_model("resnet8x4", num_classes=100)
+    rebuilt.load_state_dict(module.student.state_dict(), strict=True)
+    sim_cfg = compose_train(["trainer=ddp_sim"], tmp_path).trainer
+    sim = hydra.utils.instantiate(sim_cfg, logger=False)
+    assert sim.strategy._layer_sync is None

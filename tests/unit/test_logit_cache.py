@@ -8,16 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from app_helpers import compose_train, user_error
-from helpers import process_view
+from helpers import process_view, quiet_trainer
 
 from cskd_lightning.data import DeviceDataModule, DigitsDataModule
 from cskd_lightning.data.device import SampleBatch, batch_rand_augment
 from cskd_lightning.data.sample_random import SampleRandom, hash32, hash32_int
-from cskd_lightning.logit_cache import LogitFile, cache_size_bytes
+from cskd_lightning.logit_cache import LogitFile, TeacherLogitCache, cache_size_bytes
+from cskd_lightning.losses import KDLoss
+from cskd_lightning.models import create_model
+from cskd_lightning.module import DistillationModule
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -131,3 +135,72 @@ def test_the_dataloader_path_is_refused_in_one_line(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- end to end
+
+
+# --------------------------------------------------------------------------- key and rows
+def _digits_teacher(init_seed: int) -> torch.nn.Module:
+    torch.manual_seed(init_seed)
+    return create_model("digits_teacher", num_classes=10, in_channels=1)
+
+
+def _fit(
+    teacher: torch.nn.Module,
+    cache_root: Path | None,
+    batch_size: int,
+    batches: int,
+    **data_kwargs,
+) -> tuple[DistillationModule, TeacherLogitCache | None]:
+    """One deterministic epoch of KD on the digits' device pipeline (``batches`` batches of
+    ``batch_size``), with the logit cache in ``cache_root`` (``None``: the live teacher)."""
+    L.seed_everything(0, workers=True)
+    student = create_model("digits_student", num_classes=10, in_channels=1)
+    module = DistillationModule(student, teacher, KDLoss())
+    dm = DeviceDataModule(DigitsDataModule(batch_size=batch_size, augment=True), **data_kwargs)
+    cache = TeacherLogitCache(cache_root) if cache_root is not None else None
+    quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=batches,
+        limit_val_batches=0,
+        deterministic=True,
+        callbacks=[cache] if cache is not None else [],
+    ).fit(module, datamodule=dm)
+    return module, cache
+
+
+def test_another_teacher_or_augmentation_never_reads_the_stored_logits(tmp_path: Path):
+    """The key holds the teacher's weights and the augmentation settings: a cache stored by
+    one teacher is not read by a teacher of the same class with other weights, nor under
+    another ``augment_seed`` or crop; the same teacher and settings do read it (so the test
+    can fail)."""
+    root = tmp_path / "cache"
+    _, stored = _fit(_digits_teacher(0), root, batch_size=32, batches=3)
+    assert stored.stats == {"cached": 0, "computed": 3}
+    _, again = _fit(_digits_teacher(0), root, batch_size=32, batches=3)
+    assert again.stats == {"cached": 3, "computed": 0} and again.directory == stored.directory
+    others = {
+        "teacher with other weights": dict(teacher=_digits_teacher(1)),
+        "augment_seed=1": dict(augment_seed=1),
+        "crop_padding=0": dict(crop_padding=0),
+        "flip=true": dict(flip=True),
+    }
+    for what, change in others.items():
+        teacher = change.pop("teacher", _digits_teacher(0))
+        _, other = _fit(teacher, root, batch_size=32, batches=3, **change)
+        assert other.stats == {"cached": 0, "computed": 3}, what
+        assert other.directory != stored.directory, what
+
+
+def test_a_batch_partly_stored_is_computed_and_the_student_is_the_live_one(tmp_path: Path):
+    """A run stores rows 0-127 of epoch 0's order (2 batches of 64); a run with batches of 48
+    and more batches (rows 0-191) reads its first two batches (rows 0-95), computes the third
+    (rows 96-143: half stored, half not) and the fourth (none stored), and its student is
+    bit-identical to the live-teacher student. Answering a partly stored batch from the cache
+    would hand the loss the zeros of the rows never written."""
+    root = tmp_path / "cache"
+    _fit(_digits_teacher(0), root, batch_size=64, batches=2)
+    cached, cache = _fit(_digits_teacher(0), root, batch_size=48, batches=4)
+    live, _ = _fit(_digits_teacher(0), None, batch_size=48, batches=4)
+    a, b = cached.student.state_dict(), live.student.state_dict()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert cache.stats == {"cached": 2, "computed": 2}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,49 @@ def test_mid_epoch_checkpoint_resumes_with_a_warning(
     assert resolve_resume(cfg, tmp_path / "run").path == path
     assert "saved mid-epoch (after 3 batches)" in caplog.text
     assert "holds no cskd-train config" in caplog.text
+
+
+def _checkpoints(ckpt_dir: Path, files: dict[str, tuple[int, int]]) -> None:
+    """``{name: (epoch, global_step)}``: a training checkpoint per name, each file newer (by
+    time) than the one before, so neither file time nor name order gives the answer."""
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    for k, (name, (epoch, step)) in enumerate(files.items()):
+        fake_training_checkpoint(ckpt_dir / name, epoch=epoch, global_step=step)
+        os.utime(ckpt_dir / name, (1e9 + k, 1e9 + k))
+
+
+def test_ckpt_path_last_takes_the_furthest_checkpoint_and_last_on_a_tie(tmp_path: Path) -> None:
+    """``ckpt_path=last`` resumes from the checkpoint furthest into training (by the step and
+    epoch inside it), not from the least advanced, the newest file or the last name; when the
+    best epoch is also the last, ``best-*.ckpt`` and ``last.ckpt`` tie and ``last.ckpt`` wins."""
+    run = tmp_path / "runs" / "now"
+    cfg = compose_run(["ckpt_path=last"], run, tmp_path / "cache")
+    # The best epoch (1) is not the last (3): last.ckpt is furthest.
+    _checkpoints(
+        run / "checkpoints",
+        {"last.ckpt": (3, 32), "best-epoch001.ckpt": (1, 16), "zz-epoch000.ckpt": (0, 8)},
+    )
+    choice = resolve_resume(cfg, run)
+    assert (choice.path.name, choice.epoch, choice.global_step) == ("last.ckpt", 3, 32)
+    # Only last.ckpt's progress says it is behind (a copied-in older file): the best wins.
+    _checkpoints(run / "checkpoints", {"last.ckpt": (0, 8), "best-epoch001.ckpt": (1, 16)})
+    assert resolve_resume(cfg, run).path.name == "best-epoch001.ckpt"
+    # The best epoch is the last: a tie on (step, epoch), broken for last.ckpt, whichever file
+    # is newer or sorts last.
+    for newer in ("last.ckpt", "best-epoch003.ckpt"):
+        tie = tmp_path / f"tie-{newer}"
+        names = ["best-epoch003.ckpt", "last.ckpt"]
+        names.sort(key=lambda name: name == newer)
+        _checkpoints(tie / "checkpoints", {name: (3, 32) for name in names})
+        assert resolve_resume(cfg, tie).path.name == "last.ckpt", newer
+
+
+def test_resume_from_sibling_takes_the_furthest_sibling(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    _checkpoints(runs / "a" / "checkpoints", {"last.ckpt": (1, 16)})
+    _checkpoints(runs / "b" / "checkpoints", {"last.ckpt": (4, 40)})
+    _checkpoints(runs / "c" / "checkpoints", {"last.ckpt": (2, 24)})
+    now = runs / "now"
+    cfg = compose_run(["ckpt_path=last", "resume_from_sibling=true"], now, tmp_path / "cache")
+    choice = resolve_resume(cfg, now)
+    assert choice.path == runs / "b" / "checkpoints" / "last.ckpt" and choice.epoch == 4
