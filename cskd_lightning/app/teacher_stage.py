@@ -16,6 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from cskd_lightning.app.environment import environment_record
 from cskd_lightning.app.jobs import (
     instantiate_group,
     is_global_zero,
@@ -215,10 +216,13 @@ def prepare_teacher(
         teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)
         meta = stored.get("meta", {}) if isinstance(stored, dict) else {}
         log.info("Reusing the cached teacher %s (test acc %s)", path, meta.get("test_acc"))
+        trained_with = meta.get("environment")
+        _note_environment_change(trained_with, environment_record(cfg))
         return teacher.eval(), {
             "source": str(path),
             "test_acc": meta.get("test_acc"),
             "cached": True,
+            "environment": trained_with,
         }
 
     log.info("No cached teacher for this data/model/recipe/seed: training one (%s).", path.name)
@@ -230,10 +234,34 @@ def prepare_teacher(
             "model": cfg.pair.teacher.model.name,
             "data": cfg.data.name,
             "seed": teacher_seed(cfg),
+            # Not in the key: what else the weights depend on (README, "The teacher stage").
+            "environment": environment_record(cfg),
         }
         _save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path)
         log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)
     return teacher.eval(), {"source": str(path), "test_acc": acc, "cached": False}
+
+
+ENVIRONMENT_KEYS = ("threads", "torch", "accelerator", "device", "deterministic")
+"""What a teacher's weights depend on that is not in its cache key (README, "The teacher
+stage"): a cached teacher is reused whatever these were, and the log says when they differ."""
+
+
+def _note_environment_change(trained_with: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    if not trained_with:
+        log.info("The cached teacher records no environment (threads, torch version, device).")
+        return
+    changed = [
+        f"{k} {trained_with.get(k)!r} -> {now.get(k)!r}"
+        for k in ENVIRONMENT_KEYS
+        if trained_with.get(k) != now.get(k)
+    ]
+    if changed:
+        log.info(
+            "The cached teacher was trained in another environment (%s): reused as it is (a "
+            "teacher trained now could differ in its last digits; not part of the cache key).",
+            "; ".join(changed),
+        )
 
 
 def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache | None:

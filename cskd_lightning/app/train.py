@@ -30,6 +30,7 @@ from cskd_lightning.app.checks import (
     config_errors,
     selection_of,
 )
+from cskd_lightning.app.environment import choose_threads, environment_record, log_threads
 from cskd_lightning.app.jobs import (
     checks_passed,
     instantiate_group,
@@ -81,6 +82,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     # --- 1. checks: a bad input fails here, with the run directory as it was -----------------
     check_output_dir(output_dir, "hydra.run.dir")
+    threads = choose_threads(cfg)
     check_logger_packages(cfg)
     check_module_class(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -121,6 +123,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
 
     # --- 2. the run ---------------------------------------------------------------------------
     checks_passed()
+    log_threads(threads)
     if is_global_zero() and existing.config is None:
         write_run_config(cfg, output_dir)
     for logger in loggers:
@@ -186,6 +189,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             },
         )
         summary = make_summary(cfg, output_dir, metrics, teacher_info, best, selection, clock)
+        summary["environment"] = environment_record(cfg, threads)
         write_json(output_dir / RUN_SUMMARY, summary)
         print_summary(summary)
     return metrics
