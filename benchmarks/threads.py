@@ -50,7 +50,8 @@ def run_train(extra: list[str], env: dict[str, str]) -> tuple[float, str]:
         wall = time.perf_counter() - started
         if done.returncode != 0:
             raise RuntimeError(done.stderr[-2000:])
-        line = next((ln for ln in done.stderr.splitlines() if "CPU threads:" in ln), "")
+        output = (done.stdout + done.stderr).splitlines()
+        line = next((ln for ln in output if "CPU threads:" in ln), "")
         return wall, line.split("] ", 1)[-1]
 
 

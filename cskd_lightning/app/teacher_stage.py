@@ -225,7 +225,12 @@ def prepare_teacher(
             "environment": trained_with,
         }
 
-    log.info("No cached teacher for this data/model/recipe/seed: training one (%s).", path.name)
+    log.info(
+        "No cached teacher for this data/model/recipe/seed in the teacher cache %s "
+        "(CSKD_CACHE_DIR or paths.cache_dir moves it): training one (%s).",
+        path.parent,
+        path.name,
+    )
     acc = train_teacher(cfg, teacher, datamodule, stage_dir)
     if is_global_zero():
         meta = {

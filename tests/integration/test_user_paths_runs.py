@@ -172,3 +172,36 @@ def _write_user_project(root: Path) -> None:
     }
     (root / "my_conf" / "data").mkdir(parents=True)
     (root / "my_conf" / "data" / "shapes.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_run_from_another_directory_reuses_the_teacher_of_the_per_user_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default teacher cache is the user's (platformdirs: ``$XDG_CACHE_HOME/cskd-lightning``
+    on Linux), not the current directory's: a second ``cskd-train`` started elsewhere reuses
+    the teacher the first trained, and the log says where the cache is."""
+    monkeypatch.delenv("CSKD_CACHE_DIR")  # the default, under the tests' own XDG_CACHE_HOME
+    xdg = tmp_path / "xdg"
+    teachers = xdg / "cskd-lightning" / "teachers"
+    first, second = tmp_path / "project_a", tmp_path / "elsewhere" / "b"
+    for cwd in (first, second):
+        cwd.mkdir(parents=True)
+    done = run_cli(["cskd-train", *FAST], first, XDG_CACHE_HOME=str(xdg), OMP_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cached = sorted(teachers.glob("*.pt"))
+    assert len(cached) == 1, list(xdg.rglob("*"))
+    assert f"teacher cache {teachers}" in done.stdout + done.stderr
+    before = cached[0].read_bytes()
+
+    again = run_cli(["cskd-train", *FAST], second, XDG_CACHE_HOME=str(xdg), OMP_NUM_THREADS="1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Reusing the cached teacher {cached[0]}" in again.stdout + again.stderr
+    assert "training one" not in again.stdout + again.stderr
+    assert sorted(teachers.glob("*.pt")) == cached and cached[0].read_bytes() == before
+    assert not (second / ".cache").exists() and not (first / ".cache").exists()
+    runs = sorted(second.glob("outputs/train/runs/*/summary.json"))
+    assert len(runs) == 1
+    summary = json.loads(runs[0].read_text())
+    assert summary["teacher"]["cached"] is True and summary["teacher"]["source"] == str(cached[0])
+    assert summary["environment"]["threads"] == 1
+    assert summary["teacher"]["environment"]["threads"] == 1
