@@ -226,6 +226,28 @@ def check_cache_dir(cfg: DictConfig) -> None:
         )
 
 
+# --------------------------------------------------------------------------- accelerator
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU trainer (``trainer=gpu``, ``trainer=ddp``, the published ``experiment=`` presets)
+    on a machine without a usable GPU: one line saying to add ``trainer=cpu`` (Lightning's own
+    failure is a traceback, "No supported gpu backend found!")."""
+    import torch
+
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "cpu")).lower()
+    if accelerator not in GPU_ACCELERATORS or torch.cuda.is_available():
+        return
+    raise InputError(
+        f"trainer.accelerator={accelerator}, but this machine has no GPU that PyTorch can use "
+        "(torch.cuda.is_available() is False). Add trainer=cpu to the command to train on the "
+        "CPU (e.g. cskd-train experiment=cifar100_standard pair=<pair> trainer=cpu), or run it "
+        "where a GPU is."
+    )
+
+
 # --------------------------------------------------------------------------- data
 def check_data(datamodule: Any) -> None:
     """Load the data once (``prepare_data`` and ``setup("fit")``), so a missing or corrupt
@@ -267,9 +289,14 @@ def sweeper_direction() -> Any:
         return None
 
 
-def check_tuning_selection(cfg: DictConfig, selection: str) -> None:
-    """An optimising sweeper must not tune on the test set unless the user says so."""
-    if selection != "test" or sweeper_direction() is None or cfg.get("tune_on_test_set"):
+def check_tuning_selection(cfg: DictConfig, selection: str, direction: Any = None) -> None:
+    """An optimising sweeper must not tune on the test set unless the user says so.
+
+    ``direction``: the sweeper's (given by the sweep-wide check, which runs before any job);
+    else read from the running job's Hydra config."""
+    if direction is None:
+        direction = sweeper_direction()
+    if selection != "test" or direction is None or cfg.get("tune_on_test_set"):
         return
     raise InputError(
         f"This sweep optimises {cfg.get('optimized_metric')}, but with "

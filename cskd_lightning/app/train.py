@@ -17,6 +17,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app.checks import (
+    check_accelerator,
     check_batch_for_loss,
     check_cache_dir,
     check_class_counts,
@@ -94,6 +95,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
     clock = RunClock(started)
     loggers = instantiate_group(cfg.get("logger"))
+    check_accelerator(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=[
