@@ -102,14 +102,66 @@ def config_errors() -> Iterator[None]:
         cause = err.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
-        if not isinstance(cause, InputError):
-            raise
         match = re.search(r"full_key:\s*(\S+)", str(err))
         key = match.group(1) if match else None
+        if not isinstance(cause, InputError):
+            known = _known_instantiation_mistake(err, cause, key)
+            if known is None:
+                raise
+            raise known from err
         if key and getattr(cause, "key", None):
             key = f"{key}.{cause.key}"
         where = f" (config: {key})" if key else ""
         raise type(cause)(f"{cause}{where}", key=key) from err
+
+
+def _known_instantiation_mistake(
+    err: InstantiationException, cause: BaseException | None, key: str | None
+) -> InputError | None:
+    """The user's mistakes behind a Hydra ``InstantiationException``, as one line with the fix:
+    a ``_target_`` that cannot be imported (own code without ``PYTHONPATH=.``, a misspelt
+    path) and an argument the target does not take (a misspelt key added with ``+``)."""
+    import difflib
+    import inspect
+
+    node = key or "the config"
+    located = re.search(r"Error locating target '([^']+)'", str(err))
+    if located:
+        target = located.group(1)
+        reason = cause
+        while reason is not None and reason.__cause__ is not None:
+            reason = reason.__cause__
+        why = f" ({reason})" if reason is not None else ""
+        return InputError(
+            f"{node}._target_={target} cannot be imported{why}. If it is your own code in the "
+            "current directory, run the command with PYTHONPATH=. in front (the installed "
+            "command does not import from the current directory); else check the path's "
+            "spelling or install its package.",
+            key=f"{node}._target_",
+        )
+    unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(cause or ""))
+    called = re.search(r"Error in call to target '([^']+)'", str(err))
+    if unexpected and called:
+        name, target = unexpected.group(1), called.group(1)
+        accepted: list[str] = []
+        try:
+            from hydra.utils import get_object
+
+            params = inspect.signature(get_object(target)).parameters.values()
+            accepted = [
+                p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+        except (ImportError, ValueError, TypeError):
+            pass
+        close = difflib.get_close_matches(name, accepted, n=1)
+        hint = f"Did you mean {node}.{close[0]}? " if close else ""
+        listed = f" It takes: {', '.join(accepted)}." if accepted else ""
+        return InputError(
+            f"{node}.{name}: {target.rsplit('.', 1)[-1]} takes no argument {name!r}. {hint}"
+            f"Remove the override (+{node}.{name}=...) or fix its spelling.{listed}",
+            key=f"{node}.{name}",
+        )
+    return None
 
 
 # --------------------------------------------------------------------------- class counts
