@@ -60,6 +60,37 @@ def _teacher_record(teacher: nn.Module) -> dict[str, str]:
     return {"class": type(teacher).__name__, "weights": state_dict_hash(teacher)}
 
 
+UNTRAINED_MARGIN = 0.05
+"""A teacher whose validation accuracy is below ``chance + max(UNTRAINED_MARGIN, chance)`` (chance
+``= 1 / num_classes``: 20 % for 10 classes, 6 % for 100) looks untrained."""
+
+
+def untrained_threshold(num_classes: int) -> float:
+    """The validation accuracy below which a teacher looks untrained:
+    ``1/C + max(0.05, 1/C)`` for ``C`` classes."""
+    chance = 1.0 / num_classes
+    return chance + max(UNTRAINED_MARGIN, chance)
+
+
+def warn_if_untrained(teacher_acc: float, num_classes: int) -> bool:
+    """Warn (once per call, on rank 0) when the teacher's accuracy is near chance: a student
+    distilled from a random teacher learns from noise, silently. Returns whether it warned."""
+    if teacher_acc >= untrained_threshold(num_classes):
+        return False
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    rank_zero_warn(
+        f"The teacher's accuracy on the validation split is {100 * teacher_acc:.1f}% "
+        f"(chance: {100 / num_classes:.1f}% for {num_classes} classes): it looks untrained, "
+        "so the student is distilled from noise. Load its weights first (e.g. "
+        "cskd_lightning.models.Pretrained(name, path, num_classes, in_channels), or "
+        "load_weights(model, path)) or train it (cskd_lightning.train_teacher(model, "
+        "datamodule)).",
+        category=UserWarning,
+    )
+    return True
+
+
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """SGD, lr 0.05, momentum 0.9, weight decay 5e-4 (the CIFAR KD protocol)."""
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -402,6 +433,8 @@ class DistillationModule(L.LightningModule):
                 warnings.filterwarnings("ignore", message=r".*was called before the ``update``")
                 teacher_acc = self.teacher_val_acc.compute()
             self.log("val/teacher_acc", teacher_acc, sync_dist=True)
+            if self._teacher_acc_pending:
+                warn_if_untrained(float(teacher_acc), self.num_classes)
             self._teacher_acc_pending = False
 
     def test_step(self, batch: Any, batch_idx: int) -> None:

@@ -23,6 +23,7 @@ from cskd_lightning.app.jobs import (
     optional_instantiate,
     to_float,
 )
+from cskd_lightning.callbacks import ProgressLog
 from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint
 from cskd_lightning.data.device import DeviceDataModule
 from cskd_lightning.errors import InputError
@@ -120,7 +121,7 @@ def _plain_trainer(cfg: DictConfig, output_dir: Path, max_epochs: int | None = N
     callbacks = [
         c
         for c in instantiate_group(cfg.get("callbacks"))
-        if type(c).__name__.endswith("ProgressBar")
+        if type(c).__name__.endswith("ProgressBar") or isinstance(c, ProgressLog)
     ]
     overrides: dict[str, Any] = {
         "callbacks": callbacks,
