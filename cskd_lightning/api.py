@@ -166,10 +166,8 @@ def distill(
     )
     trainer = L.Trainer(max_epochs=max_epochs, **{**_TRAINER_DEFAULTS, **trainer_kwargs})
     with warnings.catch_warnings():
-        # A small datamodule with num_workers=0 is the common case here; the teacher is in
-        # eval mode on purpose.
+        # A small datamodule with num_workers=0 is the common case here.
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         trainer.fit(module, datamodule=datamodule)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if test:

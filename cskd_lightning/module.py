@@ -391,6 +391,21 @@ class DistillationModule(L.LightningModule):
             self._term_sums[name] = weighted if previous is None else previous + weighted
         self._term_count += batch_size
 
+    def on_fit_start(self) -> None:
+        """Lightning warns about every submodule in eval mode when training starts ("Found N
+        module(s) in eval mode"); the frozen teacher is one on purpose. Its mode flag reads
+        "train" from here until :meth:`on_train_start`, which runs right after that check and
+        before any batch; no teacher forward happens in between (the sanity check's
+        validation switches the whole module to eval, the teacher with it)."""
+        if self.teacher is not None:
+            self.teacher.train()
+
+    def on_train_start(self) -> None:
+        """The teacher back in eval mode before the first training batch (see
+        :meth:`on_fit_start`); :meth:`train` keeps it there from now on."""
+        if self.teacher is not None:
+            self.teacher.eval()
+
     def on_train_epoch_start(self) -> None:
         self._term_sums: dict[str, Tensor] = {}
         self._term_count = 0

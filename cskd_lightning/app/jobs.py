@@ -34,7 +34,6 @@ def quiet_logs() -> None:
     for pattern in (
         r".*does not have many workers.*",
         r".*isinstance\(treespec, LeafSpec\).*",
-        r".*module\(s\) in eval mode.*",  # the frozen teacher, on purpose
         r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
         r".*Checkpoint directory .* exists and is not empty.*",
         r".*`weights_only` was not set.*",
