@@ -49,10 +49,38 @@ def _dir_error(path: Path, problem: str, key: str) -> UnwritablePathError:
     )
 
 
+_created_dirs: list[Path] = []
+"""The directories :func:`check_output_dir` created (deepest first), for
+:func:`remove_created_dirs`."""
+
+
+def remove_created_dirs() -> None:
+    """Remove the directories :func:`check_output_dir` created, if still empty: a command that
+    fails its checks leaves no empty run directory behind."""
+    while _created_dirs:
+        try:
+            _created_dirs.pop(0).rmdir()
+        except OSError:  # not empty (or gone): keep it and its parents
+            _created_dirs.clear()
+
+
+def note_missing_dirs(path: Path) -> None:
+    """Remember the directories of ``path`` that do not exist yet (about to be created by
+    Hydra or :func:`check_output_dir`), for :func:`remove_created_dirs`."""
+    missing, probe = [], Path(os.path.abspath(path))
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    if missing:
+        _created_dirs[:] = missing
+
+
 def check_output_dir(path: Path, key: str = "hydra.run.dir") -> None:
-    """Create ``path`` if needed and prove it writable (a temporary file); else PermissionError."""
+    """Create ``path`` if needed and prove it writable (a temporary file); else PermissionError.
+    The directories it creates are remembered (:func:`remove_created_dirs`)."""
     problem = output_dir_problem(path)
     if problem is None:
+        note_missing_dirs(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=path):
@@ -77,6 +105,8 @@ class OutputDirCheck(HydraCallback):
         path = Path(str(value))
         problem = output_dir_problem(path)
         if problem is None:
+            if key == "hydra.run.dir":
+                note_missing_dirs(path)  # Hydra creates it next; removed if the checks fail
             return
         err = _dir_error(path, problem, key)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -234,6 +234,10 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
         input_error = isinstance(err, InputError)
         if input_error and not is_multirun():
             _run_log.discard()
+            if is_global_zero():
+                from cskd_lightning.app.checks import remove_created_dirs
+
+                remove_created_dirs()
         else:
             _run_log.release()
         if is_multirun():

@@ -211,3 +211,19 @@ def test_a_run_from_another_directory_reuses_the_teacher_of_the_per_user_cache(
     assert summary["teacher"]["cached"] is True and summary["teacher"]["source"] == str(cached[0])
     assert summary["environment"]["threads"] == 1
     assert summary["teacher"]["environment"]["threads"] == 1
+
+
+def test_a_run_that_fails_its_checks_leaves_no_empty_run_directory(tmp_path: Path) -> None:
+    """CIFAR-100 without its files: one Error line, and the run directory Hydra made for it
+    (and its new parents) removed again; a directory that was there before stays."""
+    (tmp_path / "outputs" / "mine").mkdir(parents=True)
+    done = run_cli(
+        ["cskd-train", "data=cifar100", "pair=resnet56_resnet20", "trainer=cpu"],
+        tmp_path,
+        OMP_NUM_THREADS="1",
+    )
+    assert done.returncode == 1 and "CIFAR data not found" in done.stderr, done.stderr[-3000:]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "outputs",
+        "outputs/mine",
+    ]
