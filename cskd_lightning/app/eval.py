@@ -17,6 +17,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app.checks import config_errors
+from cskd_lightning.app.environment import choose_threads, log_threads
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, to_float
 from cskd_lightning.app.records import write_json
 from cskd_lightning.checkpoints import load_weights, read_checkpoint
@@ -132,6 +133,7 @@ def print_eval_table(model: str, ckpt: Path, metrics: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> None:
     """The ``cskd-eval`` console script."""
     quiet_logs()
+    log_threads(choose_threads(cfg))  # OMP_NUM_THREADS if set, else from the free cores
     exit_on_input_error(evaluate, cfg)
 
 
