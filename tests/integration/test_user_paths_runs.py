@@ -104,8 +104,11 @@ def test_your_own_data_as_the_readme_says_and_cskd_eval_in_percent(tmp_path: Pat
     }
     assert summary["student"]["test_acc"] is not None and summary["teacher"]["test_acc"] > 0.5
 
-    # Without PYTHONPATH=. the user's datamodule cannot be imported: one line naming the fix.
-    lost = run_cli(["cskd-eval", f"run_dir={run}"], tmp_path)
+    # Without PYTHONPATH=. the user's datamodule cannot be imported: one line naming the fix
+    # (started elsewhere: `python -m`, which the tests run, would import from its own cwd).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lost = run_cli(["cskd-eval", f"run_dir={run}"], elsewhere)
     assert lost.returncode == 1 and "Traceback" not in lost.stderr, lost.stderr[-3000:]
     errors = [line for line in lost.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "PYTHONPATH=. in front" in errors[0], lost.stderr[-3000:]
