@@ -1,6 +1,6 @@
 """cskd-lightning: Cosine Similarity Knowledge Distillation for PyTorch Lightning."""
 
-from cskd_lightning.api import distill
+from cskd_lightning.api import distill, train_teacher
 from cskd_lightning.export import load_student
 from cskd_lightning.losses import (
     CELoss,
@@ -27,5 +27,6 @@ __all__ = [
     "KDLoss",
     "MLKDLoss",
     "distill",
+    "train_teacher",
     "load_student",
 ]

@@ -2,8 +2,9 @@
 
 For code that wants neither Hydra nor a LightningModule: it builds the same
 :class:`~cskd_lightning.DistillationModule` and loss that ``cskd-train distill=<method>`` does
-and runs a Lightning ``Trainer`` on them::
+and runs a Lightning ``Trainer`` on them; :func:`train_teacher` trains the teacher first::
 
+    teacher, _ = train_teacher(teacher, datamodule, max_epochs=10)
     student, metrics = distill(student, teacher, datamodule, method="cskd_cswt", max_epochs=20)
 
 The method names are those of ``cskd-train``'s ``distill`` group, with the same loss settings
@@ -40,7 +41,7 @@ from cskd_lightning.losses import (
 )
 from cskd_lightning.module import DistillationModule, OptimizerFactory, SchedulerFactory
 
-__all__ = ["METHODS", "distill", "make_loss"]
+__all__ = ["METHODS", "distill", "make_loss", "train_teacher"]
 
 _CSKD = {"temperature": 4.0, "alpha": 2.0, "ce_weight": 1.0, "kd_weight": 1.0, "gather": True}
 _CSWT = {**_CSKD, "cswt": True, "t_low": 2.0, "t_high": 6.0}
@@ -224,13 +225,43 @@ def distill(
     )
     trainer = L.Trainer(max_epochs=max_epochs, **{**_TRAINER_DEFAULTS, **trainer_kwargs})
     with warnings.catch_warnings():
-        # A small datamodule with num_workers=0 is the common case here; the teacher is in
-        # eval mode on purpose.
+        # A small datamodule with num_workers=0 is the common case here.
         warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         trainer.fit(module, datamodule=datamodule)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if test:
             results = trainer.test(module, datamodule=datamodule, verbose=False)
             metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
     return module.student.eval(), metrics
+
+
+def train_teacher(
+    model: nn.Module,
+    datamodule: L.LightningDataModule,
+    max_epochs: int = 10,
+    *,
+    optimizer: OptimizerFactory | None = None,
+    scheduler: SchedulerFactory | None = None,
+    test: bool = True,
+    **trainer_kwargs: Any,
+) -> tuple[nn.Module, dict[str, float]]:
+    """Train ``model`` on the labels alone (cross-entropy, ``L = CE(z, y)``), as a teacher for
+    :func:`distill`; return ``(model, metrics)``.
+
+    It is ``distill(model, None, datamodule, method="ce", ...)``: the same module, optimizer
+    default (SGD lr 0.05, momentum 0.9, weight decay 5e-4) and ``Trainer`` arguments. The model
+    comes back trained, in eval mode; ``metrics`` holds ``val/acc``, ``val/acc_best`` and, with
+    ``test``, ``test/acc``. To reuse a teacher across runs, save its ``state_dict`` (or use
+    ``cskd-train``, which caches it).
+    """
+    return distill(
+        model,
+        None,
+        datamodule,
+        method="ce",
+        max_epochs=max_epochs,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        test=test,
+        **trainer_kwargs,
+    )

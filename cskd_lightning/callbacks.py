@@ -9,6 +9,8 @@ stochastic depth) a function of the seed and the epoch, so that a run resumed at
 end draws what the uninterrupted run drew (``cskd-train`` always adds it).
 
 :class:`RunClock` counts a run's wall time over all its segments (a resumed run continues it).
+
+:class:`ProgressLog` logs progress at a steady interval where no terminal shows a progress bar.
 """
 
 from __future__ import annotations
@@ -384,3 +386,117 @@ class RunClock(L.Callback):
             self.before = float(self._restored.get("elapsed_s", 0.0))
             self.segments = int(self._restored.get("segments", 1)) + 1
             self._restored = None
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class ProgressLog(L.Callback):
+    """Progress as log lines, at a steady interval, where no terminal shows a progress bar
+    (output to a file, ``nohup``, a cluster job): within an epoch, every ``interval_s``
+    seconds, the batch reached and the time the epoch still needs; after an epoch (the first,
+    the last, and one at least every ``interval_s``), its time, its metrics and an estimate of
+    the time left, ``(max_epochs - epochs done) x mean time per epoch so far``.
+
+    Lines go to the ``cskd_lightning`` logger (``cskd-train`` writes them to the console and
+    ``train.log``), from the global-zero process only.
+
+    Args:
+        interval_s: the most seconds between two lines while training runs.
+        only_without_terminal: stay silent when standard output is a terminal (Lightning's
+            progress bar shows the same there); ``False`` logs always.
+        metrics: the metric names shown after an epoch, when logged.
+    """
+
+    def __init__(
+        self,
+        interval_s: float = 60.0,
+        only_without_terminal: bool = True,
+        metrics: tuple[str, ...] = ("train/loss", "val/acc", "val/acc_best"),
+    ) -> None:
+        self.interval_s = float(interval_s)
+        self.only_without_terminal = bool(only_without_terminal)
+        self.metrics = tuple(metrics)
+        # Not self.log: Lightning sets that attribute of every callback to the module's log().
+        self.lines = logging.getLogger("cskd_lightning")
+        self._last = self._epoch_start = self._fit_start = 0.0
+        self._epochs_timed: list[float] = []
+        self._pending: str | None = None
+
+    def _active(self, trainer: L.Trainer) -> bool:
+        import sys
+
+        if not trainer.is_global_zero:
+            return False
+        return not (self.only_without_terminal and sys.stdout.isatty())
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = self._last = time.monotonic()
+        self._epochs_timed, self._pending = [], None
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_line(trainer)
+        self._epoch_start = time.monotonic()
+
+    def _epochs(self, trainer: L.Trainer) -> str:
+        total = trainer.max_epochs
+        return f"{trainer.current_epoch + 1}/{total}" if total and total > 0 else "?"
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any
+    ) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval_s or not self._active(trainer):
+            return
+        self._last = now
+        done = args[-1] + 1 if args else 0  # batch_idx
+        batches = trainer.num_training_batches
+        line = f"epoch {self._epochs(trainer)}: batch {done}"
+        if isinstance(batches, int) and batches > 0:
+            per_batch = (now - self._epoch_start) / max(done, 1)
+            line += (
+                f"/{batches} ({100 * done / batches:.0f}%), {per_batch:.2f} s per batch, "
+                f"about {_duration(per_batch * (batches - done))} left in this epoch"
+            )
+        self.lines.info(line)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The module logs its epoch's training metrics after the callbacks' hook: the epoch's
+        # line is written at the next epoch's start or at the end of training.
+        self._epochs_timed.append(time.monotonic() - self._epoch_start)
+        self._pending = self._epochs(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_line(trainer, final=True)
+
+    def _epoch_line(self, trainer: L.Trainer, final: bool = False) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None or not self._active(trainer):
+            return
+        now = time.monotonic()
+        total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        done = len(self._epochs_timed)
+        if not (done == 1 or final or now - self._last >= self.interval_s):
+            return
+        self._last = now
+        values = trainer.callback_metrics
+        shown = ", ".join(
+            f"{name} {float(values[name]):.4f}" for name in self.metrics if name in values
+        )
+        mean = sum(self._epochs_timed) / done
+        remaining = total - trainer.current_epoch if total else None
+        left = f"; about {_duration(mean * remaining)} left" if remaining and not final else ""
+        self.lines.info(
+            "epoch %s done in %s (%s per epoch)%s%s",
+            pending,
+            _duration(self._epochs_timed[-1]),
+            _duration(mean),
+            f": {shown}" if shown else "",
+            left,
+        )

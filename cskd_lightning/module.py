@@ -74,6 +74,37 @@ def _train_size(datamodule: Any) -> int | None:
     return None
 
 
+UNTRAINED_MARGIN = 0.05
+"""A teacher whose validation accuracy is below ``chance + max(UNTRAINED_MARGIN, chance)`` (chance
+``= 1 / num_classes``: 20 % for 10 classes, 6 % for 100) looks untrained."""
+
+
+def untrained_threshold(num_classes: int) -> float:
+    """The validation accuracy below which a teacher looks untrained:
+    ``1/C + max(0.05, 1/C)`` for ``C`` classes."""
+    chance = 1.0 / num_classes
+    return chance + max(UNTRAINED_MARGIN, chance)
+
+
+def warn_if_untrained(teacher_acc: float, num_classes: int) -> bool:
+    """Warn (once per call, on rank 0) when the teacher's accuracy is near chance: a student
+    distilled from a random teacher learns from noise, silently. Returns whether it warned."""
+    if teacher_acc >= untrained_threshold(num_classes):
+        return False
+    from lightning.pytorch.utilities import rank_zero_warn
+
+    rank_zero_warn(
+        f"The teacher's accuracy on the validation split is {100 * teacher_acc:.1f}% "
+        f"(chance: {100 / num_classes:.1f}% for {num_classes} classes): it looks untrained, "
+        "so the student is distilled from noise. Load its weights first (e.g. "
+        "cskd_lightning.models.Pretrained(name, path, num_classes, in_channels), or "
+        "load_weights(model, path)) or train it (cskd_lightning.train_teacher(model, "
+        "datamodule)).",
+        category=UserWarning,
+    )
+    return True
+
+
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """SGD, lr 0.05, momentum 0.9, weight decay 5e-4 (the CIFAR KD protocol)."""
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
@@ -494,6 +525,21 @@ class DistillationModule(L.LightningModule):
             self._term_sums[name] = weighted if previous is None else previous + weighted
         self._term_count += batch_size
 
+    def on_fit_start(self) -> None:
+        """Lightning warns about every submodule in eval mode when training starts ("Found N
+        module(s) in eval mode"); the frozen teacher is one on purpose. Its mode flag reads
+        "train" from here until :meth:`on_train_start`, which runs right after that check and
+        before any batch; no teacher forward happens in between (the sanity check's
+        validation switches the whole module to eval, the teacher with it)."""
+        if self.teacher is not None:
+            self.teacher.train()
+
+    def on_train_start(self) -> None:
+        """The teacher back in eval mode before the first training batch (see
+        :meth:`on_fit_start`); :meth:`train` keeps it there from now on."""
+        if self.teacher is not None:
+            self.teacher.eval()
+
     def on_train_epoch_start(self) -> None:
         self._term_sums: dict[str, Tensor] = {}
         self._term_count = 0
@@ -536,6 +582,8 @@ class DistillationModule(L.LightningModule):
                 warnings.filterwarnings("ignore", message=r".*was called before the ``update``")
                 teacher_acc = self.teacher_val_acc.compute()
             self.log("val/teacher_acc", teacher_acc, sync_dist=True)
+            if self._teacher_acc_pending:
+                warn_if_untrained(float(teacher_acc), self.num_classes)
             self._teacher_acc_pending = False
 
     def test_step(self, batch: Any, batch_idx: int) -> None:

@@ -103,6 +103,27 @@ def ref_ce(logits, targets) -> float:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def _private_user_cache(tmp_path_factory: pytest.TempPathFactory):
+    """No test writes to the real per-user cache: the default teacher cache
+    (``CSKD_CACHE_DIR``, else the platform's user cache directory, which follows
+    ``XDG_CACHE_HOME``) points into the session's temporary directory, for this process and
+    every command a test starts. A test of the default itself removes ``CSKD_CACHE_DIR``
+    (monkeypatch) and finds the cache under this ``XDG_CACHE_HOME``."""
+    import os
+
+    root = tmp_path_factory.mktemp("user_cache")
+    saved = {k: os.environ.get(k) for k in ("CSKD_CACHE_DIR", "XDG_CACHE_HOME")}
+    os.environ["XDG_CACHE_HOME"] = str(root / "xdg")
+    os.environ["CSKD_CACHE_DIR"] = str(root / "cskd")
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """Tiny tensors on a shared 2-core machine: extra intra-op threads only contend (OpenMP
     spin-waits make a 30 ms gradcheck take 2 s under load)."""

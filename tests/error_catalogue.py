@@ -68,6 +68,7 @@ class Case:
     make: Callable[[Workspace], None] | None = None
     env: dict[str, str] = field(default_factory=dict)
     run_dir: str = "{run}"
+    cpu_only: bool = False  # a mistake only where no GPU is (skipped where one is)
 
 
 class Planted:
@@ -277,6 +278,19 @@ CASES: list[Case] = [
     Case("run_dir_unfinished", "an unfinished run directory, without `ckpt_path`", [],
          "holds an unfinished run (config.yaml, no summary.json). Resume it with ckpt_path=last",
          run_dir="{unfinished}"),
+    Case("misspelt_added_key", "a misspelt key added with `+` (as Hydra's own advice suggests)",
+         ["+distill.loss.temprature=3"],
+         "distill.loss.temprature: CSKDLoss takes no argument 'temprature'. Did you mean "
+         "distill.loss.temperature?"),
+    Case("target_not_importable", "a `_target_` that cannot be imported (own data without "
+         "`PYTHONPATH=.`)", ["data.datamodule._target_=my_data.MyDataModule"],
+         "data.datamodule._target_=my_data.MyDataModule cannot be imported (No module named "
+         "'my_data'). If it is your own code in the current directory, run the command with "
+         "PYTHONPATH=. in front"),
+    Case("gpu_preset_without_gpu", "a GPU preset on a machine without a GPU "
+         "(`experiment=cifar100_standard`)", ["experiment=cifar100_standard",
+                                              "pair=resnet56_resnet20"],
+         "Add trainer=cpu to the command to train on the CPU", cpu_only=True),
 ]
 # fmt: on
 

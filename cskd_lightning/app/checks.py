@@ -50,10 +50,38 @@ def _dir_error(path: Path, problem: str, key: str) -> UnwritablePathError:
     )
 
 
+_created_dirs: list[Path] = []
+"""The directories :func:`check_output_dir` created (deepest first), for
+:func:`remove_created_dirs`."""
+
+
+def remove_created_dirs() -> None:
+    """Remove the directories :func:`check_output_dir` created, if still empty: a command that
+    fails its checks leaves no empty run directory behind."""
+    while _created_dirs:
+        try:
+            _created_dirs.pop(0).rmdir()
+        except OSError:  # not empty (or gone): keep it and its parents
+            _created_dirs.clear()
+
+
+def note_missing_dirs(path: Path) -> None:
+    """Remember the directories of ``path`` that do not exist yet (about to be created by
+    Hydra or :func:`check_output_dir`), for :func:`remove_created_dirs`."""
+    missing, probe = [], Path(os.path.abspath(path))
+    while not probe.exists():
+        missing.append(probe)
+        probe = probe.parent
+    if missing:
+        _created_dirs[:] = missing
+
+
 def check_output_dir(path: Path, key: str = "hydra.run.dir") -> None:
-    """Create ``path`` if needed and prove it writable (a temporary file); else PermissionError."""
+    """Create ``path`` if needed and prove it writable (a temporary file); else PermissionError.
+    The directories it creates are remembered (:func:`remove_created_dirs`)."""
     problem = output_dir_problem(path)
     if problem is None:
+        note_missing_dirs(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=path):
@@ -78,6 +106,8 @@ class OutputDirCheck(HydraCallback):
         path = Path(str(value))
         problem = output_dir_problem(path)
         if problem is None:
+            if key == "hydra.run.dir":
+                note_missing_dirs(path)  # Hydra creates it next; removed if the checks fail
             return
         err = _dir_error(path, problem, key)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
@@ -103,14 +133,66 @@ def config_errors() -> Iterator[None]:
         cause = err.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
-        if not isinstance(cause, InputError):
-            raise
         match = re.search(r"full_key:\s*(\S+)", str(err))
         key = match.group(1) if match else None
+        if not isinstance(cause, InputError):
+            known = _known_instantiation_mistake(err, cause, key)
+            if known is None:
+                raise
+            raise known from err
         if key and getattr(cause, "key", None):
             key = f"{key}.{cause.key}"
         where = f" (config: {key})" if key else ""
         raise type(cause)(f"{cause}{where}", key=key) from err
+
+
+def _known_instantiation_mistake(
+    err: InstantiationException, cause: BaseException | None, key: str | None
+) -> InputError | None:
+    """The user's mistakes behind a Hydra ``InstantiationException``, as one line with the fix:
+    a ``_target_`` that cannot be imported (own code without ``PYTHONPATH=.``, a misspelt
+    path) and an argument the target does not take (a misspelt key added with ``+``)."""
+    import difflib
+    import inspect
+
+    node = key or "the config"
+    located = re.search(r"Error locating target '([^']+)'", str(err))
+    if located:
+        target = located.group(1)
+        reason = cause
+        while reason is not None and reason.__cause__ is not None:
+            reason = reason.__cause__
+        why = f" ({reason})" if reason is not None else ""
+        return InputError(
+            f"{node}._target_={target} cannot be imported{why}. If it is your own code in the "
+            "current directory, run the command with PYTHONPATH=. in front (the installed "
+            "command does not import from the current directory); else check the path's "
+            "spelling or install its package.",
+            key=f"{node}._target_",
+        )
+    unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(cause or ""))
+    called = re.search(r"Error in call to target '([^']+)'", str(err))
+    if unexpected and called:
+        name, target = unexpected.group(1), called.group(1)
+        accepted: list[str] = []
+        try:
+            from hydra.utils import get_object
+
+            params = inspect.signature(get_object(target)).parameters.values()
+            accepted = [
+                p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            ]
+        except (ImportError, ValueError, TypeError):
+            pass
+        close = difflib.get_close_matches(name, accepted, n=1)
+        hint = f"Did you mean {node}.{close[0]}? " if close else ""
+        listed = f" It takes: {', '.join(accepted)}." if accepted else ""
+        return InputError(
+            f"{node}.{name}: {target.rsplit('.', 1)[-1]} takes no argument {name!r}. {hint}"
+            f"Remove the override (+{node}.{name}=...) or fix its spelling.{listed}",
+            key=f"{node}.{name}",
+        )
+    return None
 
 
 # --------------------------------------------------------------------------- class counts
@@ -252,6 +334,28 @@ def check_cache_dir(cfg: DictConfig) -> None:
         )
 
 
+# --------------------------------------------------------------------------- accelerator
+GPU_ACCELERATORS = ("gpu", "cuda")
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """A GPU trainer (``trainer=gpu``, ``trainer=ddp``, the published ``experiment=`` presets)
+    on a machine without a usable GPU: one line saying to add ``trainer=cpu`` (Lightning's own
+    failure is a traceback, "No supported gpu backend found!")."""
+    import torch
+
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "cpu")).lower()
+    if accelerator not in GPU_ACCELERATORS or torch.cuda.is_available():
+        return
+    raise InputError(
+        f"trainer.accelerator={accelerator}, but this machine has no GPU that PyTorch can use "
+        "(torch.cuda.is_available() is False). Add trainer=cpu to the command to train on the "
+        "CPU (e.g. cskd-train experiment=cifar100_standard pair=<pair> trainer=cpu), or run it "
+        "where a GPU is."
+    )
+
+
 # --------------------------------------------------------------------------- data
 def check_data(datamodule: Any) -> None:
     """Load the data once (``prepare_data`` and ``setup("fit")``), so a missing or corrupt
@@ -293,9 +397,14 @@ def sweeper_direction() -> Any:
         return None
 
 
-def check_tuning_selection(cfg: DictConfig, selection: str) -> None:
-    """An optimising sweeper must not tune on the test set unless the user says so."""
-    if selection != "test" or sweeper_direction() is None or cfg.get("tune_on_test_set"):
+def check_tuning_selection(cfg: DictConfig, selection: str, direction: Any = None) -> None:
+    """An optimising sweeper must not tune on the test set unless the user says so.
+
+    ``direction``: the sweeper's (given by the sweep-wide check, which runs before any job);
+    else read from the running job's Hydra config."""
+    if direction is None:
+        direction = sweeper_direction()
+    if selection != "test" or direction is None or cfg.get("tune_on_test_set"):
         return
     raise InputError(
         f"This sweep optimises {cfg.get('optimized_metric')}, but with "

@@ -16,6 +16,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from cskd_lightning.app.checks import config_errors
+from cskd_lightning.app.environment import choose_threads, log_threads
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, to_float
 from cskd_lightning.app.records import write_json
 from cskd_lightning.checkpoints import load_weights, read_checkpoint
@@ -84,8 +86,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else find_run_checkpoint(run_dir)
 
     L.seed_everything(int(run_cfg.seed), workers=True)
-    datamodule = hydra.utils.instantiate(run_cfg.data.datamodule)
-    student = hydra.utils.instantiate(run_cfg.pair.student.model)
+    with config_errors():  # e.g. the user's own datamodule without PYTHONPATH=.
+        datamodule = hydra.utils.instantiate(run_cfg.data.datamodule)
+        student = hydra.utils.instantiate(run_cfg.pair.student.model)
     load_weights(student, ckpt)
     log.info("Testing %s from %s", run_cfg.pair.student.model.name, ckpt)
     trainer = L.Trainer(
@@ -130,6 +133,7 @@ def print_eval_table(model: str, ckpt: Path, metrics: dict[str, Any]) -> None:
 def main(cfg: DictConfig) -> None:
     """The ``cskd-eval`` console script."""
     quiet_logs()
+    log_threads(choose_threads(cfg))  # OMP_NUM_THREADS if set, else from the free cores
     exit_on_input_error(evaluate, cfg)
 
 

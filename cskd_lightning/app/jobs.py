@@ -37,7 +37,6 @@ def quiet_logs() -> None:
     for pattern in (
         r".*does not have many workers.*",
         r".*isinstance\(treespec, LeafSpec\).*",
-        r".*module\(s\) in eval mode.*",  # the frozen teacher, on purpose
         r".*The number of training batches \(\d+\) is smaller than the logging interval.*",
         r".*Checkpoint directory .* exists and is not empty.*",
         r".*`weights_only` was not set.*",
@@ -270,6 +269,10 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
         input_error = isinstance(err, InputError)
         if input_error and not is_multirun():
             _run_log.discard()
+            if is_global_zero():
+                from cskd_lightning.app.checks import remove_created_dirs
+
+                remove_created_dirs()
         else:
             _run_log.release()
         if is_multirun():

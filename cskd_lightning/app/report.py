@@ -98,7 +98,7 @@ TEMPERATURES = {
 }
 BANDS = {
     "monitor": "10–90% quantiles of the epoch's T_i",
-    "loss": "per-batch min–max (t_low–t_high by construction)",
+    "loss": "per-batch min–max (t_low–t_high by construction: not drawn)",
 }
 
 
@@ -676,13 +676,18 @@ def plot_temperatures(groups: dict[str, list[Run]], path: Path) -> bool:
     fig, axes, panel_width = _figure(len(panels))
     for ax, (name, runs, (source, t, n)) in zip(axes, panels, strict=True):
         x = t.index + 1
-        ax.fill_between(x, t["low"], t["high"], alpha=0.25, color="tab:orange", label=BANDS[source])
+        if source == "monitor":  # the loss's min-max is t_low-t_high by construction: no band
+            ax.fill_between(
+                x, t["low"], t["high"], alpha=0.25, color="tab:orange", label=BANDS[source]
+            )
         if "mid" in t:
             ax.plot(x, t["mid"], color="tab:red", marker="o", markersize=3, label="median")
         ax.plot(x, t["mean"], color="black", linestyle="--", label="mean")
         title = f"{name} (n={n} seeds)"
         if all(r.series(TEMPERATURES["loss"]["mean"]).empty for r in runs):
             title += " — diagnostic only: this loss does not use CSWT"
+        if source == "loss":
+            title += " — the mean alone (callbacks=monitor adds the spread)"
         ax.set_title(_wrap(title, panel_width), fontsize="medium")
         ax.set(xlabel="epoch")
         _integer_ticks(ax.xaxis)

@@ -58,6 +58,7 @@ IGNORED_KEYS = (
     "hydra",
     "paths",
     "task_name",
+    "threads",
     "ckpt_path",
     "resume_allow_config_change",
     "resume_trust_checkpoint",

@@ -19,12 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cskd_lightning import locks
+from cskd_lightning.app.environment import environment_record
 from cskd_lightning.app.jobs import (
     instantiate_group,
     is_global_zero,
     optional_instantiate,
     to_float,
 )
+from cskd_lightning.callbacks import ProgressLog
 from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint
 from cskd_lightning.data.device import DeviceDataModule
 from cskd_lightning.errors import InputError
@@ -122,7 +124,7 @@ def _plain_trainer(cfg: DictConfig, output_dir: Path, max_epochs: int | None = N
     callbacks = [
         c
         for c in instantiate_group(cfg.get("callbacks"))
-        if type(c).__name__.endswith("ProgressBar")
+        if type(c).__name__.endswith("ProgressBar") or isinstance(c, ProgressLog)
     ]
     overrides: dict[str, Any] = {
         "callbacks": callbacks,
@@ -311,10 +313,22 @@ def _cached_or_trained(
         teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)
         meta = stored.get("meta", {}) if isinstance(stored, dict) else {}
         log.info("Reusing the cached teacher %s (test acc %s)", path, meta.get("test_acc"))
-        info = {"source": str(path), "test_acc": meta.get("test_acc"), "cached": True}
+        trained_with = meta.get("environment")
+        _note_environment_change(trained_with, environment_record(cfg))
+        info = {
+            "source": str(path),
+            "test_acc": meta.get("test_acc"),
+            "cached": True,
+            "environment": trained_with,
+        }
         return teacher.eval(), _with_published(cfg, info, "cached, trained here")
 
-    log.info("No cached teacher for this data/model/recipe/seed: training one (%s).", path.name)
+    log.info(
+        "No cached teacher for this data/model/recipe/seed in the teacher cache %s "
+        "(CSKD_CACHE_DIR or paths.cache_dir moves it): training one (%s).",
+        path.parent,
+        path.name,
+    )
     acc = train_teacher(cfg, teacher, datamodule, stage_dir)
     if is_global_zero():
         meta = {
@@ -323,6 +337,8 @@ def _cached_or_trained(
             "model": cfg.pair.teacher.model.name,
             "data": cfg.data.name,
             "seed": teacher_seed(cfg),
+            # Not in the key: what else the weights depend on (README, "The teacher stage").
+            "environment": environment_record(cfg),
         }
         _save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path)
         log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)
@@ -334,6 +350,28 @@ def _with_published(cfg: DictConfig, info: dict[str, Any], source: str) -> dict[
     """``info`` with the comparison of :func:`compare_with_published` under ``"published"``."""
     record = compare_with_published(cfg, info.get("test_acc"), source)
     return {**info, "published": record} if record is not None else info
+
+
+ENVIRONMENT_KEYS = ("threads", "torch", "accelerator", "device", "deterministic")
+"""What a teacher's weights depend on that is not in its cache key (README, "The teacher
+stage"): a cached teacher is reused whatever these were, and the log says when they differ."""
+
+
+def _note_environment_change(trained_with: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    if not trained_with:
+        log.info("The cached teacher records no environment (threads, torch version, device).")
+        return
+    changed = [
+        f"{k} {trained_with.get(k)!r} -> {now.get(k)!r}"
+        for k in ENVIRONMENT_KEYS
+        if trained_with.get(k) != now.get(k)
+    ]
+    if changed:
+        log.info(
+            "The cached teacher was trained in another environment (%s): reused as it is (a "
+            "teacher trained now could differ in its last digits; not part of the cache key).",
+            "; ".join(changed),
+        )
 
 
 def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache | None:

@@ -17,6 +17,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app.checks import (
+    check_accelerator,
     check_batch_for_loss,
     check_cache_dir,
     check_class_counts,
@@ -31,6 +32,7 @@ from cskd_lightning.app.checks import (
     feature_layers,
     selection_of,
 )
+from cskd_lightning.app.environment import choose_threads, environment_record, log_threads
 from cskd_lightning.app.jobs import (
     checks_passed,
     instantiate_group,
@@ -88,6 +90,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     # --- 1. checks: a bad input fails here, with the run directory as it was -----------------
     check_output_dir(output_dir, "hydra.run.dir")
     resume_if_requeued(cfg, output_dir)  # a SLURM requeue continues its run
+    threads = choose_threads(cfg)
     check_logger_packages(cfg)
     check_module_class(cfg)
     L.seed_everything(cfg.seed, workers=True)
@@ -100,6 +103,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
     clock = RunClock(started)
     loggers = instantiate_group(cfg.get("logger"))
+    check_accelerator(cfg)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=[
@@ -129,6 +133,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
 
     # --- 2. the run ---------------------------------------------------------------------------
     checks_passed()
+    log_threads(threads)
     if is_global_zero() and existing.config is None:
         write_run_config(cfg, output_dir)
     for logger in loggers:
@@ -195,6 +200,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
             },
         )
         summary = make_summary(cfg, output_dir, metrics, teacher_info, best, selection, clock)
+        summary["environment"] = environment_record(cfg, threads)
         write_json(output_dir / RUN_SUMMARY, summary)
         print_summary(summary)
     return metrics

@@ -65,6 +65,10 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
 
 
 def test_multirun_records_a_failing_job_runs_the_others_and_exits_1(tmp_path: Path) -> None:
+    """A job that fails (here its own resume checkpoint is missing: a run directory's check
+    that the sweep-wide check, made before any run directory exists, leaves to the job; a bad
+    config value is refused before any job trains, tests/integration/test_sweep_check_runs.py)
+    is recorded, the others run, and the multirun exits 1; rerun fixed, it runs."""
     sweep = tmp_path / "sweep"
     common = [
         "cskd-train",
@@ -74,32 +78,31 @@ def test_multirun_records_a_failing_job_runs_the_others_and_exits_1(tmp_path: Pa
         f"hydra.sweep.dir={sweep}",
         f"paths.cache_dir={tmp_path / 'cache'}",
     ]
-    done = run_cli([*common, "distill.loss.temperature=4.0,-1.0"], cwd=tmp_path)
+    missing = tmp_path / "missing.ckpt"
+    done = run_cli([*common, f"ckpt_path=null,{missing}"], cwd=tmp_path)
     assert done.returncode == 1, done.stderr[-3000:]
     assert read_summary(sweep / "0")["method"] == "cskd"
     error = (sweep / "1" / "error.txt").read_text()
-    assert "temperature must be a positive number" in error
+    assert str(missing) in error
     assert not (sweep / "1" / "summary.json").exists()
     output = done.stdout + done.stderr
     assert "1 job(s) of the multirun failed" in output and f"{sweep / '1'}:" in output
     exits = [json.loads((sweep / job / "exit.json").read_text()) for job in ("0", "1")]
     assert [e["status"] for e in exits] == ["ok", "failed"]
-    assert "temperature must be a positive number" in exits[1]["error"]
+    assert str(missing) in exits[1]["error"]
     first = (sweep / "0" / "summary.json").read_bytes()
 
     # The same sweep directory again, the bad value fixed: job 0 is finished (reported, not
     # redone), job 1 now runs; no failure of the earlier attempt is reported.
-    again = run_cli([*common, "distill.loss.temperature=4.0,3.0"], cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
+    again = run_cli([*common, "ckpt_path=null,null"], cwd=tmp_path)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert "failed" not in again.stdout + again.stderr
     assert (sweep / "0" / "summary.json").read_bytes() == first
     assert "holds this run, finished" in (sweep / "0" / "train.log").read_text()
-    assert read_summary(sweep / "1")["overrides"][-1] == "distill.loss.temperature=3.0"
+    assert read_summary(sweep / "1")["overrides"][-1] == "ckpt_path=null"
     assert not (sweep / "1" / "error.txt").exists()
     assert json.loads((sweep / "1" / "exit.json").read_text())["attempt"] != exits[1]["attempt"]
-    assert (
-        "temperature must be a positive number" in (sweep / "1" / "error.previous.txt").read_text()
-    )
+    assert str(missing) in (sweep / "1" / "error.previous.txt").read_text()
 
 
 def test_unknown_group_option_lists_the_choices(tmp_path: Path) -> None:

@@ -87,10 +87,11 @@ def test_selection_is_recorded_and_an_optimising_sweep_refuses_the_test_set(
     ]
     refused = run_cli(args, cwd=tmp_path)
     assert refused.returncode == 1, refused.stderr[-3000:]
-    error = (sweep / "0" / "error.txt").read_text()
+    # Refused once, before any trial (the sweep-wide check): no trial directory at all.
+    (error,) = [line for line in refused.stderr.splitlines() if line.startswith("Error: ")]
     assert "the validation metrics are computed on the TEST set" in error
     assert "data.datamodule.val_split=5000" in error and "tune_on_test_set=true" in error
-    assert not (sweep / "0" / "summary.json").exists()
+    assert not sweep.exists()
 
     allowed = run_cli(
         [*args, "tune_on_test_set=true", f"hydra.sweep.dir={tmp_path / 'hpo2'}"], cwd=tmp_path

@@ -104,6 +104,15 @@ def test_your_own_data_as_the_readme_says_and_cskd_eval_in_percent(tmp_path: Pat
     }
     assert summary["student"]["test_acc"] is not None and summary["teacher"]["test_acc"] > 0.5
 
+    # Without PYTHONPATH=. the user's datamodule cannot be imported: one line naming the fix
+    # (started elsewhere: `python -m`, which the tests run, would import from its own cwd).
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lost = run_cli(["cskd-eval", f"run_dir={run}"], elsewhere)
+    assert lost.returncode == 1 and "Traceback" not in lost.stderr, lost.stderr[-3000:]
+    errors = [line for line in lost.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "PYTHONPATH=. in front" in errors[0], lost.stderr[-3000:]
+
     # cskd-eval rebuilds the user's data from the run's config and prints percentages.
     evaluated = run_cli(["cskd-eval", f"run_dir={run}"], tmp_path, **common)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -172,3 +181,52 @@ def _write_user_project(root: Path) -> None:
     }
     (root / "my_conf" / "data").mkdir(parents=True)
     (root / "my_conf" / "data" / "shapes.yaml").write_text(yaml.safe_dump(config))
+
+
+def test_a_run_from_another_directory_reuses_the_teacher_of_the_per_user_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default teacher cache is the user's (platformdirs: ``$XDG_CACHE_HOME/cskd-lightning``
+    on Linux), not the current directory's: a second ``cskd-train`` started elsewhere reuses
+    the teacher the first trained, and the log says where the cache is."""
+    monkeypatch.delenv("CSKD_CACHE_DIR")  # the default, under the tests' own XDG_CACHE_HOME
+    xdg = tmp_path / "xdg"
+    teachers = xdg / "cskd-lightning" / "teachers"
+    first, second = tmp_path / "project_a", tmp_path / "elsewhere" / "b"
+    for cwd in (first, second):
+        cwd.mkdir(parents=True)
+    done = run_cli(["cskd-train", *FAST], first, XDG_CACHE_HOME=str(xdg), OMP_NUM_THREADS="1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cached = sorted(teachers.glob("*.pt"))
+    assert len(cached) == 1, list(xdg.rglob("*"))
+    assert f"teacher cache {teachers}" in done.stdout + done.stderr
+    before = cached[0].read_bytes()
+
+    again = run_cli(["cskd-train", *FAST], second, XDG_CACHE_HOME=str(xdg), OMP_NUM_THREADS="1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"Reusing the cached teacher {cached[0]}" in again.stdout + again.stderr
+    assert "training one" not in again.stdout + again.stderr
+    assert sorted(teachers.glob("*.pt")) == cached and cached[0].read_bytes() == before
+    assert not (second / ".cache").exists() and not (first / ".cache").exists()
+    runs = sorted(second.glob("outputs/train/runs/*/summary.json"))
+    assert len(runs) == 1
+    summary = json.loads(runs[0].read_text())
+    assert summary["teacher"]["cached"] is True and summary["teacher"]["source"] == str(cached[0])
+    assert summary["environment"]["threads"] == 1
+    assert summary["teacher"]["environment"]["threads"] == 1
+
+
+def test_a_run_that_fails_its_checks_leaves_no_empty_run_directory(tmp_path: Path) -> None:
+    """CIFAR-100 without its files: one Error line, and the run directory Hydra made for it
+    (and its new parents) removed again; a directory that was there before stays."""
+    (tmp_path / "outputs" / "mine").mkdir(parents=True)
+    done = run_cli(
+        ["cskd-train", "data=cifar100", "pair=resnet56_resnet20", "trainer=cpu"],
+        tmp_path,
+        OMP_NUM_THREADS="1",
+    )
+    assert done.returncode == 1 and "CIFAR data not found" in done.stderr, done.stderr[-3000:]
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "outputs",
+        "outputs/mine",
+    ]

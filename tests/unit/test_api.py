@@ -77,3 +77,34 @@ def test_distill_refuses_a_missing_teacher_for_a_distillation_method() -> None:
     with pytest.raises(InputError, match="teacher=None"):
         distill(student, None, DigitsDataModule(), method="kd", max_epochs=1)
     assert isinstance(make_loss("kd"), KDLoss)
+
+
+def test_an_untrained_teacher_is_warned_about_and_a_trained_one_is_not() -> None:
+    """``distill()`` (through DistillationModule) warns when the teacher's validation accuracy is
+    near chance; the teacher ``train_teacher`` returns passes."""
+    import warnings
+
+    from cskd_lightning import train_teacher
+    from cskd_lightning.module import untrained_threshold
+
+    assert untrained_threshold(10) == pytest.approx(0.2)
+    assert untrained_threshold(100) == pytest.approx(0.06)
+    fast = {"enable_progress_bar": False, "limit_train_batches": 4, "accelerator": "cpu"}
+    data = DigitsDataModule(batch_size=64)
+    torch.manual_seed(0)
+    random_teacher = create_model("digits_teacher", num_classes=10, in_channels=1)
+    student = create_model("digits_student", num_classes=10, in_channels=1)
+    with pytest.warns(UserWarning, match=r"looks untrained, so the student is distilled from"):
+        distill(student, random_teacher, data, max_epochs=1, test=False, **fast)
+
+    teacher, metrics = train_teacher(
+        create_model("digits_teacher", num_classes=10, in_channels=1),
+        data,
+        max_epochs=2,
+        **{**fast, "limit_train_batches": 1.0},
+    )
+    assert metrics["test/acc"] > 0.8 and not teacher.training
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distill(student, teacher, data, max_epochs=1, test=False, **fast)
+    assert not [w for w in caught if "looks untrained" in str(w.message)]

@@ -231,3 +231,32 @@ def test_trainer_ddp_gives_batchnorm_the_global_batch(tmp_path: Path) -> None:
     sim_cfg = compose_train(["trainer=ddp_sim"], tmp_path).trainer
     sim = hydra.utils.instantiate(sim_cfg, logger=False)
     assert sim.strategy._layer_sync is None
+
+
+def test_the_sweep_check_knows_every_job_of_a_grid_and_the_choices_of_an_optuna_search() -> None:
+    """The jobs the sweep-wide check composes: the grid's product in the sweeper's order; for
+    Optuna the command line's discrete choices, the search space left to the trials."""
+    from app_helpers import compose_app
+
+    from cskd_lightning.app.sweep_check import sweep_jobs
+
+    def jobs(overrides: list[str]) -> list[list[str]]:
+        sweeper = [o for o in overrides if o.startswith("hparams_search=")]
+        cfg = compose_app("train", sweeper, return_hydra_config=True)
+        cfg.hydra.overrides.task = overrides  # as the command line gives them
+        return sweep_jobs(cfg)
+
+    assert jobs(["distill=kd,ce", "seed=0,1", "data=digits"]) == [
+        ["distill=kd", "seed=0", "data=digits"],
+        ["distill=kd", "seed=1", "data=digits"],
+        ["distill=ce", "seed=0", "data=digits"],
+        ["distill=ce", "seed=1", "data=digits"],
+    ]
+    assert jobs(["distill.loss.temperature=range(2,5)"]) == [
+        [f"distill.loss.temperature={t}" for t in (2, 3, 4)][i : i + 1] for i in range(3)
+    ]
+    optuna = ["hparams_search=optuna", "seed=0,1", "distill.loss.t_low=interval(1,3)"]
+    assert jobs(optuna) == [
+        ["hparams_search=optuna", "seed=0"],
+        ["hparams_search=optuna", "seed=1"],
+    ]

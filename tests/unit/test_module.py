@@ -410,3 +410,23 @@ def test_nan_inputs_raise(tmp_path):
     loader = DataLoader(TensorDataset(x, y[:64]), batch_size=BATCH)
     with pytest.raises(FloatingPointError, match=r"(?s)global step 0.*cs=nan"):
         make_trainer(tmp_path).fit(module, loader)
+
+
+def test_the_frozen_teacher_raises_no_eval_mode_warning_and_stays_in_eval(tmp_path) -> None:
+    """Lightning's "Found N module(s) in eval mode" is not raised for the teacher (frozen on
+    purpose), with a sanity check before training, and the teacher is in eval mode at every
+    batch and its BatchNorm statistics do not move."""
+    import warnings
+
+    teacher, probe = make_teacher(), ModeProbe()
+    before = _state(teacher)
+    module = DistillationModule(make_student(), teacher, CSKDLoss())
+    trainer = quiet_trainer(
+        default_root_dir=tmp_path, callbacks=[probe], max_epochs=1, num_sanity_val_steps=1
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, _loader(0, 128, shuffle=True), _loader(256, 320))
+    assert not [w for w in caught if "in eval mode" in str(w.message)]
+    assert probe.modes and all(t is False and s is True for t, s in probe.modes)
+    _assert_state_equal(_state(module.teacher), before)

@@ -222,3 +222,39 @@ def test_logit_standardization_is_followed_for_the_class_cosine(tmp_path: Path) 
     columns, _ = _fit(tmp_path, CSKDLoss(logit_standardization=True))
     np.testing.assert_allclose(columns["monitor/class_cos_mean"], columns["train/cos_mean"], 1e-5)
     np.testing.assert_allclose(columns["monitor/cswt_t_mean"], columns["train/cswt_t_mean"], 1e-5)
+
+
+def test_progress_log_writes_epoch_lines_with_this_epochs_metrics_without_a_terminal(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a terminal (stdout is pytest's capture, not a TTY), ProgressLog logs batch lines
+    at its interval and a line per epoch with that epoch's own metrics and the time left; on a
+    terminal it stays silent."""
+    import logging
+    import re
+    import sys
+
+    from cskd_lightning.callbacks import ProgressLog
+
+    def fit(callback: ProgressLog) -> L.Trainer:
+        torch.manual_seed(0)
+        module = DistillationModule(create_model("digits_student", 10, 1), None, CELoss())
+        trainer = quiet_trainer(max_epochs=3, limit_train_batches=3, callbacks=[callback])
+        trainer.fit(module, datamodule=DigitsDataModule(batch_size=32))
+        return trainer
+
+    caplog.set_level(logging.INFO, logger="cskd_lightning")
+    assert not sys.stdout.isatty()
+    trainer = fit(ProgressLog(interval_s=0.0))
+    lines = [r.getMessage() for r in caplog.records if r.name == "cskd_lightning"]
+    epochs = [line for line in lines if " done in " in line]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert "left" in epochs[0] and "left" not in epochs[-1]
+    last_loss = float(re.search(r"train/loss (\S+?),", epochs[-1]).group(1))
+    assert last_loss == pytest.approx(float(trainer.callback_metrics["train/loss"]), abs=1e-4)
+    assert any(re.match(r"epoch 2/3: batch \d/3 \(\d+%\)", line) for line in lines)
+
+    caplog.clear()
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    fit(ProgressLog(interval_s=0.0))
+    assert not [r for r in caplog.records if "done in" in r.getMessage()]

@@ -361,3 +361,33 @@ def test_published_numbers_beside_a_cifar100_sweep(tmp_path) -> None:
 def test_no_published_section_without_published_numbers(multirun) -> None:
     runs, _ = find_runs(multirun[0])
     assert published_section(runs_table(group_runs(runs))) == []
+
+
+def test_cswt_temperatures_without_the_monitor_draw_the_mean_and_no_band(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``callbacks=monitor`` only the loss's per-batch mean/min/max of T_i are logged;
+    min-max is t_low-t_high by construction, so no band is drawn from it (the monitor's
+    quantile band is)."""
+    from cskd_lightning.app import report
+
+    figures = []
+    figure = report._figure
+    monkeypatch.setattr(
+        report, "_figure", lambda *a, **k: figures.append(figure(*a, **k)) or figures[-1]
+    )
+    for monitored in (True, False):
+        run_dir = tmp_path / f"run_{monitored}"
+        _write_run(run_dir, "cskd_cswt", seed=0, job=0)
+        if not monitored:
+            with (run_dir / "metrics.csv").open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            keep = [c for c in rows[0] if not c.startswith("monitor/")]
+            with (run_dir / "metrics.csv").open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=keep, extrasaction="ignore")
+                writer.writeheader()
+                writer.writerows(rows)
+        assert report.plot_temperatures({"cskd_cswt": [read_run(run_dir)]}, tmp_path / "t.png")
+        ax = figures[-1][1][0]
+        assert bool(ax.collections) is monitored  # fill_between's band
+        assert "mean alone" in ax.get_title() or monitored

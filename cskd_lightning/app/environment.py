@@ -1,0 +1,169 @@
+"""What a run's numbers depend on beyond its config: the CPU threads it uses (chosen here) and
+the software and device it ran on (recorded in ``summary.json`` and the cached teacher).
+
+PyTorch's default of one intra-op thread per core is right for one process on an idle machine
+and very wrong for several: OpenMP threads spin while they wait, so a run whose threads share
+cores with other work (a sweep's parallel jobs, DDP processes on one host, other users) runs
+several times slower than with one thread (``docs/benchmarks/threads.md``). ``cskd-train``
+therefore chooses the count itself (:func:`choose_threads`) unless told (``threads=N`` or the
+environment's ``OMP_NUM_THREADS``), and says what it chose and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+log = logging.getLogger("cskd_lightning")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a cluster's allocation, ``taskset``),
+    else the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def busy_cores() -> float:
+    """How many cores other work keeps busy now: the larger of the 1-minute load average and
+    the processes runnable at this instant (``/proc/loadavg``, this one left out). The load
+    average is slow to rise; the instant count sees load that started seconds ago."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return 0.0
+    running = 0
+    try:
+        with open("/proc/loadavg") as handle:
+            running = int(handle.read().split()[3].split("/")[0]) - 1
+    except (OSError, ValueError, IndexError):
+        pass
+    return max(load, float(running))
+
+
+def local_processes(cfg: DictConfig) -> int:
+    """The processes of this run on this machine: the trainer's DDP processes (``devices``)."""
+    trainer = cfg.get("trainer") or {}
+    devices = trainer.get("devices", 1)
+    return devices if isinstance(devices, int) and devices > 0 else 1
+
+
+def parallel_jobs() -> int:
+    """The sweep jobs running at once in this machine (a parallel launcher's ``n_jobs``,
+    e.g. hydra-joblib-launcher); 1 for a single run or the default (sequential) launcher."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return 1
+    launcher = HydraConfig.get().get("launcher") or {}
+    n_jobs = launcher.get("n_jobs") if hasattr(launcher, "get") else None
+    if isinstance(n_jobs, int) and n_jobs > 1:
+        return min(n_jobs, usable_cores())
+    return 1
+
+
+@dataclass
+class ThreadChoice:
+    """The intra-op thread count of this process and how it was chosen."""
+
+    threads: int
+    source: str
+
+    def as_record(self) -> dict[str, Any]:
+        return {"threads": self.threads, "threads_source": self.source}
+
+
+_chosen: ThreadChoice | None = None
+
+
+def choose_threads(cfg: DictConfig) -> ThreadChoice:
+    """Set and return this process's intra-op thread count (``torch.set_num_threads``).
+
+    - ``threads=N`` in the config: ``N``.
+    - else ``OMP_NUM_THREADS`` set in the environment: PyTorch already uses it.
+    - else ``min(cores // sharing, cores - busy)``, at least 1, where ``cores`` are the cores this
+      process may use, ``sharing`` the processes of this run and of a parallel sweep that run
+      on them (:func:`local_processes` x :func:`parallel_jobs`), and ``busy`` the cores other
+      work keeps busy (:func:`busy_cores`, rounded). Chosen once per process: the jobs of a
+      sequential sweep keep the first job's choice (a job would otherwise count the previous
+      job's load as another's).
+    """
+    global _chosen
+    given = cfg.get("threads")
+    if given is not None:
+        if int(given) < 1:
+            from cskd_lightning.errors import InputError
+
+            raise InputError(f"threads={given}: give a thread count of 1 or more (or null: auto).")
+        choice = ThreadChoice(int(given), "threads=" + str(int(given)))
+    elif os.environ.get("OMP_NUM_THREADS"):
+        choice = ThreadChoice(
+            torch.get_num_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+        )
+    elif _chosen is not None and _chosen.source.startswith("auto"):
+        choice = _chosen
+    else:
+        cores = usable_cores()
+        sharing = local_processes(cfg) * parallel_jobs()
+        busy = round(busy_cores())
+        threads = max(1, min(cores // sharing, cores - busy))
+        choice = ThreadChoice(
+            threads,
+            f"auto: {cores} usable core(s), {sharing} process(es) of this run or sweep on them, "
+            f"{busy} busy with other work",
+        )
+    if torch.get_num_threads() != choice.threads:
+        torch.set_num_threads(choice.threads)
+    _chosen = choice
+    return choice
+
+
+def environment_record(cfg: DictConfig, threads: ThreadChoice | None = None) -> dict[str, Any]:
+    """What a run's result depends on besides its config: the CPU threads (float sums are
+    split differently with another count, so the weights differ in the last bits and then
+    drift apart), the library versions, the device and whether deterministic algorithms were
+    enforced. Written to ``summary.json`` (``environment``) and a cached teacher's metadata."""
+    import lightning
+
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    device = _cpu_name()
+    if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    return {
+        **(threads or ThreadChoice(torch.get_num_threads(), "torch default")).as_record(),
+        "torch": str(torch.__version__),
+        "lightning": str(lightning.__version__),
+        "python": sys.version.split()[0],
+        "accelerator": accelerator,
+        "device": device,
+        "deterministic": bool(trainer.get("deterministic", False)),
+        "precision": str(trainer.get("precision", "32-true")),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def log_threads(choice: ThreadChoice) -> None:
+    log.info(
+        "CPU threads: %d (%s; threads=N sets it)",
+        choice.threads,
+        choice.source,
+    )
