@@ -96,8 +96,8 @@ class CSKDLoss(DistillationLoss):
     ) -> dict[str, Tensor]:
         ce = cross_entropy(student_logits, targets)
         if self.gather:
-            student_logits = gather_batch(student_logits)
-            teacher_logits = gather_batch(teacher_logits)
+            student_logits = gather_batch(student_logits, self.gather_same_size)
+            teacher_logits = gather_batch(teacher_logits, self.gather_same_size)
         terms = self.distillation_terms(student_logits, teacher_logits)
         kd = terms["cs"] + terms["cs_cswt"] if self.cswt else terms["cs"]
         return {"loss": self.ce_weight * ce + self.kd_weight * kd, "ce": ce, **terms}
