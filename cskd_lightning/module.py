@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -99,8 +100,11 @@ class DistillationModule(L.LightningModule):
             are typed as Lightning's ``OptimizerCallable`` / ``LRSchedulerCallable``, so a
             LightningCLI YAML gives them as a ``class_path`` with ``init_args``.
         num_classes: the class count; inferred from the student's last ``nn.Linear`` if omitted.
-        check_inputs: check every batch's targets and every loss for finiteness (one host sync
-            per step; switch off for the last bit of speed on an accelerator).
+        check_inputs: check every batch's targets (in ``[0, num_classes)``) and every loss for
+            finiteness. On the CPU at every step. On an accelerator without a host sync in the
+            steady-state step: the first training step of each epoch is checked at once, and
+            for the others the labels' range and the loss's epoch sum stay on the device and
+            are read at the epoch's last training step (an error then names the epoch).
         channels_last: put the student's and teacher's weights and every input batch in
             ``torch.channels_last`` memory format (faster convolutions on tensor-core GPUs,
             above all with mixed precision). The ``state_dict`` is unchanged.
@@ -126,6 +130,10 @@ class DistillationModule(L.LightningModule):
     Subclass hooks: :meth:`forward_student`, :meth:`forward_teacher`, :meth:`teacher_logits`,
     :meth:`compute_loss`.
     """
+
+    #: Read the training checks once per epoch instead of at every step (``check_inputs``);
+    #: ``None``: on an accelerator (where a read stalls the device), not on the CPU.
+    defer_checks: bool | None = None
 
     #: Where :meth:`teacher_logits` looks first: an object with ``lookup(batch, views) ->
     #: list[Tensor] | None`` and ``record(batch, logits)``; ``None``: the teacher always runs.
@@ -170,6 +178,7 @@ class DistillationModule(L.LightningModule):
             teacher.eval()
         self._make_metrics()
         self._teacher_acc_pending = teacher is not None
+        self._defer_now = False
         self.on_train_epoch_start()  # the per-epoch sums of the loss terms
 
     # --- construction helpers -------------------------------------------------------------
@@ -191,17 +200,18 @@ class DistillationModule(L.LightningModule):
     def _make_metrics(self) -> None:
         top_k = min(5, self.num_classes)
 
-        def accuracy_pair() -> MetricCollection:
+        def accuracy_pair(validate: bool = True) -> MetricCollection:
+            options = {"average": "micro", "validate_args": validate}
             return MetricCollection(
                 {
-                    "acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
-                    f"acc_top{top_k}": MulticlassAccuracy(
-                        self.num_classes, top_k=top_k, average="micro"
-                    ),
+                    "acc": MulticlassAccuracy(self.num_classes, top_k=1, **options),
+                    f"acc_top{top_k}": MulticlassAccuracy(self.num_classes, top_k=top_k, **options),
                 }
             )
 
-        self.train_metrics = accuracy_pair().clone(prefix="train/")
+        # The training step's metrics skip torchmetrics' input validation (a host sync per step
+        # on an accelerator: it counts the distinct labels); check_inputs covers the labels.
+        self.train_metrics = accuracy_pair(validate=False).clone(prefix="train/")
         self.val_metrics = accuracy_pair().clone(prefix="val/")
         self.test_metrics = accuracy_pair().clone(prefix="test/")
         # Persistent: the best accuracy so far is part of the training state, so a resumed run
@@ -305,12 +315,27 @@ class DistillationModule(L.LightningModule):
         return student[0], self.loss.forward_views(student, teacher, y)
 
     # --- checks ---------------------------------------------------------------------------
+    def _checks_deferred(self, device: torch.device) -> bool:
+        """Whether the training checks are read once per epoch (see ``check_inputs``)."""
+        if self.defer_checks is not None:
+            return bool(self.defer_checks)
+        return device.type != "cpu"
+
     def _check_targets(self, y: Tensor) -> None:
         if not self.check_inputs or y.numel() == 0:
             return
+        if self._defer_now:  # the range stays on the device until the epoch's check
+            low, high = torch.aminmax(y)
+            if self._label_range is not None:
+                low = torch.minimum(low, self._label_range[0])
+                high = torch.maximum(high, self._label_range[1])
+            self._label_range = (low, high)
+            return
         if not bool(((y < 0) | (y >= self.num_classes)).any()):  # one host sync
             return
-        low, high = int(y.min()), int(y.max())
+        self._raise_label_range(int(y.min()), int(y.max()))
+
+    def _raise_label_range(self, low: int, high: int) -> None:
         raise InputError(
             f"Labels out of range: found labels in [{low}, {high}] but the models predict "
             f"{self.num_classes} classes (labels must be in [0, {self.num_classes - 1}]). "
@@ -325,47 +350,106 @@ class DistillationModule(L.LightningModule):
             )
 
     def _check_finite(self, terms: Mapping[str, Tensor]) -> None:
-        if not self.check_inputs or bool(torch.isfinite(terms["loss"]).all()):
+        # Deferred: a non-finite loss makes the epoch's sum of the loss non-finite, read at the
+        # epoch's check (no op of its own in the step).
+        if not self.check_inputs or self._defer_now:
             return
-        bad = {
-            k: float(v.detach())
-            for k, v in terms.items()
-            if v.numel() == 1 and not torch.isfinite(v)
-        }
+        if bool(torch.isfinite(terms["loss"]).all()):
+            return
+        values = {k: float(v.detach()) for k, v in terms.items() if v.numel() == 1}
+        self._raise_non_finite(f"at global step {self.global_step}", values)
+
+    def _raise_non_finite(self, where: str, values: Mapping[str, float]) -> None:
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         raise NonFiniteLossError(
-            f"Non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): "
+            f"Non-finite loss {where} (epoch {self.current_epoch}): "
             + ", ".join(f"{k}={v}" for k, v in bad.items())
             + ". Lower the learning rate, check the inputs for NaN/inf, or use 32-bit precision."
         )
 
+    def _read_deferred_checks(self) -> None:
+        """The epoch's deferred checks: the labels' range and the loss's sum (one host read)."""
+        label_range, self._label_range = self._label_range, None
+        if label_range is not None:
+            low, high = torch.stack(label_range).tolist()
+            if low < 0 or high >= self.num_classes:
+                self._raise_label_range(low, high)
+        if not self.check_inputs or not self._term_sums:
+            return
+        totals = self._term_sums
+        if "loss" not in totals:
+            return
+        names = list(totals)
+        sums = torch.stack([totals[k] for k in names]).tolist()
+        if not math.isfinite(sums[names.index("loss")]):
+            count = max(self._term_count, 1)
+            where = f"in one of the training steps up to global step {self.global_step}"
+            self._raise_non_finite(where, {k: v / count for k, v in zip(names, sums, strict=True)})
+
     # --- steps ----------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         self.loss.set_progress(self.current_epoch, self.global_step, self.trainer.max_epochs)
-        logits, terms = self.compute_loss(batch)
-        self._check_finite(terms)
         y = batch[1]
+        self._defer_now = batch_idx > 0 and self._checks_deferred(y.device)
+        try:
+            logits, terms = self.compute_loss(batch)
+            self._check_finite(terms)
+        finally:
+            self._defer_now = False
         self.train_metrics.update(logits.detach(), y)
         self._accumulate_terms(terms, y.shape[0])
         return terms["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Read the deferred checks at the epoch's last training step (before validation)."""
+        if self._label_range is not None or self._checks_deferred(self.device):
+            last = self.trainer.num_training_batches
+            if isinstance(last, int) and batch_idx + 1 >= last:
+                self._read_deferred_checks()
 
     def _accumulate_terms(self, terms: Mapping[str, Tensor], batch_size: int) -> None:
         """Sum the step's terms on the device; they are logged once, at the epoch's end.
 
         Logging every term every step through ``self.log`` costs more than a small model's
-        step; a running sum costs one tensor op per term and no host sync.
+        step; the running sum of all the terms (stacked into one ``(K,)`` tensor) costs three
+        tensor ops per step and no host sync.
         """
-        for name, value in terms.items():
-            weighted = value.detach().float() * batch_size
-            previous = self._term_sums.get(name)
-            self._term_sums[name] = weighted if previous is None else previous + weighted
+        names = tuple(terms)
+        with torch.no_grad():
+            values = [v if v.dim() == 0 else v.reshape(()) for v in terms.values()]
+            step = torch.stack(values).float() * batch_size
+        if self._term_total is None:
+            self._term_names, self._term_total = names, step
+        elif names == self._term_names:
+            self._term_total = self._term_total + step
+        else:  # the terms changed within the epoch: sum them by name from now on
+            sums = self._term_sums
+            self._term_names, self._term_total = (), None
+            for name, value in zip(names, step, strict=True):
+                sums[name] = sums[name] + value if name in sums else value
+            self._term_by_name = sums
         self._term_count += batch_size
 
+    @property
+    def _term_sums(self) -> dict[str, Tensor]:
+        """The epoch's sample-weighted sum of every term so far, by name."""
+        sums = dict(self._term_by_name)
+        if self._term_total is not None:
+            for name, value in zip(self._term_names, self._term_total, strict=True):
+                sums[name] = sums[name] + value if name in sums else value
+        return sums
+
     def on_train_epoch_start(self) -> None:
-        self._term_sums: dict[str, Tensor] = {}
+        self._term_names: tuple[str, ...] = ()
+        self._term_total: Tensor | None = None
+        self._term_by_name: dict[str, Tensor] = {}
         self._term_count = 0
+        self._label_range: tuple[Tensor, Tensor] | None = None
 
     def on_train_epoch_end(self) -> None:
         """Log each term's sample-weighted epoch mean as ``train/<name>``, and the accuracy."""
+        if self._label_range is not None:
+            self._read_deferred_checks()
         for name, total in self._term_sums.items():
             self.log(
                 f"train/{name}",

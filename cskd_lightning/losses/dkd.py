@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from cskd_lightning.errors import InputError
@@ -78,5 +77,5 @@ class DKDLoss(DistillationLoss):
             "ce": ce,
             "tckd": tckd,
             "nckd": nckd,
-            "dkd_warmup": torch.tensor(factor, dtype=ce.dtype, device=ce.device),
+            "dkd_warmup": ce.new_full((), factor),  # a fill on the device, not a host copy
         }
