@@ -17,7 +17,8 @@ the student, the loss, backward, the optimizer and Lightning's hooks):
   boolean-mask indexing, ``repeat_interleave`` without ``output_size``, ``equal``, a host-made
   tensor (``torch.tensor(...)``: built on the host, then copied to the device), a host copy
   (``.cpu()``, ``.numpy()``, ``.tolist()`` of a tensor, seen by a ``TorchFunctionMode``);
-  each sync's source line is listed under the table with ``--where``.
+  each sync's source line is listed under the table with ``--where``. Not counted: the class
+  range checks inside ``F.one_hot``, which ATen runs on the CPU only.
 
 Rows: every ``distill=`` option; ``views`` 1, or 2 for the two-view methods (and ``--two-view``
 adds the one-view methods on two-view data); ``teacher`` live, or ``warm`` (a
@@ -29,16 +30,19 @@ compiled region, so that row counts the ops Dynamo leaves outside the graphs, an
     python benchmarks/step_profile.py                       # every method, ~15 min on 2 cores
     python benchmarks/step_profile.py --methods cskd_cswt dkd --steps 4 --where
 
-The CPU is only the counting device; nothing here is a time. See
-docs/benchmarks/step_profile.md.
+The CPU is only the counting device; nothing here is a time. Where the product picks its
+path by the device, the probe takes the accelerator's: ``DistillationModule.defer_checks =
+True`` (on an accelerator ``check_inputs`` is read once per epoch) and the strong view's
+``batch_rand_augment(sync_free=True)``. ``--monitor`` adds ``callbacks=monitor``'s
+``TemperatureMonitor``. See docs/benchmarks/step_profile.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import datetime as dt
+import functools
 import os
 import pickle
 import statistics
@@ -59,8 +63,10 @@ from lightning.pytorch.callbacks import Callback
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+import cskd_lightning.data.device as device_data
 from cskd_lightning import DistillationModule
 from cskd_lightning.app.jobs import quiet_logs
+from cskd_lightning.callbacks import TemperatureMonitor
 from cskd_lightning.data import CIFAR100DataModule, DeviceDataModule
 from cskd_lightning.logit_cache import TeacherLogitCache
 from cskd_lightning.models import create_model
@@ -156,6 +162,8 @@ class Counter(TorchDispatchMode):
         self.names: collections.Counter[str] = collections.Counter()
         self.phase = "data + hooks"
         self.phases: collections.Counter[str] = collections.Counter()
+        # Inside F.one_hot: ATen checks the class range with two host reads on the CPU only.
+        self.cpu_only_checks = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
@@ -166,7 +174,7 @@ class Counter(TorchDispatchMode):
         if not func.is_view and name not in NO_KERNEL:
             self.launches += 1
         reason = sync_reason(name, args, kwargs)
-        if reason is not None:
+        if reason is not None and not self.cpu_only_checks:
             self.syncs[(reason, _where())] += 1
         return func(*args, **kwargs)
 
@@ -191,6 +199,12 @@ class HostReads(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in HOST_READS and args and isinstance(args[0], torch.Tensor):
             self.counter.syncs[(HOST_READS[name], _where())] += 1
+        if func is torch.nn.functional.one_hot:
+            self.counter.cpu_only_checks = True
+            try:
+                return func(*args, **(kwargs or {}))
+            finally:
+                self.counter.cpu_only_checks = False
         return func(*args, **(kwargs or {}))
 
 
@@ -354,7 +368,9 @@ class Probe:
         student = create_model("resnet8x4", num_classes=100)
         loss = instantiate(cfg.loss)
         teacher = self.teacher if loss.requires_teacher else None
-        return DistillationModule(student, teacher, loss, compile_models=compiled)
+        module = DistillationModule(student, teacher, loss, compile_models=compiled)
+        module.defer_checks = True  # what the module does on an accelerator
+        return module
 
     def fit(self, method: str, two_view: bool, teacher: str, compiled: bool) -> dict[str, Any]:
         cache_root = self.tmp / f"cache-{method}-{two_view}"
@@ -367,6 +383,8 @@ class Probe:
         counter = Counter()
         windows = StepWindows(counter)
         callbacks: list = [windows]
+        if self.args.monitor:
+            callbacks.append(TemperatureMonitor())
         cache = None
         if teacher == "warm":
             cache = TeacherLogitCache(cache_root, "probe")
@@ -486,19 +504,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--two-view", action="store_true", help="one-view methods on two views too")
     p.add_argument("--no-compiled", dest="compiled", action="store_false")
     p.add_argument("--where", action="store_true", help="print each sync's source line")
+    p.add_argument("--monitor", action="store_true", help="with the TemperatureMonitor")
     p.add_argument("--out", default=None, help="also write the table (markdown) here")
     args = p.parse_args(argv)
     if args.steps < 4:
         p.error("--steps must be >= 4 (the first step is not counted)")
     quiet_logs()
+    # The strong view's ops as on an accelerator (on the CPU they index the drawn subsets).
+    device_data.batch_rand_augment = functools.partial(
+        device_data.batch_rand_augment, sync_free=True
+    )
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     probe = Probe(args)
     started = time.perf_counter()
-    with contextlib.ExitStack():
-        probe.run()
+    probe.run()
     text = (
         f"`python {' '.join(sys.argv)}`, {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
         f"torch {torch.__version__}, resnet32x4 -> resnet8x4, batch 64, "
+        f"{'TemperatureMonitor, ' if args.monitor else ''}"
         f"{(time.perf_counter() - started) / 60:.1f} min\n\n" + probe.table()
     )
     print(text)

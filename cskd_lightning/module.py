@@ -62,8 +62,10 @@ def _teacher_record(teacher: nn.Module) -> dict[str, str]:
 
 
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD, lr 0.05, momentum 0.9, weight decay 5e-4 (the CIFAR KD protocol)."""
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    """SGD, lr 0.05, momentum 0.9, weight decay 5e-4 (the CIFAR KD protocol), in torch's
+    multi-tensor form (``foreach=True``: a few ops for all the parameters instead of a few per
+    parameter; torch's default on CUDA, here on every device)."""
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4, foreach=True)
 
 
 def _refuse_ignored_cli_scheduler(trainer: Any) -> None:
