@@ -61,6 +61,23 @@ def _teacher_record(teacher: nn.Module) -> dict[str, str]:
     return {"class": type(teacher).__name__, "weights": state_dict_hash(teacher)}
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value: bool | str | None) -> str | None:
+    """``compile_models``' value as a ``torch.compile`` mode (``None``: eager)."""
+    if value is None or value is False or value in ("false", "False", "none", "None"):
+        return None
+    if value is True or value in ("true", "True"):
+        return "default"
+    if value in COMPILE_MODES:
+        return str(value)
+    raise InputError(
+        f"compile_models must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})"
+        f"; got {value!r}."
+    )
+
+
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
     """SGD, lr 0.05, momentum 0.9, weight decay 5e-4 (the CIFAR KD protocol), in torch's
     multi-tensor form (``foreach=True``: a few ops for all the parameters instead of a few per
@@ -110,9 +127,14 @@ class DistillationModule(L.LightningModule):
         channels_last: put the student's and teacher's weights and every input batch in
             ``torch.channels_last`` memory format (faster convolutions on tensor-core GPUs,
             above all with mixed precision). The ``state_dict`` is unchanged.
-        compile_models: run the student's and teacher's forward through ``torch.compile``. The
-            compiled callables wrap ``self.student`` / ``self.teacher`` without being registered
-            as submodules, so the ``state_dict`` keys (and checkpoints) stay the same.
+        compile_models: run the student's and the teacher's forward and the loss through
+            ``torch.compile`` with static shapes (``dynamic=False``): ``True`` or ``"default"``,
+            or a ``torch.compile`` mode: ``"reduce-overhead"`` (CUDA graphs: the step's kernels
+            replayed in one launch), ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``.
+            ``False``: eager. The compiled callables wrap ``self.student`` / ``self.teacher`` /
+            ``self.loss`` without being registered as submodules, so the ``state_dict`` keys
+            (and checkpoints) stay the same. A batch of a new shape (the last, partial one)
+            compiles once more.
 
     Mixed precision (``trainer.precision="bf16-mixed"`` / ``"16-mixed"``): Lightning runs
     ``training_step`` / ``validation_step`` under autocast, and both the student and the teacher
@@ -151,7 +173,7 @@ class DistillationModule(L.LightningModule):
         num_classes: int | None = None,
         check_inputs: bool = True,
         channels_last: bool = False,
-        compile_models: bool = False,
+        compile_models: bool | str = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(
@@ -169,7 +191,8 @@ class DistillationModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.check_inputs = check_inputs
         self.channels_last = bool(channels_last)
-        self.compile_models = bool(compile_models)
+        self.compile_mode = compile_mode(compile_models)
+        self.compile_models = self.compile_mode is not None
         if self.channels_last:
             for model in (student, teacher):
                 if model is not None:
@@ -181,7 +204,7 @@ class DistillationModule(L.LightningModule):
         self._make_metrics()
         self._teacher_acc_pending = teacher is not None
         self._defer_now = False
-        self.on_train_epoch_start()  # the per-epoch sums of the loss terms
+        self._reset_epoch_sums()  # the per-epoch sums of the loss terms
 
     # --- construction helpers -------------------------------------------------------------
     def _resolve_num_classes(self, num_classes: int | None) -> int:
@@ -202,18 +225,19 @@ class DistillationModule(L.LightningModule):
     def _make_metrics(self) -> None:
         top_k = min(5, self.num_classes)
 
-        def accuracy_pair(validate: bool = True) -> MetricCollection:
-            options = {"average": "micro", "validate_args": validate}
+        def accuracy_pair() -> MetricCollection:
             return MetricCollection(
                 {
-                    "acc": MulticlassAccuracy(self.num_classes, top_k=1, **options),
-                    f"acc_top{top_k}": MulticlassAccuracy(self.num_classes, top_k=top_k, **options),
+                    "acc": MulticlassAccuracy(self.num_classes, top_k=1, average="micro"),
+                    f"acc_top{top_k}": MulticlassAccuracy(
+                        self.num_classes, top_k=top_k, average="micro"
+                    ),
                 }
             )
 
-        # The training step's metrics skip torchmetrics' input validation (a host sync per step
-        # on an accelerator: it counts the distinct labels); check_inputs covers the labels.
-        self.train_metrics = accuracy_pair(validate=False).clone(prefix="train/")
+        # The training accuracy is two more epoch sums beside the loss terms (see
+        # training_step): a few ops per step instead of torchmetrics' ~60.
+        self._top_k = top_k
         self.val_metrics = accuracy_pair().clone(prefix="val/")
         self.test_metrics = accuracy_pair().clone(prefix="test/")
         # Persistent: the best accuracy so far is part of the training state, so a resumed run
@@ -273,19 +297,22 @@ class DistillationModule(L.LightningModule):
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _runner(self, name: str) -> Callable[[Tensor], Any]:
-        """``self.<name>``, or its ``torch.compile`` wrapper with ``compile_models``.
+    def _runner(self, name: str) -> Callable[..., Any]:
+        """``self.<name>`` (``self.loss.forward_views`` for the loss), or its ``torch.compile``
+        wrapper with ``compile_models``.
 
         The wrapper is kept in ``__dict__`` (not a registered submodule): it shares the module's
         parameters, and the ``state_dict`` keys stay ``student.*`` / ``teacher.*``.
         """
         model = getattr(self, name)
         if not self.compile_models:
-            return model
+            return model.forward_views if name == "loss" else model
         compiled = self.__dict__.setdefault("_compiled_models", {})
         entry = compiled.get(name)
         if entry is None or entry[0] is not model:
-            entry = (model, torch.compile(model))
+            mode = None if self.compile_mode == "default" else self.compile_mode
+            target = model.forward_views if name == "loss" else model
+            entry = (model, torch.compile(target, mode=mode, dynamic=False))
             compiled[name] = entry
         return entry[1]
 
@@ -314,7 +341,7 @@ class DistillationModule(L.LightningModule):
         student = [self.forward_student(v) for v in views]
         if teacher is not None:
             self._check_class_counts(student[0], teacher[0])
-        return student[0], self.loss.forward_views(student, teacher, y)
+        return student[0], self._runner("loss")(student, teacher, y)
 
     # --- checks ---------------------------------------------------------------------------
     def _checks_deferred(self, device: torch.device) -> bool:
@@ -398,9 +425,15 @@ class DistillationModule(L.LightningModule):
             self._check_finite(terms)
         finally:
             self._defer_now = False
-        self.train_metrics.update(logits.detach(), y)
-        self._accumulate_terms(terms, y.shape[0])
+        self._accumulate_terms({**terms, **self._train_accuracy(logits, y)}, y.shape[0])
         return terms["loss"]
+
+    @torch.no_grad()
+    def _train_accuracy(self, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The step's top-1 and top-k accuracy ``acc``, ``acc_top<k>`` (0-d, fractions of the
+        batch); summed over the epoch with the loss terms, logged as ``train/acc`` ..."""
+        hits = (logits.topk(self._top_k, dim=1).indices == y[:, None]).float()  # (B, k)
+        return {"acc": hits[:, 0].mean(), f"acc_top{self._top_k}": hits.sum(1).mean()}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Read the deferred checks at the epoch's last training step (before validation)."""
@@ -442,6 +475,9 @@ class DistillationModule(L.LightningModule):
         return sums
 
     def on_train_epoch_start(self) -> None:
+        self._reset_epoch_sums()
+
+    def _reset_epoch_sums(self) -> None:
         self._term_names: tuple[str, ...] = ()
         self._term_total: Tensor | None = None
         self._term_by_name: dict[str, Tensor] = {}
@@ -449,7 +485,8 @@ class DistillationModule(L.LightningModule):
         self._label_range: tuple[Tensor, Tensor] | None = None
 
     def on_train_epoch_end(self) -> None:
-        """Log each term's sample-weighted epoch mean as ``train/<name>``, and the accuracy."""
+        """Log each term's sample-weighted epoch mean as ``train/<name>``, and the accuracy
+        (``train/acc``, ``train/acc_top<k>``: the same sums)."""
         if self._label_range is not None:
             self._read_deferred_checks()
         for name, total in self._term_sums.items():
@@ -459,8 +496,6 @@ class DistillationModule(L.LightningModule):
                 prog_bar=name == "loss",
                 sync_dist=True,
             )
-        self.log_dict(self.train_metrics.compute())
-        self.train_metrics.reset()
 
     def _eval_step(self, batch: Any, metrics: MetricCollection) -> Tensor:
         x, y = batch
