@@ -126,7 +126,8 @@ class DistillationModule(L.LightningModule):
             are read at the epoch's last training step (an error then names the epoch).
         channels_last: put the student's and teacher's weights and every input batch in
             ``torch.channels_last`` memory format (faster convolutions on tensor-core GPUs,
-            above all with mixed precision). The ``state_dict`` is unchanged.
+            above all with mixed precision). The ``state_dict`` is unchanged. ``"auto"``: on
+            when the trainer trains on a CUDA GPU, off otherwise (decided at ``setup``).
         compile_models: run the student's and the teacher's forward and the loss through
             ``torch.compile`` with static shapes (``dynamic=False``): ``True`` or ``"default"``,
             or a ``torch.compile`` mode: ``"reduce-overhead"`` (CUDA graphs: the step's kernels
@@ -172,7 +173,7 @@ class DistillationModule(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         num_classes: int | None = None,
         check_inputs: bool = True,
-        channels_last: bool = False,
+        channels_last: bool | str = False,
         compile_models: bool | str = False,
     ) -> None:
         super().__init__()
@@ -190,13 +191,15 @@ class DistillationModule(L.LightningModule):
         self.optimizer_factory = optimizer or default_optimizer
         self.scheduler_factory = scheduler
         self.check_inputs = check_inputs
-        self.channels_last = bool(channels_last)
+        if isinstance(channels_last, str) and channels_last != "auto":
+            raise InputError(
+                f"channels_last must be true, false or auto (on with a GPU); got {channels_last!r}."
+            )
+        auto = channels_last == "auto"
+        self.channels_last: bool | str = "auto" if auto else bool(channels_last)
         self.compile_mode = compile_mode(compile_models)
         self.compile_models = self.compile_mode is not None
-        if self.channels_last:
-            for model in (student, teacher):
-                if model is not None:
-                    model.to(memory_format=torch.channels_last)
+        self._apply_channels_last()
         self.num_classes = self._resolve_num_classes(num_classes)
         if teacher is not None:
             teacher.requires_grad_(False)
@@ -205,6 +208,12 @@ class DistillationModule(L.LightningModule):
         self._teacher_acc_pending = teacher is not None
         self._defer_now = False
         self._reset_epoch_sums()  # the per-epoch sums of the loss terms
+
+    def _apply_channels_last(self) -> None:
+        if self.channels_last is True:
+            for model in (self.student, self.teacher):
+                if model is not None:
+                    model.to(memory_format=torch.channels_last)
 
     # --- construction helpers -------------------------------------------------------------
     def _resolve_num_classes(self, num_classes: int | None) -> int:
@@ -248,6 +257,18 @@ class DistillationModule(L.LightningModule):
         self.teacher_val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.teacher_val_acc.persistent(True)
         self.teacher_test_acc = MulticlassAccuracy(self.num_classes, average="micro")
+
+    def setup(self, stage: str) -> None:
+        """Decide ``channels_last="auto"``: on when the trainer's device is a CUDA GPU."""
+        if self.channels_last == "auto":
+            try:
+                trainer = self.trainer
+            except RuntimeError:  # not attached to a Trainer
+                trainer = None
+            strategy = getattr(trainer, "strategy", None)
+            device = getattr(strategy, "root_device", None)
+            self.channels_last = device is not None and torch.device(device).type == "cuda"
+            self._apply_channels_last()
 
     # --- the teacher stays frozen ---------------------------------------------------------
     def train(self, mode: bool = True) -> DistillationModule:
@@ -293,7 +314,7 @@ class DistillationModule(L.LightningModule):
     # --- speed options --------------------------------------------------------------------
     def _format_input(self, x: Tensor) -> Tensor:
         """``x`` in channels-last format if ``channels_last`` and 4-D (a no-op if it already is)."""
-        if self.channels_last and isinstance(x, Tensor) and x.dim() == 4:
+        if self.channels_last is True and isinstance(x, Tensor) and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
