@@ -454,7 +454,7 @@ class Probe:
             if self.args.two_view and not two_view_method:
                 views.append(True)
             needs_teacher = method != "ce"
-            for two_view in views:
+            for two_view in views if self.args.default else []:
                 for teacher in ("live", "warm") if needs_teacher else ("none",):
                     row = self.fit(method, two_view, teacher, False)
                     self.report(row)
@@ -503,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=5, help="training steps per fit (>= 4)")
     p.add_argument("--two-view", action="store_true", help="one-view methods on two views too")
     p.add_argument("--no-compiled", dest="compiled", action="store_false")
+    p.add_argument("--only-compiled", dest="default", action="store_false")
     p.add_argument("--where", action="store_true", help="print each sync's source line")
     p.add_argument("--monitor", action="store_true", help="with the TemperatureMonitor")
     p.add_argument("--out", default=None, help="also write the table (markdown) here")
