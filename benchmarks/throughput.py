@@ -221,6 +221,8 @@ class EpochLoggedModule(DistillationModule):
     def on_train_epoch_start(self) -> None:
         self._sums: dict[str, Tensor] = {}
         self._count = 0
+        if not hasattr(self, "train_metrics"):
+            self.train_metrics = self.val_metrics.clone(prefix="train/")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         self.loss.set_progress(self.current_epoch, self.global_step, self.trainer.max_epochs)

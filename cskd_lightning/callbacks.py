@@ -85,8 +85,14 @@ class EpochStatistics(Metric):
         device = similarity.device
         self.similarity.append(similarity)
         self.class_sums.append(class_sums.unsqueeze(0))
-        self.step_key.append(torch.tensor([key], dtype=torch.long, device=device))
-        self.step_size.append(torch.tensor([similarity.shape[0]], device=device))
+        # Filled on the device (torch.tensor would copy host memory: a sync on an accelerator).
+        step_key = torch.full((1, 2), key[0], dtype=torch.long, device=device)
+        if key[1] != key[0]:
+            step_key[:, 1] = key[1]
+        self.step_key.append(step_key)
+        self.step_size.append(
+            torch.full((1,), similarity.shape[0], dtype=torch.long, device=device)
+        )
 
     def compute(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(c, c_min, c_max, class_cos)``: every sample's ``c_i`` with its group's min and

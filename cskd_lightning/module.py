@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -105,9 +106,28 @@ def warn_if_untrained(teacher_acc: float, num_classes: int) -> bool:
     return True
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def compile_mode(value: bool | str | None) -> str | None:
+    """``compile_models``' value as a ``torch.compile`` mode (``None``: eager)."""
+    if value is None or value is False or value in ("false", "False", "none", "None"):
+        return None
+    if value is True or value in ("true", "True"):
+        return "default"
+    if value in COMPILE_MODES:
+        return str(value)
+    raise InputError(
+        f"compile_models must be true, false or a torch.compile mode ({', '.join(COMPILE_MODES)})"
+        f"; got {value!r}."
+    )
+
+
 def default_optimizer(params: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD, lr 0.05, momentum 0.9, weight decay 5e-4 (the CIFAR KD protocol)."""
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4)
+    """SGD, lr 0.05, momentum 0.9, weight decay 5e-4 (the CIFAR KD protocol), in torch's
+    multi-tensor form (``foreach=True``: a few ops for all the parameters instead of a few per
+    parameter; torch's default on CUDA, here on every device)."""
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=5e-4, foreach=True)
 
 
 def _refuse_ignored_cli_scheduler(trainer: Any) -> None:
@@ -144,14 +164,23 @@ class DistillationModule(L.LightningModule):
             are typed as Lightning's ``OptimizerCallable`` / ``LRSchedulerCallable``, so a
             LightningCLI YAML gives them as a ``class_path`` with ``init_args``.
         num_classes: the class count; inferred from the student's last ``nn.Linear`` if omitted.
-        check_inputs: check every batch's targets and every loss for finiteness (one host sync
-            per step; switch off for the last bit of speed on an accelerator).
+        check_inputs: check every batch's targets (in ``[0, num_classes)``) and every loss for
+            finiteness. On the CPU at every step. On an accelerator without a host sync in the
+            steady-state step: the first training step of each epoch is checked at once, and
+            for the others the labels' range and the loss's epoch sum stay on the device and
+            are read at the epoch's last training step (an error then names the epoch).
         channels_last: put the student's and teacher's weights and every input batch in
             ``torch.channels_last`` memory format (faster convolutions on tensor-core GPUs,
-            above all with mixed precision). The ``state_dict`` is unchanged.
-        compile_models: run the student's and teacher's forward through ``torch.compile``. The
-            compiled callables wrap ``self.student`` / ``self.teacher`` without being registered
-            as submodules, so the ``state_dict`` keys (and checkpoints) stay the same.
+            above all with mixed precision). The ``state_dict`` is unchanged. ``"auto"``: on
+            when the trainer trains on a CUDA GPU, off otherwise (decided at ``setup``).
+        compile_models: run the student's and the teacher's forward and the loss through
+            ``torch.compile`` with static shapes (``dynamic=False``): ``True`` or ``"default"``,
+            or a ``torch.compile`` mode: ``"reduce-overhead"`` (CUDA graphs: the step's kernels
+            replayed in one launch), ``"max-autotune"``, ``"max-autotune-no-cudagraphs"``.
+            ``False``: eager. The compiled callables wrap ``self.student`` / ``self.teacher`` /
+            ``self.loss`` without being registered as submodules, so the ``state_dict`` keys
+            (and checkpoints) stay the same. A batch of a new shape (the last, partial one)
+            compiles once more.
         features: for a :class:`~cskd_lightning.losses.FeatureDistillationLoss`, the layers to
             read each feature role from: ``{"student": {role: [layer, ...]}, "teacher": {...}}``
             (submodule names; ``"fc:input"`` for a submodule's input; see
@@ -186,6 +215,10 @@ class DistillationModule(L.LightningModule):
     :meth:`compute_loss`.
     """
 
+    #: Read the training checks once per epoch instead of at every step (``check_inputs``);
+    #: ``None``: on an accelerator (where a read stalls the device), not on the CPU.
+    defer_checks: bool | None = None
+
     #: Where :meth:`teacher_logits` looks first: an object with ``lookup(batch, views) ->
     #: list[Tensor] | None`` and ``record(batch, logits)``; ``None``: the teacher always runs.
     logit_cache: Any = None
@@ -199,8 +232,8 @@ class DistillationModule(L.LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         num_classes: int | None = None,
         check_inputs: bool = True,
-        channels_last: bool = False,
-        compile_models: bool = False,
+        channels_last: bool | str = False,
+        compile_models: bool | str = False,
         features: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -219,20 +252,30 @@ class DistillationModule(L.LightningModule):
         self.optimizer_factory = optimizer or default_optimizer
         self.scheduler_factory = scheduler
         self.check_inputs = check_inputs
-        self.channels_last = bool(channels_last)
-        self.compile_models = bool(compile_models)
-        if self.channels_last:
-            for model in (student, teacher):
-                if model is not None:
-                    model.to(memory_format=torch.channels_last)
+        if isinstance(channels_last, str) and channels_last != "auto":
+            raise InputError(
+                f"channels_last must be true, false or auto (on with a GPU); got {channels_last!r}."
+            )
+        auto = channels_last == "auto"
+        self.channels_last: bool | str = "auto" if auto else bool(channels_last)
+        self.compile_mode = compile_mode(compile_models)
+        self.compile_models = self.compile_mode is not None
+        self._apply_channels_last()
         self.num_classes = self._resolve_num_classes(num_classes)
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
         self._make_metrics()
         self._teacher_acc_pending = teacher is not None
-        self.on_train_epoch_start()  # the per-epoch sums of the loss terms
+        self._defer_now = False
+        self._reset_epoch_sums()  # the per-epoch sums of the loss terms
         self.feature_hooks = self._make_feature_hooks(features)
+
+    def _apply_channels_last(self) -> None:
+        if self.channels_last is True:
+            for model in (self.student, self.teacher):
+                if model is not None:
+                    model.to(memory_format=torch.channels_last)
 
     def _make_feature_hooks(
         self, features: Mapping[str, Any] | None
@@ -292,7 +335,9 @@ class DistillationModule(L.LightningModule):
                 }
             )
 
-        self.train_metrics = accuracy_pair().clone(prefix="train/")
+        # The training accuracy is two more epoch sums beside the loss terms (see
+        # training_step): a few ops per step instead of torchmetrics' ~60.
+        self._top_k = top_k
         self.val_metrics = accuracy_pair().clone(prefix="val/")
         self.test_metrics = accuracy_pair().clone(prefix="test/")
         # Persistent: the best accuracy so far is part of the training state, so a resumed run
@@ -303,6 +348,24 @@ class DistillationModule(L.LightningModule):
         self.teacher_val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.teacher_val_acc.persistent(True)
         self.teacher_test_acc = MulticlassAccuracy(self.num_classes, average="micro")
+
+    def setup(self, stage: str) -> None:
+        """Decide ``channels_last="auto"``, then prepare a feature loss (nothing for the logit
+        losses): both before the optimizer is built."""
+        self._resolve_channels_last()
+        self._prepare_feature_loss()
+
+    def _resolve_channels_last(self) -> None:
+        """``channels_last="auto"``: on when the trainer's device is a CUDA GPU."""
+        if self.channels_last == "auto":
+            try:
+                trainer = self.trainer
+            except RuntimeError:  # not attached to a Trainer
+                trainer = None
+            strategy = getattr(trainer, "strategy", None)
+            device = getattr(strategy, "root_device", None)
+            self.channels_last = device is not None and torch.device(device).type == "cuda"
+            self._apply_channels_last()
 
     # --- the teacher stays frozen ---------------------------------------------------------
     def train(self, mode: bool = True) -> DistillationModule:
@@ -348,23 +411,26 @@ class DistillationModule(L.LightningModule):
     # --- speed options --------------------------------------------------------------------
     def _format_input(self, x: Tensor) -> Tensor:
         """``x`` in channels-last format if ``channels_last`` and 4-D (a no-op if it already is)."""
-        if self.channels_last and isinstance(x, Tensor) and x.dim() == 4:
+        if self.channels_last is True and isinstance(x, Tensor) and x.dim() == 4:
             return x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _runner(self, name: str) -> Callable[[Tensor], Any]:
-        """``self.<name>``, or its ``torch.compile`` wrapper with ``compile_models``.
+    def _runner(self, name: str) -> Callable[..., Any]:
+        """``self.<name>`` (``self.loss.forward_views`` for the loss), or its ``torch.compile``
+        wrapper with ``compile_models``.
 
         The wrapper is kept in ``__dict__`` (not a registered submodule): it shares the module's
         parameters, and the ``state_dict`` keys stay ``student.*`` / ``teacher.*``.
         """
         model = getattr(self, name)
         if not self.compile_models:
-            return model
+            return model.forward_views if name == "loss" else model
         compiled = self.__dict__.setdefault("_compiled_models", {})
         entry = compiled.get(name)
         if entry is None or entry[0] is not model:
-            entry = (model, torch.compile(model))
+            mode = None if self.compile_mode == "default" else self.compile_mode
+            target = model.forward_views if name == "loss" else model
+            entry = (model, torch.compile(target, mode=mode, dynamic=False))
             compiled[name] = entry
         return entry[1]
 
@@ -395,7 +461,7 @@ class DistillationModule(L.LightningModule):
         student = [self.forward_student(v) for v in views]
         if teacher is not None:
             self._check_class_counts(student[0], teacher[0])
-        return student[0], self.loss.forward_views(student, teacher, y)
+        return student[0], self._runner("loss")(student, teacher, y)
 
     def _compute_feature_loss(
         self, batch: Any, x: Tensor, y: Tensor
@@ -413,7 +479,7 @@ class DistillationModule(L.LightningModule):
         return student, self.loss.forward_views([student], [teacher], y, features=features)
 
     # --- feature losses: sized before the optimizer is built ------------------------------
-    def setup(self, stage: str) -> None:
+    def _prepare_feature_loss(self) -> None:
         """Prepare a feature loss (see the class docstring); nothing for the logit losses."""
         if self.feature_hooks is None:
             return
@@ -470,12 +536,27 @@ class DistillationModule(L.LightningModule):
         self.loss.to(device)
 
     # --- checks ---------------------------------------------------------------------------
+    def _checks_deferred(self, device: torch.device) -> bool:
+        """Whether the training checks are read once per epoch (see ``check_inputs``)."""
+        if self.defer_checks is not None:
+            return bool(self.defer_checks)
+        return device.type != "cpu"
+
     def _check_targets(self, y: Tensor) -> None:
         if not self.check_inputs or y.numel() == 0:
             return
+        if self._defer_now:  # the range stays on the device until the epoch's check
+            low, high = torch.aminmax(y)
+            if self._label_range is not None:
+                low = torch.minimum(low, self._label_range[0])
+                high = torch.maximum(high, self._label_range[1])
+            self._label_range = (low, high)
+            return
         if not bool(((y < 0) | (y >= self.num_classes)).any()):  # one host sync
             return
-        low, high = int(y.min()), int(y.max())
+        self._raise_label_range(int(y.min()), int(y.max()))
+
+    def _raise_label_range(self, low: int, high: int) -> None:
         raise InputError(
             f"Labels out of range: found labels in [{low}, {high}] but the models predict "
             f"{self.num_classes} classes (labels must be in [0, {self.num_classes - 1}]). "
@@ -490,40 +571,100 @@ class DistillationModule(L.LightningModule):
             )
 
     def _check_finite(self, terms: Mapping[str, Tensor]) -> None:
-        if not self.check_inputs or bool(torch.isfinite(terms["loss"]).all()):
+        # Deferred: a non-finite loss makes the epoch's sum of the loss non-finite, read at the
+        # epoch's check (no op of its own in the step).
+        if not self.check_inputs or self._defer_now:
             return
-        bad = {
-            k: float(v.detach())
-            for k, v in terms.items()
-            if v.numel() == 1 and not torch.isfinite(v)
-        }
+        if bool(torch.isfinite(terms["loss"]).all()):
+            return
+        values = {k: float(v.detach()) for k, v in terms.items() if v.numel() == 1}
+        self._raise_non_finite(f"at global step {self.global_step}", values)
+
+    def _raise_non_finite(self, where: str, values: Mapping[str, float]) -> None:
+        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         raise NonFiniteLossError(
-            f"Non-finite loss at global step {self.global_step} (epoch {self.current_epoch}): "
+            f"Non-finite loss {where} (epoch {self.current_epoch}): "
             + ", ".join(f"{k}={v}" for k, v in bad.items())
             + ". Lower the learning rate, check the inputs for NaN/inf, or use 32-bit precision."
         )
 
+    def _read_deferred_checks(self) -> None:
+        """The epoch's deferred checks: the labels' range and the loss's sum (one host read)."""
+        label_range, self._label_range = self._label_range, None
+        if label_range is not None:
+            low, high = torch.stack(label_range).tolist()
+            if low < 0 or high >= self.num_classes:
+                self._raise_label_range(low, high)
+        if not self.check_inputs or not self._term_sums:
+            return
+        totals = self._term_sums
+        if "loss" not in totals:
+            return
+        names = list(totals)
+        sums = torch.stack([totals[k] for k in names]).tolist()
+        if not math.isfinite(sums[names.index("loss")]):
+            count = max(self._term_count, 1)
+            where = f"in one of the training steps up to global step {self.global_step}"
+            self._raise_non_finite(where, {k: v / count for k, v in zip(names, sums, strict=True)})
+
     # --- steps ----------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         self.loss.set_progress(self.current_epoch, self.global_step, self.trainer.max_epochs)
-        logits, terms = self.compute_loss(batch)
-        self._check_finite(terms)
         y = batch[1]
-        self.train_metrics.update(logits.detach(), y)
-        self._accumulate_terms(terms, y.shape[0])
+        self._defer_now = batch_idx > 0 and self._checks_deferred(y.device)
+        try:
+            logits, terms = self.compute_loss(batch)
+            self._check_finite(terms)
+        finally:
+            self._defer_now = False
+        self._accumulate_terms({**terms, **self._train_accuracy(logits, y)}, y.shape[0])
         return terms["loss"]
+
+    @torch.no_grad()
+    def _train_accuracy(self, logits: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The step's top-1 and top-k accuracy ``acc``, ``acc_top<k>`` (0-d, fractions of the
+        batch); summed over the epoch with the loss terms, logged as ``train/acc`` ..."""
+        hits = (logits.topk(self._top_k, dim=1).indices == y[:, None]).float()  # (B, k)
+        return {"acc": hits[:, 0].mean(), f"acc_top{self._top_k}": hits.sum(1).mean()}
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Read the deferred checks at the epoch's last training step (before validation)."""
+        if self._label_range is not None or self._checks_deferred(self.device):
+            last = self.trainer.num_training_batches
+            if isinstance(last, int) and batch_idx + 1 >= last:
+                self._read_deferred_checks()
 
     def _accumulate_terms(self, terms: Mapping[str, Tensor], batch_size: int) -> None:
         """Sum the step's terms on the device; they are logged once, at the epoch's end.
 
         Logging every term every step through ``self.log`` costs more than a small model's
-        step; a running sum costs one tensor op per term and no host sync.
+        step; the running sum of all the terms (stacked into one ``(K,)`` tensor) costs three
+        tensor ops per step and no host sync.
         """
-        for name, value in terms.items():
-            weighted = value.detach().float() * batch_size
-            previous = self._term_sums.get(name)
-            self._term_sums[name] = weighted if previous is None else previous + weighted
+        names = tuple(terms)
+        with torch.no_grad():
+            values = [v if v.dim() == 0 else v.reshape(()) for v in terms.values()]
+            step = torch.stack(values).float() * batch_size
+        if self._term_total is None:
+            self._term_names, self._term_total = names, step
+        elif names == self._term_names:
+            self._term_total = self._term_total + step
+        else:  # the terms changed within the epoch: sum them by name from now on
+            sums = self._term_sums
+            self._term_names, self._term_total = (), None
+            for name, value in zip(names, step, strict=True):
+                sums[name] = sums[name] + value if name in sums else value
+            self._term_by_name = sums
         self._term_count += batch_size
+
+    @property
+    def _term_sums(self) -> dict[str, Tensor]:
+        """The epoch's sample-weighted sum of every term so far, by name."""
+        sums = dict(self._term_by_name)
+        if self._term_total is not None:
+            for name, value in zip(self._term_names, self._term_total, strict=True):
+                sums[name] = sums[name] + value if name in sums else value
+        return sums
 
     def on_fit_start(self) -> None:
         """Lightning warns about every submodule in eval mode when training starts ("Found N
@@ -541,11 +682,20 @@ class DistillationModule(L.LightningModule):
             self.teacher.eval()
 
     def on_train_epoch_start(self) -> None:
-        self._term_sums: dict[str, Tensor] = {}
+        self._reset_epoch_sums()
+
+    def _reset_epoch_sums(self) -> None:
+        self._term_names: tuple[str, ...] = ()
+        self._term_total: Tensor | None = None
+        self._term_by_name: dict[str, Tensor] = {}
         self._term_count = 0
+        self._label_range: tuple[Tensor, Tensor] | None = None
 
     def on_train_epoch_end(self) -> None:
-        """Log each term's sample-weighted epoch mean as ``train/<name>``, and the accuracy."""
+        """Log each term's sample-weighted epoch mean as ``train/<name>``, and the accuracy
+        (``train/acc``, ``train/acc_top<k>``: the same sums)."""
+        if self._label_range is not None:
+            self._read_deferred_checks()
         for name, total in self._term_sums.items():
             self.log(
                 f"train/{name}",
@@ -553,8 +703,6 @@ class DistillationModule(L.LightningModule):
                 prog_bar=name == "loss",
                 sync_dist=True,
             )
-        self.log_dict(self.train_metrics.compute())
-        self.train_metrics.reset()
 
     def _eval_step(self, batch: Any, metrics: MetricCollection) -> Tensor:
         x, y = batch

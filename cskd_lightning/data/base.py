@@ -250,7 +250,8 @@ class BaseDataModule(L.LightningDataModule):
             and :class:`Cutout`. Validation/test batches stay ``(x, y)``.
         seed: seeds the validation split, the training order of every epoch and the
             per-sample augmentation (see the module docstring).
-        pin_memory: passed to the DataLoaders.
+        pin_memory: passed to the DataLoaders; ``None``: on when the trainer trains on a CUDA
+            GPU (page-locked batches copy to the GPU asynchronously), off otherwise.
         augment: apply the dataset's training augmentation (crop/flip...). When False the
             training images go through the evaluation transform.
 
@@ -275,7 +276,7 @@ class BaseDataModule(L.LightningDataModule):
         val_split: float | int = 0,
         two_view: bool = False,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         augment: bool = True,
     ) -> None:
         super().__init__()
@@ -295,7 +296,7 @@ class BaseDataModule(L.LightningDataModule):
         self.val_split = val_split
         self.two_view = bool(two_view)
         self.seed = int(seed)
-        self.pin_memory = bool(pin_memory)
+        self.pin_memory = None if pin_memory is None else bool(pin_memory)
         self.augment = bool(augment)
 
         #: training batches carry their samples' indices (:class:`IndexedSamples`); a loss that
@@ -383,6 +384,14 @@ class BaseDataModule(L.LightningDataModule):
                     f"(e.g. {lower} or {lower + world}) or change the number of devices/nodes."
                 )
 
+    def _pin_memory(self) -> bool:
+        """``pin_memory``, or (``None``) whether the trainer's device is a CUDA GPU."""
+        if self.pin_memory is not None:
+            return self.pin_memory
+        strategy = getattr(self.trainer, "strategy", None) if self.trainer is not None else None
+        device = getattr(strategy, "root_device", None)
+        return device is not None and torch.device(device).type == "cuda"
+
     def _divide_batches(self) -> None:
         world = self.world_size
         self.check_world_size(world)
@@ -432,7 +441,7 @@ class BaseDataModule(L.LightningDataModule):
             sampler=sampler,
             drop_last=train and len(dataset) >= self.batch_size,
             num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            pin_memory=self._pin_memory(),
             persistent_workers=self.num_workers > 0,
             collate_fn=collate,
             # Only the workers' base seed comes from it (nothing random depends on that): with

@@ -61,7 +61,7 @@ class _CIFARDataModule(BaseDataModule):
         val_split: float | int = 0,
         two_view: bool = False,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         download: bool = False,
         augment: bool = True,
     ) -> None:

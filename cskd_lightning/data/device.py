@@ -538,10 +538,13 @@ class DeviceBatchLoader:
         order = host_order.to(self.device, non_blocking=True)
         epoch = self.sampler.epoch if self.split == "train" else -1
         host = host_order.numpy()
+        # The epoch's random numbers are drawn for all its samples at the first batch and
+        # sliced per batch (the same numbers: each depends on its sample only).
+        epoch_random = SampleRandom(self.seed, max(epoch, 0), order)
         for i in range(len(self)):
             part = slice(i * self.batch_size, (i + 1) * self.batch_size)
             idx = order[part]
-            x = self.transform(self.images[idx], SampleRandom(self.seed, max(epoch, 0), idx))
+            x = self.transform(self.images[idx], epoch_random.rows(part, idx))
             y = self.labels[idx]
             if self.with_indices:
                 yield SampleBatch(x, y, idx, host[part], epoch, self.split)

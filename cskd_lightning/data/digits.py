@@ -46,7 +46,7 @@ class DigitsDataModule(BaseDataModule):
         val_split: float | int = 0.1,
         two_view: bool = False,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         augment: bool = False,
     ) -> None:
         super().__init__(

@@ -133,7 +133,7 @@ class FashionMNISTDataModule(BaseDataModule):
         val_split: float | int = 5000,
         two_view: bool = False,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         download: bool = False,
         augment: bool = True,
     ) -> None:

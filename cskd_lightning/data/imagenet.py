@@ -57,7 +57,7 @@ class ImageNetDataModule(BaseDataModule):
         val_split: float | int = 0,
         two_view: bool = False,
         seed: int = 0,
-        pin_memory: bool = False,
+        pin_memory: bool | None = None,
         augment: bool = True,
         num_classes: int = 1000,
         image_size: int = 224,

@@ -99,6 +99,35 @@ class SampleRandom:
         self.index = index
         self.key = epoch_key(self.seed, self.epoch)
         self._sample: Tensor | None = None
+        self._drawn: dict[tuple, Tensor] = {}
+        self._rows_of: tuple[SampleRandom, slice] | None = None
+
+    def rows(self, part: slice, index: Tensor | None = None) -> SampleRandom:
+        """The numbers of the samples ``index[part]``, cut from this object's.
+
+        Each kind of draw (``bits``/``uniform``/``randint`` of a stream and count) is computed
+        once for all of this object's samples, at the first ask, and every ``rows`` object
+        takes its slice of it: an epoch's loader draws all its numbers at the epoch's first
+        batch, and a batch costs one slice per draw. The numbers are the same as a
+        ``SampleRandom`` of ``index[part]`` alone (each row depends on its sample only).
+        ``index``: ``self.index[part]`` if the caller has it already.
+        """
+        if self._rows_of is not None:
+            raise ValueError("rows() of a rows() object: take the rows of the whole set")
+        child = SampleRandom(self.seed, self.epoch, self.index[part] if index is None else index)
+        child._rows_of = (self, part)
+        return child
+
+    def _draw(self, kind: str, *args: int) -> Tensor | None:
+        """A ``rows`` object's slice of its source's draw (``None`` for a source itself)."""
+        if self._rows_of is None:
+            return None
+        source, part = self._rows_of
+        key = (kind, *args)
+        full = source._drawn.get(key)
+        if full is None:
+            full = source._drawn[key] = getattr(source, kind)(*args)
+        return full[part]
 
     @classmethod
     def from_generator(cls, generator: torch.Generator, batch: int) -> SampleRandom:
@@ -124,6 +153,9 @@ class SampleRandom:
 
     def bits(self, stream: int, count: int = 1) -> Tensor:
         """``int64`` ``(B, count)``: uniform 32-bit integers of ``stream``."""
+        drawn = self._draw("bits", stream, count)
+        if drawn is not None:
+            return drawn
         stream_key = hash32_int(self.key ^ hash32_int(stream + GOLDEN))
         mixed = hash32(self._per_sample() ^ stream_key)  # (B,)
         counter = torch.arange(count, device=self.device, dtype=torch.int64) * GOLDEN
@@ -131,10 +163,16 @@ class SampleRandom:
 
     def uniform(self, stream: int, count: int = 1) -> Tensor:
         """``float32`` ``(B, count)`` in ``[0, 1)``."""
+        drawn = self._draw("uniform", stream, count)
+        if drawn is not None:
+            return drawn
         return (self.bits(stream, count) >> 8).to(torch.float32) * (1.0 / (1 << 24))
 
     def randint(self, low: int, high: int, stream: int, count: int = 1) -> Tensor:
         """``int64`` ``(B, count)`` in ``[low, high)``."""
+        drawn = self._draw("randint", low, high, stream, count)
+        if drawn is not None:
+            return drawn
         span = int(high) - int(low)
         if not 0 < span < 2**31:
             raise ValueError(f"need 0 < high - low < 2^31, got [{low}, {high})")

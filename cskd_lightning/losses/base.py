@@ -55,6 +55,10 @@ class DistillationLoss(nn.Module):
     num_views: int = 1
     batch_level: bool = False
     """True when a term depends on the whole batch (and is gathered across processes)."""
+    gather_same_size: bool = True
+    """Gathering assumes every process's batch has this process's size (no host sync; what
+    Lightning's distributed samplers and the device pipeline give). Set ``False`` for unequal
+    per-process batches: each gather then exchanges the sizes (a host sync per step)."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -13,8 +13,8 @@ from cskd_lightning.losses.base import (
 )
 from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.functional import (
+    _batch_cosine_and_mean_t,
     cross_entropy,
-    cskd_loss,
     cskd_loss_from_cosine,
     cswt_temperature,
     per_class_batch_cosine,
@@ -86,7 +86,9 @@ class CSKDLoss(DistillationLoss):
         if self.cswt:
             # CSWT always ranks the samples on the raw logits (see the class docstring).
             temps = cswt_temperature(student_logits, teacher_logits, self.t_low, self.t_high)
-            terms["cs_cswt"] = cskd_loss(zs, zt, temps, self.alpha)
+            # CSWT's temperatures lie in [t_low, t_high]: no positivity check (a host read).
+            cos_i, t_mean = _batch_cosine_and_mean_t(zs, zt, temps, check=False)
+            terms["cs_cswt"] = cskd_loss_from_cosine(cos_i, t_mean, self.alpha)
             terms["cswt_t_mean"] = temps.mean()
             terms["cswt_t_min"], terms["cswt_t_max"] = torch.aminmax(temps)
         return terms
@@ -96,8 +98,8 @@ class CSKDLoss(DistillationLoss):
     ) -> dict[str, Tensor]:
         ce = cross_entropy(student_logits, targets)
         if self.gather:
-            student_logits = gather_batch(student_logits)
-            teacher_logits = gather_batch(teacher_logits)
+            student_logits = gather_batch(student_logits, self.gather_same_size)
+            teacher_logits = gather_batch(teacher_logits, self.gather_same_size)
         terms = self.distillation_terms(student_logits, teacher_logits)
         kd = terms["cs"] + terms["cs_cswt"] if self.cswt else terms["cs"]
         return {"loss": self.ce_weight * ce + self.kd_weight * kd, "ce": ce, **terms}

@@ -56,8 +56,8 @@ class DISTLoss(DistillationLoss):
     ) -> dict[str, Tensor]:
         ce = cross_entropy(student_logits, targets)
         if self.gather:
-            student_logits = gather_batch(student_logits)
-            teacher_logits = gather_batch(teacher_logits)
+            student_logits = gather_batch(student_logits, self.gather_same_size)
+            teacher_logits = gather_batch(teacher_logits, self.gather_same_size)
         inter, intra = dist_terms(student_logits, teacher_logits, self.tau)
         loss = self.ce_weight * ce + self.beta * inter + self.gamma * intra
         return {"loss": loss, "ce": ce, "inter": inter, "intra": intra}

@@ -6,6 +6,11 @@ process's ``(B_k, C)`` tensor into ``(sum_k B_k, C)`` in rank order. Its backwar
 (sums) the incoming gradient and returns this process's slice: every process computes the same
 global loss, so after DDP averages the parameter gradients over the N processes the result is
 exactly the gradient of one process holding the whole batch.
+
+By default every process's batch is taken to have this process's size (Lightning's distributed
+samplers and the device pipeline give every process the same number of samples, so the
+training batches are equal): one ``all_gather`` and no host sync. ``same_size=False`` first
+exchanges the sizes, which the host must read (a sync per call on an accelerator).
 """
 
 from __future__ import annotations
@@ -24,12 +29,17 @@ def distributed_world_size() -> int:
 
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: Tensor, same_size: bool) -> Tensor:  # type: ignore[override]
         world, rank = dist.get_world_size(), dist.get_rank()
-        size = torch.tensor([tensor.shape[0]], device=tensor.device, dtype=torch.long)
+        if same_size:
+            parts = [torch.empty_like(tensor) for _ in range(world)]
+            dist.all_gather(parts, tensor.contiguous())
+            ctx.counts, ctx.rank = [tensor.shape[0]] * world, rank
+            return torch.cat(parts, dim=0)
+        size = torch.full((1,), tensor.shape[0], device=tensor.device, dtype=torch.long)
         sizes = [torch.zeros_like(size) for _ in range(world)]
         dist.all_gather(sizes, size)
-        counts = [int(s.item()) for s in sizes]
+        counts = [int(s.item()) for s in sizes]  # host syncs
         longest = max(counts)
         padded = tensor.new_zeros((longest, *tensor.shape[1:]))
         padded[: tensor.shape[0]] = tensor
@@ -39,22 +49,25 @@ class _GatherWithGrad(torch.autograd.Function):
         return torch.cat([p[:n] for p, n in zip(parts, counts, strict=True)], dim=0)
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         grad = grad_output.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = sum(ctx.counts[: ctx.rank])
-        return grad[start : start + ctx.counts[ctx.rank]]
+        return grad[start : start + ctx.counts[ctx.rank]], None
 
 
-def gather_batch(tensor: Tensor) -> Tensor:
+def gather_batch(tensor: Tensor, same_size: bool = True) -> Tensor:
     """Concatenate ``tensor`` ``(B_k, ...)`` from all processes along dim 0, keeping gradients.
 
     A no-op (returns ``tensor``) without an initialised process group of more than one process.
-    Batches of different sizes per process are supported.
+    ``same_size=True``: every process holds ``B_k = B`` rows (one ``all_gather``, no host sync;
+    Lightning's distributed samplers and the device pipeline give every process equal batches).
+    ``same_size=False``: batches of different sizes per process, at the price of a size
+    exchange that the host reads (one sync per call on an accelerator).
     """
     if distributed_world_size() <= 1:
         return tensor
-    return _GatherWithGrad.apply(tensor)
+    return _GatherWithGrad.apply(tensor, bool(same_size))
 
 
 def gather_no_grad(tensor: Tensor) -> Tensor:

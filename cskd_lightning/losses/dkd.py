@@ -62,6 +62,17 @@ class DKDLoss(DistillationLoss):
         self.warmup_epochs = int(warmup_epochs)
         self.logit_standardization = bool(logit_standardization)
         self.kd_weight = check_weight("kd_weight", kd_weight)
+        # The factor as a device tensor, refreshed by set_progress: a compiled loss reads it
+        # as data (a Python float would be a constant, compiled again at every new epoch).
+        self.register_buffer("_warmup", torch.tensor(self.warmup_factor()), persistent=False)
+
+    def set_progress(self, epoch: int, global_step: int, max_epochs: int | None = None) -> None:
+        """Record the progress and refresh the warm-up factor (a fill when it changes)."""
+        super().set_progress(epoch, global_step, max_epochs)
+        factor = self.warmup_factor()
+        if factor != getattr(self, "_warmup_value", None):
+            self._warmup.fill_(factor)
+            self._warmup_value = factor
 
     def warmup_factor(self) -> float:
         """``min((epoch + 1) / warmup_epochs, 1)`` from ``self.progress`` (1 without warm-up)."""
@@ -77,13 +88,7 @@ class DKDLoss(DistillationLoss):
         if self.logit_standardization:
             zs, zt = standardize_logits(zs), standardize_logits(zt)
         tckd, nckd = dkd_terms(zs, zt, targets, self.temperature)
-        factor = self.warmup_factor()
+        factor = self._warmup.to(ce.dtype)
         kd = self.kd_weight * (self.alpha * tckd + self.beta * nckd)
         loss = self.ce_weight * ce + factor * kd
-        return {
-            "loss": loss,
-            "ce": ce,
-            "tckd": tckd,
-            "nckd": nckd,
-            "dkd_warmup": torch.tensor(factor, dtype=ce.dtype, device=ce.device),
-        }
+        return {"loss": loss, "ce": ce, "tckd": tckd, "nckd": nckd, "dkd_warmup": factor}

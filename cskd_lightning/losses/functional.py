@@ -46,7 +46,7 @@ def _check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
 
 
 def _temperature_column(
-    temperature: Temperature, like: Tensor
+    temperature: Temperature, like: Tensor, check: bool = True
 ) -> tuple[float | Tensor, float | Tensor]:
     """Return ``(T, mean(T))``: a float stays a float; a tensor becomes a ``(B, 1)`` column.
 
@@ -67,7 +67,7 @@ def _temperature_column(
     # A NaN temperature (CSWT on NaN logits) propagates into the loss, where the module reports
     # the non-finite term; only a definitely non-positive value is an argument error. Checked on
     # the CPU only: on an accelerator the check would stall every step.
-    if t.device.type == "cpu" and bool((t <= 0).any()):
+    if check and t.device.type == "cpu" and bool((t <= 0).any()):
         raise ValueError(f"temperature must be positive; got {t.min().item():g}.")
     return t.reshape(-1, 1), t.mean()
 
@@ -101,12 +101,16 @@ def per_class_batch_cosine(
 
 
 def _batch_cosine_and_mean_t(
-    student_logits: Tensor, teacher_logits: Tensor, temperature: Temperature
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: Temperature,
+    check: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """``(cos_j for every class (C,), mean(T))``: the temperature is checked once."""
+    """``(cos_j for every class (C,), mean(T))``: the temperature is checked once (``check``;
+    ``False`` for temperatures positive by construction, such as CSWT's)."""
     _check_pair(student_logits, teacher_logits)
     s, t = _upcast(student_logits, teacher_logits)
-    t_column, t_mean = _temperature_column(temperature, s)
+    t_column, t_mean = _temperature_column(temperature, s, check)
     with _no_autocast(s.device):
         ps, pt = F.softmax(s / t_column, dim=1), F.softmax(t / t_column, dim=1)
         return cosine(ps, pt, dim=0), t_mean
@@ -282,9 +286,12 @@ def _target_mask(logits: Tensor, targets: Tensor) -> Tensor:
     return mask.scatter_(1, targets.reshape(-1, 1).long(), True)
 
 
-def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
-    """``KL(p || q)`` per row from log-probabilities, ``(B,)``; ``0 log 0 = 0``."""
+def _kl_rows(log_p: Tensor, log_q: Tensor, skip: Tensor | None = None) -> Tensor:
+    """``KL(p || q)`` per row from log-probabilities, ``(B,)``; ``0 log 0 = 0``. ``skip``: a
+    boolean ``(B, C)`` mask of entries left out of the sum (``p`` taken as 0 there)."""
     p = log_p.exp()
+    if skip is not None:
+        p = p.masked_fill(skip, 0.0)
     return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(dim=1)
 
 
@@ -323,21 +330,25 @@ def dkd_terms(
         raise ValueError(f"reduction must be 'mean' or 'none'; got {reduction!r}.")
     temp, _ = _temperature_column(float(temperature), s)
     gt = _target_mask(s, targets)
+    target = targets.reshape(-1, 1).long()
     with _no_autocast(s.device):
         zs, zt = s / temp, t / temp
 
+        # No boolean-mask indexing (its output size is read on the host: a sync on an
+        # accelerator): the target logit is gathered, the non-target softmax is taken over all
+        # C columns with the target column at -inf, and that column is dropped from the KL.
         def binary_and_rest(z: Tensor) -> tuple[Tensor, Tensor]:
             lse = torch.logsumexp(z, dim=1, keepdim=True)
-            rest = z[~gt].reshape(batch, classes - 1)
+            rest = z.masked_fill(gt, float("-inf"))
             lse_rest = torch.logsumexp(rest, dim=1, keepdim=True)
-            log_b = torch.cat([z[gt].reshape(batch, 1) - lse, lse_rest - lse], dim=1)
-            return log_b, rest - lse_rest
+            log_b = torch.cat([z.gather(1, target) - lse, lse_rest - lse], dim=1)
+            return log_b, (z - lse_rest).masked_fill(gt, 0.0)
 
         log_bs, log_hat_s = binary_and_rest(zs)
         log_bt, log_hat_t = binary_and_rest(zt)
         scale = _squared_per_row(temp)
         tckd = _kl_rows(log_bt, log_bs) * scale
-        nckd = _kl_rows(log_hat_t, log_hat_s) * scale
+        nckd = _kl_rows(log_hat_t, log_hat_s, skip=gt) * scale
     if reduction == "mean":
         return tckd.mean(), nckd.mean()
     return tckd, nckd

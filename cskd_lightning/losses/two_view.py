@@ -65,5 +65,5 @@ class TwoViewLoss(DistillationLoss):
         tw, ts = split_views(teacher_logits, name, "teacher_logits")
         ce_weak, ce_strong = cross_entropy(sw, targets), cross_entropy(ss, targets)
         if self.gather:
-            sw, ss, tw, ts = (gather_batch(z) for z in (sw, ss, tw, ts))
+            sw, ss, tw, ts = (gather_batch(z, self.gather_same_size) for z in (sw, ss, tw, ts))
         return TwoViews(sw, ss, tw, ts, ce_weak, ce_strong)

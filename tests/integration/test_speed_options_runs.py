@@ -1,5 +1,6 @@
-"""``compile_models=True`` (torch.compile of the student and the teacher) trains and keeps the
-state_dict (the other speed options: tests/unit/test_speed_options.py)."""
+"""``compile_models=True`` (torch.compile of the student, the teacher and the loss) trains, keeps
+the state_dict, and matches eager with no graph break (the other speed options:
+tests/unit/test_speed_options.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from helpers import quiet_trainer
 from torch import nn
 
-from cskd_lightning import CSKDLoss, DistillationModule
+from cskd_lightning import CSKDLoss, DistillationModule, DKDLoss
 from cskd_lightning.data import DeviceDataModule, DigitsDataModule
 from cskd_lightning.models import create_model
 
@@ -32,6 +33,27 @@ def test_compile_models_trains_and_keeps_the_state_dict(tmp_path):
     assert not torch.equal(before, student.classifier.weight)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert list(module.state_dict()) == keys
-    assert set(module.__dict__["_compiled_models"]) == {"student", "teacher"}
+    assert set(module.__dict__["_compiled_models"]) == {"student", "teacher", "loss"}
     fresh = DistillationModule(*_models(), CSKDLoss())
     fresh.load_state_dict(module.state_dict())  # loadable without compile
+
+
+@pytest.mark.parametrize("loss", [CSKDLoss(), DKDLoss()], ids=["cskd_cswt", "dkd"])
+def test_compiled_step_matches_eager_without_graph_breaks(loss, tmp_path):
+    """Inductor on the CPU (a C++ compiler): 2 steps, the student's weights as eager's to float
+    tolerance; Dynamo's counters show no graph break and one graph per compiled callable."""
+    from torch._dynamo.utils import counters
+
+    weights = {}
+    for mode in (False, "default"):
+        torch._dynamo.reset()
+        counters.clear()
+        student, teacher = _models()
+        module = DistillationModule(student, teacher, loss, compile_models=mode)
+        trainer = quiet_trainer(max_steps=2, limit_val_batches=0, default_root_dir=tmp_path)
+        trainer.fit(module, datamodule=DeviceDataModule(DigitsDataModule(batch_size=64)))
+        weights[mode] = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 3  # student, teacher, loss: one graph each
+    for key, value in weights[False].items():
+        torch.testing.assert_close(weights["default"][key], value, rtol=1e-4, atol=1e-6)

@@ -70,13 +70,15 @@ def _worker(rank: int) -> dict[str, object]:
     start = sum(UNEQUAL[:rank])
     part = slice(start, start + UNEQUAL[rank])
     model = DDP(_student())
-    results["unequal_kd_only"] = _step(model, CSKDLoss(ce_weight=0.0), x[part], zt[part], y[part])
+    unequal = CSKDLoss(ce_weight=0.0)
+    unequal.gather_same_size = False
+    results["unequal_kd_only"] = _step(model, unequal, x[part], zt[part], y[part])
 
     # gather_batch itself on unequal sizes: values in rank order, and a backward that sums
     # the gradient every process sends to this process's rows.
     local = torch.arange(UNEQUAL[rank] * CLASSES, dtype=F64).reshape(-1, CLASSES) + 100 * rank
     local.requires_grad_()
-    gathered = gather_batch(local)
+    gathered = gather_batch(local, same_size=False)
     weights = torch.arange(sum(UNEQUAL) * CLASSES, dtype=F64).reshape(-1, CLASSES)
     ((rank + 1) * weights * gathered).sum().backward()
     results["gather_values"] = gathered.detach()

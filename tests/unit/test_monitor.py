@@ -178,11 +178,13 @@ def _ddp_worker(rank: int) -> dict:
         results[gather] = monitor.compute()
     # What the (gathering) loss itself reports for the same slices, step by step.
     results["loss"] = []
+    loss = CSKDLoss()
+    loss.gather_same_size = False  # odd batches split unequally
     for s, t in _steps():
         half = (s.shape[0] + 1) // 2
         rows = slice(0, half) if rank == 0 else slice(half, None)
         y = torch.zeros(s[rows].shape[0], dtype=torch.long)
-        out = CSKDLoss()(s[rows], t[rows], y)
+        out = loss(s[rows], t[rows], y)
         results["loss"].append((s.shape[0], float(out["cswt_t_mean"]), float(out["cos_mean"])))
     return results
 
