@@ -124,6 +124,16 @@ def check_weight(name: str, value: float) -> float:
     return value
 
 
+def check_count(name: str, value: Any, minimum: int = 1, hint: str = "") -> int:
+    """Return ``value`` as an int, or raise an :class:`InputError` naming ``name`` if it is not a
+    whole number ``>= minimum`` (``hint`` follows the bound in the message, e.g. "0: none")."""
+    number = as_number(name, value)
+    if not math.isfinite(number) or int(number) != number or number < minimum:
+        bound = f" >= {minimum}" + (f" ({hint})" if hint else "")
+        raise InputError(f"{name} must be a whole number{bound}; got {value}.", key=name)
+    return int(number)
+
+
 def check_cswt_range(t_low: float, t_high: float) -> tuple[float, float]:
     """Validate CSWT's ``(t_low, t_high)``: both positive and ``t_low <= t_high``."""
     t_low, t_high = check_positive("t_low", t_low), check_positive("t_high", t_high)

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from cskd_lightning.errors import InputError
 from cskd_lightning.features import Features
-from cskd_lightning.losses.base import check_positive, check_weight
+from cskd_lightning.losses.base import check_count, check_positive, check_weight
 from cskd_lightning.losses.distributed import gather_no_grad, mean_across_processes
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
 from cskd_lightning.losses.functional import cross_entropy
@@ -82,17 +82,8 @@ class CRDLoss(FeatureDistillationLoss):
         num_samples: int | None = None,
     ) -> None:
         super().__init__()
-        if int(feat_dim) != feat_dim or feat_dim < 1:
-            raise InputError(
-                f"feat_dim must be a positive integer; got {feat_dim}.", key="feat_dim"
-            )
-        if int(num_negatives) != num_negatives or num_negatives < 1:
-            raise InputError(
-                f"num_negatives must be a positive integer; got {num_negatives}.",
-                key="num_negatives",
-            )
-        self.feat_dim = int(feat_dim)
-        self.num_negatives = int(num_negatives)
+        self.feat_dim = check_count("feat_dim", feat_dim)
+        self.num_negatives = check_count("num_negatives", num_negatives)
         self.temperature = check_positive("temperature", temperature)
         momentum = float(momentum)
         if not 0 <= momentum < 1:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cskd_lightning.errors import InputError
-from cskd_lightning.losses.base import DistillationLoss, check_positive, check_weight
+from cskd_lightning.losses.base import (
+    DistillationLoss,
+    check_count,
+    check_positive,
+    check_weight,
+)
 from cskd_lightning.losses.functional import cross_entropy, dkd_terms, standardize_logits
 
 
@@ -55,11 +59,7 @@ class DKDLoss(DistillationLoss):
         self.beta = check_weight("beta", beta)
         self.temperature = check_positive("temperature", temperature)
         self.ce_weight = check_weight("ce_weight", ce_weight)
-        if int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
-            raise InputError(
-                f"warmup_epochs must be a whole number >= 0 (0: no warm-up); got {warmup_epochs}."
-            )
-        self.warmup_epochs = int(warmup_epochs)
+        self.warmup_epochs = check_count("warmup_epochs", warmup_epochs, 0, "0: no warm-up")
         self.logit_standardization = bool(logit_standardization)
         self.kd_weight = check_weight("kd_weight", kd_weight)
         # The factor as a device tensor, refreshed by set_progress: a compiled loss reads it

@@ -47,6 +47,15 @@ class _SingleTermLoss(FeatureDistillationLoss):
     def term(self, features: FeatureBatch) -> Tensor:
         raise NotImplementedError
 
+    def flat_pair(self, features: FeatureBatch, role: str, level: int) -> tuple[Tensor, Tensor]:
+        """The student's and teacher's feature ``role[level]`` flattened to ``(B, D)``, of every
+        process's batch (``(N*B, D)``, with gradients) when ``self.gather`` is set."""
+        f_s = _flat(features.student[role][level])
+        f_t = _flat(features.teacher[role][level])
+        if getattr(self, "gather", False):
+            f_s, f_t = gather_batch(f_s), gather_batch(f_t)
+        return f_s, f_t
+
     def forward(
         self,
         student_logits: Tensor,
@@ -173,10 +182,7 @@ class RKDLoss(_SingleTermLoss):
         self.gather = bool(gather)
 
     def term(self, features: FeatureBatch) -> Tensor:
-        f_s = _flat(features.student["pooled_feat"][0])
-        f_t = _flat(features.teacher["pooled_feat"][0])
-        if self.gather:
-            f_s, f_t = gather_batch(f_s), gather_batch(f_t)
+        f_s, f_t = self.flat_pair(features, "pooled_feat", 0)
         return rkd_loss(f_s, f_t, self.squared, self.eps, self.distance_weight, self.angle_weight)
 
 
@@ -202,10 +208,7 @@ class PKTLoss(_SingleTermLoss):
         self.gather = bool(gather)
 
     def term(self, features: FeatureBatch) -> Tensor:
-        f_s = _flat(features.student["pooled_feat"][0])
-        f_t = _flat(features.teacher["pooled_feat"][0])
-        if self.gather:
-            f_s, f_t = gather_batch(f_s), gather_batch(f_t)
+        f_s, f_t = self.flat_pair(features, "pooled_feat", 0)
         return pkt_loss(f_s, f_t, self.eps)
 
 
@@ -224,8 +227,5 @@ class SPLoss(_SingleTermLoss):
         self.gather = bool(gather)
 
     def term(self, features: FeatureBatch) -> Tensor:
-        f_s = _flat(features.student["feats"][-1])
-        f_t = _flat(features.teacher["feats"][-1])
-        if self.gather:
-            f_s, f_t = gather_batch(f_s), gather_batch(f_t)
+        f_s, f_t = self.flat_pair(features, "feats", -1)
         return sp_loss([f_s], [f_t])

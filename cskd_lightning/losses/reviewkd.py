@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from cskd_lightning.errors import InputError
 from cskd_lightning.features import Features
-from cskd_lightning.losses.base import check_weight
+from cskd_lightning.losses.base import check_count, check_weight
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
 from cskd_lightning.losses.functional import cross_entropy, hcl_loss
 
@@ -90,12 +90,7 @@ class ReviewKDLoss(FeatureDistillationLoss):
         super().__init__()
         self.ce_weight = check_weight("ce_weight", ce_weight)
         self.reviewkd_weight = check_weight("reviewkd_weight", reviewkd_weight)
-        if int(warmup_epochs) != warmup_epochs or warmup_epochs < 0:
-            raise InputError(
-                f"warmup_epochs must be a whole number >= 0; got {warmup_epochs}.",
-                key="warmup_epochs",
-            )
-        self.warmup_epochs = int(warmup_epochs)
+        self.warmup_epochs = check_count("warmup_epochs", warmup_epochs, 0, "0: no warm-up")
         self.max_mid_channel = int(max_mid_channel)
         self.student_preact = bool(student_preact)
         if self.student_preact:
