@@ -92,7 +92,9 @@ def choose_threads(cfg: DictConfig) -> ThreadChoice:
     - else ``min(cores // sharing, cores - busy)``, at least 1, where ``cores`` are the cores this
       process may use, ``sharing`` the processes of this run and of a parallel sweep that run
       on them (:func:`local_processes` x :func:`parallel_jobs`), and ``busy`` the cores other
-      work keeps busy (:func:`busy_cores`, rounded). Chosen once per process: the jobs of a
+      work keeps busy (:func:`busy_cores`, rounded; not counted with
+      ``trainer.deterministic=true``, whose result must not depend on the machine's load, so a
+      resume on the same machine uses the same count). Chosen once per process: the jobs of a
       sequential sweep keep the first job's choice (a job would otherwise count the previous
       job's load as another's).
     """
@@ -113,12 +115,17 @@ def choose_threads(cfg: DictConfig) -> ThreadChoice:
     else:
         cores = usable_cores()
         sharing = local_processes(cfg) * parallel_jobs()
-        busy = round(busy_cores())
+        deterministic = bool((cfg.get("trainer") or {}).get("deterministic", False))
+        busy = 0 if deterministic else round(busy_cores())
         threads = max(1, min(cores // sharing, cores - busy))
         choice = ThreadChoice(
             threads,
             f"auto: {cores} usable core(s), {sharing} process(es) of this run or sweep on them, "
-            f"{busy} busy with other work",
+            + (
+                "deterministic: the load not counted"
+                if deterministic
+                else f"{busy} busy with other work"
+            ),
         )
     if torch.get_num_threads() != choice.threads:
         torch.set_num_threads(choice.threads)
