@@ -220,7 +220,8 @@ class DistillationModule(L.LightningModule):
     defer_checks: bool | None = None
 
     #: Where :meth:`teacher_logits` looks first: an object with ``lookup(batch, views) ->
-    #: list[Tensor] | None`` and ``record(batch, logits)``; ``None``: the teacher always runs.
+    #: list[Tensor] | None`` and ``record(batch, logits) -> list[Tensor] | None`` (the logits to
+    #: use instead, or ``None`` for ``logits``); ``None``: the teacher always runs.
     logit_cache: Any = None
 
     def __init__(
@@ -405,7 +406,10 @@ class DistillationModule(L.LightningModule):
                 return cached
         logits = [self.forward_teacher(v) for v in views]
         if cache is not None:
-            cache.record(batch, logits)
+            # The cache may hand back what it stores (a top-k cache: the rebuilt logits), so
+            # that the run that stores trains on what the runs that read will get.
+            stored = cache.record(batch, logits)
+            logits = logits if stored is None else stored
         return logits
 
     # --- speed options --------------------------------------------------------------------

@@ -28,7 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cskd_lightning.logit_cache import DTYPES, cache_size_bytes
+from cskd_lightning.logit_cache import STORAGE, cache_size_bytes
 
 PLAN_KEY = "plan"
 
@@ -189,6 +189,9 @@ def _logit_cache(cfg: DictConfig, teacher_path: str, plan: Plan) -> tuple[str, s
     """The job's teacher-logit cache, entered in ``plan.caches``: ``(its label, its key)``."""
     size = _data_size(cfg)
     dtype = str(cfg.teacher.get("logit_cache_dtype", "float32"))
+    topk = cfg.teacher.get("logit_cache_topk", 10) if dtype == "topk" else None
+    if topk is not None:
+        dtype = f"topk{topk}"  # a top-k cache of another k is another cache
     epochs = int(cfg.pair.student.recipe.max_epochs)
     views = 2 if cfg.data.datamodule.get("two_view", False) else 1
     if isinstance(size, str):
@@ -204,8 +207,12 @@ def _logit_cache(cfg: DictConfig, teacher_path: str, plan: Plan) -> tuple[str, s
         )
         classes = int(cfg.data.num_classes)
         full = None
-        if dtype in DTYPES:
-            full = cache_size_bytes(epochs, n, views, classes, dtype, n_eval)
+        if dtype in STORAGE or topk is not None:
+            try:
+                storage = "topk" if topk is not None else dtype
+                full = cache_size_bytes(epochs, n, views, classes, storage, n_eval, topk)
+            except ValueError:  # a bad k: the job's own check refuses it
+                full = None
         need = plan.caches.setdefault(key, LogitCacheNeed(label, full, ""))
         if need.size is None or (full or 0) >= need.size:  # the longest run fills the most
             need.size, need.detail = full, f"{epochs} epochs x {n} samples x {classes} classes"

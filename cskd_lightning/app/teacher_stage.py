@@ -31,7 +31,7 @@ from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_ch
 from cskd_lightning.data.device import DeviceDataModule
 from cskd_lightning.errors import InputError
 from cskd_lightning.loggers import RunCSVLogger
-from cskd_lightning.logit_cache import TeacherLogitCache, refusal
+from cskd_lightning.logit_cache import TeacherLogitCache, check_topk, refusal
 from cskd_lightning.losses import CELoss
 from cskd_lightning.module import DistillationModule
 
@@ -378,7 +378,9 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
     """The cache ``cskd-train`` attaches with ``teacher.logit_cache=true`` (else ``None``).
 
     Refuses a DataLoader datamodule with one line (``ValueError``) before anything is trained;
-    returns ``None`` for a loss that needs no teacher. The cache lives in
+    returns ``None`` for a loss that needs no teacher. ``teacher.logit_cache_dtype=topk`` keeps
+    ``teacher.logit_cache_topk`` classes per training row (refused in one line unless
+    ``1 <= k < data.num_classes``). The cache lives in
     ``<paths.cache_dir>/teacher_logits/`` (``CSKD_CACHE_DIR`` moves it), next to the teachers.
     """
     teacher_cfg = cfg.get("teacher", {}) or {}
@@ -396,4 +398,8 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
         return None
     root = Path(str(cfg.paths.cache_dir)).expanduser().resolve() / "teacher_logits"
     name = f"{cfg.pair.teacher.model.name}-{cfg.data.name}"
-    return TeacherLogitCache(root, name, str(teacher_cfg.get("logit_cache_dtype", "float32")))
+    dtype = str(teacher_cfg.get("logit_cache_dtype", "float32"))
+    topk = teacher_cfg.get("logit_cache_topk", 10) if dtype == "topk" else None
+    if topk is not None:  # checked against the class count before the teacher trains
+        topk = check_topk(topk, int(cfg.data.num_classes))
+    return TeacherLogitCache(root, name, dtype, topk)

@@ -211,3 +211,42 @@ def test_ddp_processes_store_their_own_rows_for_a_single_process_run(tmp_path: P
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert _status(single) == "hit"
+
+
+def test_a_topk_cache_is_stored_then_read_by_the_real_command(tmp_path: Path):
+    """One ``cskd-train -m`` sweep: a top-3 run stores its cache (miss), a float32 run is not
+    answered by it (miss, its own cache), a second top-3 run reads it (hit, the teacher never
+    runs on a training batch) and trains the student of the first, bit for bit (both train on
+    the rebuilt logits), unlike the float32 student's."""
+    sweep = tmp_path / "sweep"
+    done = run_cli(
+        [
+            "cskd-train",
+            "-m",
+            *(o for o in TINY if "max_epochs" not in o and "limit_train" not in o),
+            "pair.teacher.recipe.max_epochs=1",
+            "pair.student.recipe.max_epochs=2",
+            "+trainer.limit_train_batches=4",
+            "distill=kd",
+            "teacher.logit_cache=true",
+            "teacher.logit_cache_dtype=topk,float32,topk",
+            "teacher.logit_cache_topk=3",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=tmp_path,
+        **ENV,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    stored, exact, read = (sweep / str(i) for i in range(3))
+    assert [_status(d) for d in (stored, exact, read)] == ["miss", "miss", "hit"]
+    log_text = (read / "train.log").read_text()
+    assert "(top-3; " in log_text and "8 training batches read from it, 0 computed" in log_text
+    _same_weights(stored, read)
+    a, b = _student(stored), _student(exact)
+    assert any(not torch.equal(a[key], b[key]) for key in a)
+    (topk_dir,) = {p.parent for p in (tmp_path / "cache").rglob("*.topk-values")}
+    assert sorted(p.name for p in topk_dir.glob("train-e*.topk-*")) == [
+        f"train-e000{e}.topk-{part}" for e in (0, 1) for part in ("index", "values")
+    ]
+    assert (topk_dir / "test.float32").is_file()  # the evaluation splits are stored exact

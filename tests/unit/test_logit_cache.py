@@ -18,7 +18,15 @@ from helpers import process_view, quiet_trainer
 from cskd_lightning.data import DeviceDataModule, DigitsDataModule
 from cskd_lightning.data.device import SampleBatch, batch_rand_augment
 from cskd_lightning.data.sample_random import SampleRandom, hash32, hash32_int
-from cskd_lightning.logit_cache import LogitFile, TeacherLogitCache, cache_size_bytes
+from cskd_lightning.errors import InputError
+from cskd_lightning.logit_cache import (
+    LogitFile,
+    TeacherLogitCache,
+    cache_size_bytes,
+    index_dtype,
+    topk_compress,
+    topk_expand,
+)
 from cskd_lightning.losses import KDLoss
 from cskd_lightning.models import create_model
 from cskd_lightning.module import DistillationModule
@@ -118,13 +126,144 @@ def test_logit_file_marks_rows_done_only_when_written(tmp_path: Path):
     assert (tmp_path / "train-e0000.float16").stat().st_size == 10 * 2 * 3 * 2
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_the_size_formula_is_what_the_files_take(tmp_path: Path, dtype: str):
+@pytest.mark.parametrize(
+    ("dtype", "topk", "classes"),
+    [("float32", None, 7), ("float16", None, 7), ("topk", 3, 7), ("topk", 5, 40000)],
+)
+def test_the_size_formula_is_what_the_files_take(tmp_path: Path, dtype, topk, classes):
     for epoch in range(3):
-        LogitFile(tmp_path / f"train-e{epoch:04d}", n=50, views=2, classes=7, dtype=dtype)
-    LogitFile(tmp_path / "test", n=20, views=1, classes=7, dtype=dtype)
+        LogitFile(tmp_path / f"train-e{epoch:04d}", 50, 2, classes, dtype, topk)
+    # A top-k cache stores its evaluation splits exact (float32).
+    LogitFile(tmp_path / "test", 20, 1, classes, "float32" if topk else dtype)
     on_disk = sum(p.stat().st_size for p in tmp_path.iterdir())
-    assert on_disk == cache_size_bytes(3, 50, 2, 7, dtype, n_eval=20)
+    assert on_disk == cache_size_bytes(3, 50, 2, classes, dtype, n_eval=20, topk=topk)
+    if topk:  # k + 1 float16 values, k indices of 2 (C <= 32767) or 4 bytes, 1 done byte
+        per_row = 2 * (topk + 1) + topk * (2 if classes <= 32767 else 4) + 1
+        assert on_disk == 3 * 50 * 2 * per_row + 20 * (classes * 4 + 1)
+
+
+# --------------------------------------------------------------------------- top-k
+def _reference_topk(z: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """An independent float64 top-k record of ``z`` ``(B, C)``: the classes of the ``k``
+    largest logits, the teacher's probabilities at T = 1 and the mass left to the others."""
+    z = z.astype(np.float64)
+    order = np.argsort(-z, axis=1, kind="stable")[:, :k]
+    shifted = z - z.max(axis=1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    top_mass = np.take_along_axis(p, order, axis=1).sum(axis=1)
+    others = np.ones_like(z, dtype=bool)
+    np.put_along_axis(others, order, False, axis=1)
+    rest = np.array([np.log(np.exp(row[m]).sum()) for row, m in zip(z, others, strict=True)])
+    return {
+        "order": order,
+        "p": p,
+        "rest_mass": 1.0 - top_mass,
+        "fill": rest - np.log(z.shape[1] - k),
+        "others": others,
+    }
+
+
+def _softmax64(z: np.ndarray) -> np.ndarray:
+    z = z.astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    ("classes", "k", "scale"),
+    [(100, 10, 3.0), (100, 5, 8.0), (10, 1, 2.0), (10, 9, 4.0), (1000, 10, 5.0)],
+)
+def test_topk_reconstruction_against_a_float64_computation(classes, k, scale):
+    """The rebuilt logits keep the top-k logits (rounded to float16), give every other class
+    the same logit, and their softmax at T = 1 gives the other classes the teacher's remaining
+    mass spread evenly; the argmax is kept."""
+    rng = np.random.default_rng(classes + k)
+    z = (rng.standard_normal((256, classes)) * scale).astype(np.float32)
+    ref = _reference_topk(z, k)
+    values, index = topk_compress(torch.from_numpy(z), k)
+    assert values.shape == (256, k + 1) and values.dtype == torch.float16
+    assert index.shape == (256, k)
+    assert np.array_equal(index.numpy(), ref["order"])  # the k largest, in descending order
+    z_hat = topk_expand(values, index, classes)
+    assert z_hat.shape == (256, classes) and z_hat.dtype == torch.float32
+    z_hat = z_hat.numpy().astype(np.float64)
+    # The top-k entries: the teacher's logits, exact up to float16.
+    top = np.take_along_axis(z_hat, ref["order"], axis=1)
+    expected_top = np.take_along_axis(z, ref["order"], axis=1).astype(np.float16)
+    assert np.array_equal(top, expected_top.astype(np.float64))
+    # The others: one value per row, the float64 fill up to one float16 step.
+    rest = z_hat[ref["others"]].reshape(256, classes - k)
+    assert np.all(rest == rest[:, :1])
+    step = np.abs(np.spacing(ref["fill"].astype(np.float16))).astype(np.float64)
+    assert np.all(np.abs(rest[:, 0] - ref["fill"]) <= step)
+    # At T = 1: top-k probabilities and the remaining mass spread evenly over C - k classes.
+    p_hat = _softmax64(z_hat)
+    tol = 4 * np.abs(np.spacing(np.float16(scale * 5)))  # float16 error of the log-odds
+    even = ref["rest_mass"] / (classes - k)
+    others_p = p_hat[ref["others"]].reshape(256, classes - k)
+    np.testing.assert_allclose(others_p, np.repeat(even[:, None], classes - k, 1), rtol=tol)
+    top_p = np.take_along_axis(p_hat, ref["order"], axis=1)
+    np.testing.assert_allclose(top_p, np.take_along_axis(ref["p"], ref["order"], 1), rtol=tol)
+    np.testing.assert_allclose(p_hat.sum(axis=1), 1.0, rtol=1e-12)
+    # The argmax is the teacher's where float16 keeps the top two apart; where it rounds them
+    # to one value, it is one of the tied classes.
+    two = np.sort(z, axis=1)[:, -2:].astype(np.float16)
+    apart = two[:, 1] > two[:, 0]
+    assert apart.mean() > 0.9
+    assert np.array_equal(z_hat.argmax(axis=1)[apart], z.argmax(axis=1)[apart])
+    chosen = np.take_along_axis(z, z_hat.argmax(axis=1)[:, None], axis=1)[:, 0]
+    assert np.array_equal(chosen.astype(np.float16), two[:, 1])
+
+
+def test_topk_of_a_confident_teacher_keeps_a_tiny_remaining_mass():
+    """A remaining mass far below float32's epsilon next to 1 is kept (the fill is a
+    log-sum-exp of the other logits, not log(1 - sum of the top-k probabilities))."""
+    z = torch.full((1, 50), -30.0)
+    z[0, 7] = 30.0
+    values, index = topk_compress(z, 1)
+    p_hat = _softmax64(topk_expand(values, index, 50).numpy())
+    assert index.item() == 7
+    expected = np.exp(-60.0)  # each other class: exp(-30 - 30) / (1 + 49 exp(-60))
+    np.testing.assert_allclose(p_hat[0, :7], expected, rtol=1e-3)
+
+
+def test_topk_indices_are_int16_up_to_32767_classes(tmp_path: Path):
+    assert index_dtype(32767) == np.int16 and index_dtype(32768) == np.int32
+    f = LogitFile(tmp_path / "train-e0000", n=4, views=1, classes=40000, dtype="topk", topk=2)
+    assert f.index.dtype == np.int32
+    z = torch.zeros(2, 40000)
+    z[0, 39999], z[0, 5], z[1, 33000], z[1, 0] = 9.0, 8.0, 7.0, 6.0
+    values, index = topk_compress(z, 2)
+    f.write(np.array([1, 3]), 0, values.numpy(), index.numpy())
+    again = LogitFile(tmp_path / "train-e0000", n=4, views=1, classes=40000, dtype="topk", topk=2)
+    assert again.index[1, 0].tolist() == [39999, 5] and again.index[3, 0].tolist() == [33000, 0]
+    rebuilt = topk_expand(
+        torch.from_numpy(np.array(again.values[[1, 3], 0])),
+        torch.from_numpy(np.array(again.index[[1, 3], 0])),
+        40000,
+    )
+    assert torch.equal(rebuilt, topk_expand(values, index, 40000))
+
+
+@pytest.mark.parametrize("k", [0, -2, 2.5, "ten", True, None])
+def test_a_bad_k_is_refused(tmp_path: Path, k):
+    with pytest.raises(InputError, match="teacher.logit_cache_topk="):
+        TeacherLogitCache(tmp_path, dtype="topk", topk=k)
+
+
+def test_k_of_every_class_is_refused_before_the_teacher_trains(tmp_path, capsys):
+    cfg = compose_train(
+        [
+            "data=digits_device",
+            "teacher.logit_cache=true",
+            "teacher.logit_cache_dtype=topk",
+            "teacher.logit_cache_topk=10",
+        ],
+        tmp_path,
+    )
+    line = user_error(cfg, capsys)
+    assert "teacher.logit_cache_topk=10 keeps every class" in line and "< 10" in line
+    assert not (tmp_path / "cache" / "teachers").exists()
 
 
 # --------------------------------------------------------------------------- refusals
@@ -148,6 +287,8 @@ def _fit(
     cache_root: Path | None,
     batch_size: int,
     batches: int,
+    dtype: str = "float32",
+    topk: int | None = None,
     **data_kwargs,
 ) -> tuple[DistillationModule, TeacherLogitCache | None]:
     """One deterministic epoch of KD on the digits' device pipeline (``batches`` batches of
@@ -156,7 +297,7 @@ def _fit(
     student = create_model("digits_student", num_classes=10, in_channels=1)
     module = DistillationModule(student, teacher, KDLoss())
     dm = DeviceDataModule(DigitsDataModule(batch_size=batch_size, augment=True), **data_kwargs)
-    cache = TeacherLogitCache(cache_root) if cache_root is not None else None
+    cache = TeacherLogitCache(cache_root, dtype=dtype, topk=topk) if cache_root else None
     quiet_trainer(
         max_epochs=1,
         limit_train_batches=batches,
@@ -204,3 +345,40 @@ def test_a_batch_partly_stored_is_computed_and_the_student_is_the_live_one(tmp_p
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert cache.stats == {"cached": 2, "computed": 2}
+
+
+def test_a_topk_cache_never_answers_a_float32_run_and_vice_versa(tmp_path: Path):
+    """The storage (and k) is in the key: each of float32, top-3 and top-5 stores its own
+    cache, answered only to a run with the same storage."""
+    root = tmp_path / "cache"
+    kinds = {"float32": ("float32", None), "top-3": ("topk", 3), "top-5": ("topk", 5)}
+    directories = {}
+    for name, (dtype, topk) in kinds.items():  # each stores: the others' rows never answer it
+        _, cache = _fit(_digits_teacher(0), root, 32, 3, dtype=dtype, topk=topk)
+        assert cache.stats == {"cached": 0, "computed": 3}, name
+        directories[name] = cache.directory
+    assert len(set(directories.values())) == 3
+    for name, (dtype, topk) in kinds.items():  # and each is read by its own kind
+        _, cache = _fit(_digits_teacher(0), root, 32, 3, dtype=dtype, topk=topk)
+        assert cache.stats == {"cached": 3, "computed": 0}, name
+        assert cache.directory == directories[name]
+    assert sorted(p.name for p in directories["top-3"].glob("train-e0000.*")) == [
+        "train-e0000.done",
+        "train-e0000.lock",
+        "train-e0000.topk-index",
+        "train-e0000.topk-values",
+    ]
+
+
+def test_a_topk_student_is_the_same_from_a_cold_or_a_warm_cache(tmp_path: Path):
+    """The run that stores the top-k records trains on their reconstruction, as the runs that
+    read them do: the two students are bit-identical, and differ from the float32 student."""
+    root = tmp_path / "cache"
+    cold, stored = _fit(_digits_teacher(0), root, 32, 3, dtype="topk", topk=2)
+    warm, read = _fit(_digits_teacher(0), root, 32, 3, dtype="topk", topk=2)
+    exact, _ = _fit(_digits_teacher(0), None, 32, 3)
+    assert stored.stats["computed"] == 3 and read.stats["cached"] == 3
+    a, b, c = (m.student.state_dict() for m in (cold, warm, exact))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert any(not torch.equal(a[key], c[key]) for key in a)
