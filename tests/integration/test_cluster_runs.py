@@ -12,6 +12,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from app_helpers import compose_train, read_summary, run_cli, start_cli
 from helpers import write_cifar
@@ -49,6 +50,7 @@ def _val_epochs(run_dir: Path) -> list[int]:
         return [int(row["epoch"]) for row in csv.DictReader(handle) if row.get("val/acc")]
 
 
+@pytest.mark.long
 def test_slurm_requeue_after_sigkill_resumes_by_itself(tmp_path: Path) -> None:
     """The same command, restarted by SLURM (``SLURM_RESTART_COUNT=1``) after a SIGKILL, goes
     on from the run's furthest checkpoint and ends with every epoch in ``metrics.csv``; a
@@ -124,6 +126,7 @@ def _cache_batches(logs: list[str], which: str) -> int:
     return sum(int(read if which == "read" else computed) for read, computed in found)
 
 
+@pytest.mark.long
 def test_parallel_submitit_sweep_trains_one_teacher_and_equals_the_sequential_sweep(
     tmp_path: Path,
 ) -> None:
@@ -254,6 +257,7 @@ def test_plan_of_the_440_job_cifar100_sweep(tmp_path: Path) -> None:
     print(f"plan of 440 jobs: {elapsed:.1f} s for the whole command")
 
 
+@pytest.mark.long
 def test_optuna_trials_in_parallel_each_reach_the_study(tmp_path: Path) -> None:
     """``hparams_search=optuna`` with ``hydra.sweeper.n_jobs=2`` on submitit's local executor:
     the 2 trials of a round run in 2 processes at once, and each trial's value in the study

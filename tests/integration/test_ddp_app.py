@@ -43,6 +43,7 @@ def test_ddp_sim_run_writes_one_run_directory(tmp_path: Path) -> None:
     assert "train/cs_cswt" in header
 
 
+@pytest.mark.long
 def test_ddp_sim_multirun_of_two_jobs(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     done = run_cli(
@@ -66,6 +67,7 @@ def test_ddp_sim_multirun_of_two_jobs(tmp_path: Path) -> None:
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.long
 def test_two_nodes_on_loopback(tmp_path: Path) -> None:
     """2 nodes x 1 process, wired through the variables Lightning reads on a cluster."""
     port = str(free_port())

@@ -20,6 +20,7 @@ def epochs_and_last_step(run: Path) -> tuple[int, int]:
     return len(trained), int(rows[-1]["step"])
 
 
+@pytest.mark.long
 def test_every_debug_option_runs_to_a_clean_end(tmp_path: Path) -> None:
     """debug=default,fdr,limit,profiler through the real command, as one multirun."""
     sweep = tmp_path / "sweep"

@@ -13,6 +13,7 @@ import pytest
 from helpers import REPO
 
 
+@pytest.mark.long
 @pytest.mark.timeout(420)
 def test_gpu_check_dry_run_passes_and_writes_its_record(tmp_path: Path) -> None:
     out = tmp_path / "record" / "gpu_check.json"

@@ -141,6 +141,7 @@ def test_a_second_run_hits_and_never_runs_the_teacher(tmp_path, monkeypatch, cap
     assert "18 training batches read from it, 0 computed" in caplog.text
 
 
+@pytest.mark.long
 def test_a_killed_run_leaves_a_partial_cache_that_the_next_run_completes(tmp_path: Path):
     """SIGKILL a real run once two epochs are stored; the next run finds a partial cache,
     reads those epochs, computes the rest, and its student is the live-teacher student."""
@@ -187,6 +188,7 @@ def test_a_killed_run_leaves_a_partial_cache_that_the_next_run_completes(tmp_pat
     _same_weights(live, resumed)
 
 
+@pytest.mark.long
 def test_ddp_processes_store_their_own_rows_for_a_single_process_run(tmp_path: Path):
     """2 CPU processes (gloo) fill the cache, each with its shard; a 1-process run of the same
     data then finds every row it needs (the augmentation ignores the world size)."""

@@ -64,7 +64,10 @@ def _epoch_of(path: Path) -> int:
     "data",
     [
         [],  # the digits default: the DataLoader path
-        ["data=digits_device", "data.datamodule.two_view=true", "distill=cskd_full"],
+        pytest.param(
+            ["data=digits_device", "data.datamodule.two_view=true", "distill=cskd_full"],
+            marks=pytest.mark.long,
+        ),
     ],
     ids=["dataloader", "device-two-view"],
 )

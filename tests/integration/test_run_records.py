@@ -7,6 +7,7 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 from app_helpers import FAST, read_summary, run_cli
 
 ONE_EPOCH = [*FAST, "pair.student.recipe.max_epochs=1"]
@@ -18,6 +19,7 @@ def results_rows(text: str) -> list[str]:
     return [line for line in section.splitlines() if line.startswith("| `")]
 
 
+@pytest.mark.long
 def test_report_groups_a_real_sweep_by_its_swept_values(tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
     done = run_cli(
@@ -58,6 +60,7 @@ def test_report_groups_a_real_sweep_by_its_swept_values(tmp_path: Path) -> None:
     assert "Grouped by `method` (`--group-by`)" in text and "**Repeated seeds**" in text
 
 
+@pytest.mark.long
 def test_selection_is_recorded_and_an_optimising_sweep_refuses_the_test_set(
     tmp_path: Path,
 ) -> None:

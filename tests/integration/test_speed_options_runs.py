@@ -22,6 +22,7 @@ def _models() -> tuple[nn.Module, nn.Module]:
     return create_model("digits_student", num_classes=10, in_channels=1), teacher
 
 
+@pytest.mark.long
 def test_compile_models_trains_and_keeps_the_state_dict(tmp_path):
     # about 20 s on 2 CPU cores with a cold inductor cache (no validation: one graph per model)
     student, teacher = _models()

@@ -41,6 +41,7 @@ def test_help_says_what_the_program_does(tmp_path: Path) -> None:
         assert option in page.split("== All config groups ==")[1]
 
 
+@pytest.mark.long
 def test_the_optional_loggers_log_the_run_and_its_config(tmp_path: Path) -> None:
     """TensorBoard, W&B (offline: no key here) and MLflow (a local file store) in one run."""
     run = tmp_path / "run"
