@@ -212,6 +212,7 @@ CIFAR_PAIRS = [
 METHODS = ["ce", "kd", "kd_ls", "dkd", "dist", "mlkd", "cskd", "cskd_cswt"]
 
 
+@pytest.mark.long
 def test_plan_of_the_440_job_cifar100_sweep(tmp_path: Path) -> None:
     """``plan=true`` on the published table's sweep (11 pairs x 8 methods x 5 seeds, one
     teacher per pair's teacher, the logit cache on): every job listed, the 6 distinct teachers

@@ -179,6 +179,7 @@ def test_epoch_seed_makes_dropout_resume_exactly(tmp_path):
 
 
 @needs_fmnist
+@pytest.mark.long
 @pytest.mark.filterwarnings("ignore:You passed in a `val_dataloader` but have no")
 def test_fmnist_lightning_training_beats_chance():
     class TinyCNN(L.LightningModule):

@@ -15,6 +15,7 @@ def run_files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
 
+@pytest.mark.long
 def test_ddp_sim_run_writes_one_run_directory(tmp_path: Path) -> None:
     run = tmp_path / "run"
     done = run_cli(

@@ -93,7 +93,8 @@ def test_method_trains_and_logs_its_term(cifar, tmp_path: Path, method: str) -> 
     _check_run(run, _run(cifar, run, f"distill={method}", *extra), method)
 
 
-@pytest.mark.parametrize("method", ["crd", pytest.param("reviewkd", marks=pytest.mark.long)])
+@pytest.mark.long
+@pytest.mark.parametrize("method", ["crd", "reviewkd"])
 def test_resumed_run_is_bit_identical(cifar, tmp_path: Path, method: str) -> None:
     full, part = tmp_path / "full", tmp_path / "part"
     common = [f"distill={method}"]

@@ -259,6 +259,7 @@ def test_sigkill_during_a_save_leaves_the_previous_checkpoint_whole(tmp_path: Pa
     assert checkpoint_candidates(target.parent) == [target]
 
 
+@pytest.mark.long
 def test_ckpt_path_last_picks_by_the_progress_inside_and_skips_bad_files(
     tmp_path: Path, teacher_cache: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -184,6 +184,7 @@ def _write_user_project(root: Path) -> None:
     (root / "my_conf" / "data" / "shapes.yaml").write_text(yaml.safe_dump(config))
 
 
+@pytest.mark.long
 def test_a_run_from_another_directory_reuses_the_teacher_of_the_per_user_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
