@@ -145,6 +145,10 @@ def environment_record(cfg: DictConfig, threads: ThreadChoice | None = None) -> 
     device = _cpu_name()
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
+    if threads is None:
+        threads = (
+            _chosen if _chosen is not None and _chosen.threads == torch.get_num_threads() else None
+        )
     return {
         **(threads or ThreadChoice(torch.get_num_threads(), "torch default")).as_record(),
         "torch": str(torch.__version__),

@@ -330,6 +330,7 @@ def _cached_or_trained(
         path.name,
     )
     acc = train_teacher(cfg, teacher, datamodule, stage_dir)
+    environment = environment_record(cfg)
     if is_global_zero():
         meta = {
             "test_acc": acc,
@@ -338,11 +339,11 @@ def _cached_or_trained(
             "data": cfg.data.name,
             "seed": teacher_seed(cfg),
             # Not in the key: what else the weights depend on (README, "The teacher stage").
-            "environment": environment_record(cfg),
+            "environment": environment,
         }
         _save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path)
         log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)
-    info = {"source": str(path), "test_acc": acc, "cached": False}
+    info = {"source": str(path), "test_acc": acc, "cached": False, "environment": environment}
     return teacher.eval(), _with_published(cfg, info, "trained here")
 
 

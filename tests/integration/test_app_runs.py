@@ -45,6 +45,11 @@ def test_train_on_digits_writes_every_output_and_reuses_the_teacher(tmp_path: Pa
     assert second["teacher"]["cached"] is True
     assert second["teacher"]["source"] == str(cached[0])
     assert second["teacher"]["test_acc"] == pytest.approx(summary["teacher"]["test_acc"])
+    # The teacher's record is the same whichever job trained it: the environment it was trained
+    # in, with the thread count this process chose and why.
+    assert second["teacher"]["environment"] == summary["teacher"]["environment"]
+    assert summary["teacher"]["environment"]["threads"] == summary["environment"]["threads"]
+    assert summary["teacher"]["environment"]["threads_source"] != "torch default"
 
 
 def test_cli_train_then_eval(tmp_path: Path) -> None:
