@@ -28,51 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 
+from cskd_lightning.files import (
+    TMP_SUFFIX,
+    fsync_dir,
+    save_atomically,
+    temp_path_for,
+    write_temporary,
+)
+
 log = logging.getLogger(__name__)
-
-TMP_SUFFIX = ".tmp"
-
-
-def temp_path_for(filepath: str | os.PathLike) -> Path:
-    """``<dir>/.<name>.tmp``: hidden and not ``*.ckpt``, never mistaken for a checkpoint."""
-    path = Path(filepath)
-    return path.with_name(f".{path.name}{TMP_SUFFIX}")
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory entry (a rename) to disk, where the platform allows it."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_temporary(payload: Any, path: Path) -> Path:
-    """``torch.save(payload)`` into ``path``'s temporary file, flushed to disk; returns it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
-    with open(tmp, "wb") as handle:
-        torch.save(payload, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return tmp
-
-
-def write_atomically(payload: Any, path: Path) -> None:
-    """``torch.save(payload)`` to ``path`` through a temporary file, ``fsync`` and rename."""
-    os.replace(write_temporary(payload, path), path)
-    fsync_dir(path.parent)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -95,7 +63,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError(f"{type(self).__name__} takes no storage_options")
         target = Path(path)
         if not self._held:
-            write_atomically(checkpoint, target)
+            save_atomically(checkpoint, target)
             return
         write_temporary(checkpoint, target)
         self._pending.append(("replace", target))
