@@ -39,7 +39,8 @@ from cskd_lightning.losses import (
     SPLoss,
     WTTMLoss,
 )
-from cskd_lightning.module import DistillationModule, OptimizerFactory, SchedulerFactory
+from cskd_lightning.module import DistillationModule
+from cskd_lightning.module_options import OptimizerFactory, SchedulerFactory
 
 __all__ = ["METHODS", "distill", "make_loss", "train_teacher"]
 

@@ -85,7 +85,7 @@ def test_an_untrained_teacher_is_warned_about_and_a_trained_one_is_not() -> None
     import warnings
 
     from cskd_lightning import train_teacher
-    from cskd_lightning.module import untrained_threshold
+    from cskd_lightning.teacher_accuracy import untrained_threshold
 
     assert untrained_threshold(10) == pytest.approx(0.2)
     assert untrained_threshold(100) == pytest.approx(0.06)

@@ -350,7 +350,7 @@ def test_load_from_checkpoint_loads_the_student_of_a_feature_run(tmp_path) -> No
 
 def test_compile_models_is_refused_for_a_feature_loss() -> None:
     student, teacher = _models()
-    with pytest.raises(InputError, match="compile_models=false"):
+    with pytest.raises(InputError, match=r"compile_models=False\)"):
         DistillationModule(student, teacher, ATLoss(), features=DIGITS, compile_models=True)
 
 
