@@ -19,13 +19,8 @@ from cskd_lightning.features import Features
 from cskd_lightning.losses.base import check_positive, check_weight
 from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
-from cskd_lightning.losses.functional import (
-    at_loss,
-    cross_entropy,
-    pkt_loss,
-    rkd_loss,
-    sp_loss,
-)
+from cskd_lightning.losses.feature_functional import at_loss, pkt_loss, rkd_loss, sp_loss
+from cskd_lightning.losses.functional import cross_entropy
 
 __all__ = ["ATLoss", "ConvReg", "FitNetLoss", "PKTLoss", "RKDLoss", "SPLoss"]
 
@@ -139,7 +134,7 @@ class FitNetLoss(_SingleTermLoss):
 
 
 class ATLoss(_SingleTermLoss):
-    """Attention transfer: :func:`~cskd_lightning.losses.functional.at_loss` over
+    """Attention transfer: :func:`~cskd_lightning.losses.feature_functional.at_loss` over
     ``feats[1:]`` (the stage outputs), ``p = 2``, weight 1000 (mdistiller). Term: ``at``."""
 
     name = "at"
@@ -155,9 +150,10 @@ class ATLoss(_SingleTermLoss):
 
 
 class RKDLoss(_SingleTermLoss):
-    """Relational KD on the pooled feature: :func:`~cskd_lightning.losses.functional.rkd_loss`
-    (distance weight 25, angle weight 50, eps 1e-12, not squared; weight 1: mdistiller), on the
-    batch of every process with ``gather=True``. Term: ``rkd``."""
+    """Relational KD on the pooled feature:
+    :func:`~cskd_lightning.losses.feature_functional.rkd_loss` (distance weight 25, angle
+    weight 50, eps 1e-12, not squared; weight 1: mdistiller), on the batch of every process
+    with ``gather=True``. Term: ``rkd``."""
 
     name = "rkd"
     batch_level = True
@@ -188,8 +184,8 @@ class RKDLoss(_SingleTermLoss):
 
 class PKTLoss(_SingleTermLoss):
     """Probabilistic knowledge transfer on the pooled feature:
-    :func:`~cskd_lightning.losses.functional.pkt_loss`, weight 30000 (mdistiller), on the batch
-    of every process with ``gather=True``. Term: ``pkt``."""
+    :func:`~cskd_lightning.losses.feature_functional.pkt_loss`, weight 30000 (mdistiller), on
+    the batch of every process with ``gather=True``. Term: ``pkt``."""
 
     name = "pkt"
     batch_level = True
@@ -214,8 +210,8 @@ class PKTLoss(_SingleTermLoss):
 
 class SPLoss(_SingleTermLoss):
     """Similarity-preserving KD on ``feats[-1]`` (the last stage's output):
-    :func:`~cskd_lightning.losses.functional.sp_loss`, weight 3000 (mdistiller), on the batch of
-    every process with ``gather=True``. Term: ``sp``."""
+    :func:`~cskd_lightning.losses.feature_functional.sp_loss`, weight 3000 (mdistiller), on the
+    batch of every process with ``gather=True``. Term: ``sp``."""
 
     name = "sp"
     batch_level = True

@@ -10,7 +10,8 @@ from cskd_lightning.errors import InputError
 from cskd_lightning.features import Features
 from cskd_lightning.losses.base import check_count, check_weight
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
-from cskd_lightning.losses.functional import cross_entropy, hcl_loss
+from cskd_lightning.losses.feature_functional import hcl_loss
+from cskd_lightning.losses.functional import cross_entropy
 
 __all__ = ["ABF", "ReviewKDLoss"]
 
@@ -66,7 +67,8 @@ class ReviewKDLoss(FeatureDistillationLoss):
     teacher levels: ``preact_feats[1:]`` (the stage outputs before their last ReLU) and the
     pooled feature. From the deepest level up, an :class:`ABF` per level maps the student level
     to the teacher level's channels and side, fusing the residual of the level below;
-    :func:`~cskd_lightning.losses.functional.hcl_loss` compares the outputs with the teacher's.
+    :func:`~cskd_lightning.losses.feature_functional.hcl_loss` compares the outputs with the
+    teacher's.
     The ABFs are sized in :meth:`setup_features` from the real shapes (channels and sides of each
     level: mdistiller's per-pair ``IN_CHANNELS``, ``OUT_CHANNELS``, ``SHAPES``, ``OUT_SHAPES``),
     middle width ``min(max_mid_channel, channels of the deepest student level)``. Warm-up
