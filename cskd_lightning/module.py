@@ -50,7 +50,7 @@ LEGACY_TEACHER_ACC = "teacher_val_acc."
 
 def _teacher_record(teacher: nn.Module) -> dict[str, str]:
     """The teacher's class and a content hash of its ``state_dict`` (blake2b, 128 bits)."""
-    from cskd_lightning.logit_cache import state_dict_hash
+    from cskd_lightning.logit_store import state_dict_hash
 
     return {"class": type(teacher).__name__, "weights": state_dict_hash(teacher)}
 

@@ -265,11 +265,14 @@ CASES: list[Case] = [
          "distill=at distils intermediate features, but pair=digits_cnn names no feature"),
     Case("logit_cache_dtype", "teacher-logit cache in an unknown precision",
          ["data=digits_device", "teacher.logit_cache=true", "teacher.logit_cache_dtype=float8"],
-         "teacher.logit_cache_dtype='float8': choose one of float32, float16, topk"),
+         "TeacherLogitCache(dtype='float8'): choose one of float32, float16, topk. "
+         "(config: teacher.logit_cache_dtype)"),
     Case("logit_cache_topk_every_class", "top-k teacher-logit cache keeping every class",
          ["data=digits_device", "teacher.logit_cache=true", "teacher.logit_cache_dtype=topk",
           "teacher.logit_cache_topk=10"],
-         "teacher.logit_cache_topk=10 keeps every class of this data (10 classes)"),
+         "TeacherLogitCache(topk=10) keeps every class of this data (10 classes): choose "
+         "topk < 10, or dtype='float32' (or 'float16') to store all of them. "
+         "(config: teacher.logit_cache_topk)"),
     Case("run_dir_other_settings", "an existing run directory, other settings", ["distill=kd"],
          "already holds a run made with other settings (run -> now: "),
     Case("logger_not_installed", "a logger whose package is not installed (`logger=wandb`)",

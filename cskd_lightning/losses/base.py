@@ -83,8 +83,8 @@ class DistillationLoss(nn.Module):
             if views is not None and len(views) != self.num_views:
                 raise InputError(
                     f"{type(self).__name__} takes {self.num_views} view(s) per image; got "
-                    f"{len(views)} {role} view(s). Two-view losses need the datamodule's "
-                    "two-view mode (data.datamodule.two_view=true)."
+                    f"{len(views)} {role} view(s). Two-view losses need a datamodule in "
+                    "two-view mode (two_view=True)."
                 )
         if self.num_views == 1:
             teacher = None if teacher_views is None else teacher_views[0]

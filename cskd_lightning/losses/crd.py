@@ -99,8 +99,8 @@ class CRDLoss(FeatureDistillationLoss):
         n = self.num_samples or num_samples
         if not n or n < 2:
             raise InputError(
-                "CRDLoss needs the training set's size for its memory: give num_samples=<N> "
-                "(distill.loss.num_samples) or use a datamodule with a train_set.",
+                "CRDLoss needs the training set's size for its memory: give "
+                "CRDLoss(num_samples=<N>) or use a datamodule with a train_set.",
                 key="num_samples",
             )
         self.num_samples = int(n)

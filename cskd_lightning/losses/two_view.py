@@ -24,7 +24,8 @@ def split_views(logits: Sequence[Tensor], owner: str, role: str) -> tuple[Tensor
     if len(logits) != 2 or any(view.dim() != 2 for view in logits):
         raise InputError(
             f"{owner} is a two-view loss: {role} must be a (weak, strong) pair of (B, C) logits. "
-            "Train with data.datamodule.two_view=true (the module then passes both views)."
+            "Train with a datamodule in two-view mode, two_view=True (the module then passes "
+            "both views)."
         )
     weak, strong = logits
     if weak.shape != strong.shape:
