@@ -284,11 +284,13 @@ CASES: list[Case] = [
          "module._target_=cskd_lightning.CSKDLoss is not a DistillationModule subclass"),
     Case("compile_mode_unknown", "`module.compile_models` that is not a torch.compile mode",
          ["module.compile_models=fast"],
-         "compile_models must be true, false or a torch.compile mode (default, reduce-overhead",
+         "compile_models must be true, false or a torch.compile mode (default, reduce-overhead, "
+         "max-autotune, max-autotune-no-cudagraphs); got 'fast'. (config: module.compile_models)",
          run_dir="{files}/new_run_compile"),
     Case("channels_last_unknown", "`module.channels_last` other than true, false or auto",
          ["module.channels_last=yes"],
-         "channels_last must be true, false or auto (on with a GPU); got 'yes'.",
+         "channels_last must be true, false or auto (on with a GPU); got 'yes'. "
+         "(config: module.channels_last)",
          run_dir="{files}/new_run_channels_last"),
     Case("run_dir_unfinished", "an unfinished run directory, without `ckpt_path`", [],
          "holds an unfinished run (config.yaml, no summary.json). Resume it with ckpt_path=last",
