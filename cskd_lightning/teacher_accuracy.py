@@ -91,13 +91,7 @@ class TeacherAccuracy(L.Callback):
         return None if metric is None else float(metric.compute())
 
     def on_validation_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
         if self.val_acc is None and not trainer.sanity_checking:
             self._update("val", trainer, pl_module, batch)
@@ -113,13 +107,7 @@ class TeacherAccuracy(L.Callback):
         pl_module.log("val/teacher_acc", self.val_acc, sync_dist=True)
 
     def on_test_batch_end(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
         if getattr(pl_module, "logit_cache", None) is not None:
             self._update("test", trainer, pl_module, batch)

@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from cskd_lightning.errors import InputError
+from cskd_lightning.losses.distributed import gather_batch
 
 
 @dataclass
@@ -67,6 +68,14 @@ class DistillationLoss(nn.Module):
     def set_progress(self, epoch: int, global_step: int, max_epochs: int | None = None) -> None:
         """Record the training progress (called by the module before each training step)."""
         self.progress = TrainingProgress(epoch, global_step, max_epochs)
+
+    def gather_pair(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Both ``(B, C)`` logits of every process's batch (``(N*B, C)``; the student's with
+        gradients) when the loss has ``gather`` set, else as they are."""
+        if not getattr(self, "gather", False):
+            return student_logits, teacher_logits
+        same = self.gather_same_size
+        return gather_batch(student_logits, same), gather_batch(teacher_logits, same)
 
     def forward_views(
         self,

@@ -20,7 +20,6 @@ from cskd_lightning.losses.base import check_positive, check_weight
 from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
 from cskd_lightning.losses.feature_functional import at_loss, pkt_loss, rkd_loss, sp_loss
-from cskd_lightning.losses.functional import cross_entropy
 
 __all__ = ["ATLoss", "ConvReg", "FitNetLoss", "PKTLoss", "RKDLoss", "SPLoss"]
 
@@ -51,16 +50,9 @@ class _SingleTermLoss(FeatureDistillationLoss):
             f_s, f_t = gather_batch(f_s), gather_batch(f_t)
         return f_s, f_t
 
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        targets: Tensor,
-        features: FeatureBatch,
-    ) -> dict[str, Tensor]:
-        ce = cross_entropy(student_logits, targets)
+    def feature_loss(self, features: FeatureBatch) -> tuple[Tensor, dict[str, Tensor]]:
         term = self.term(features)
-        return {"loss": self.ce_weight * ce + self.feat_weight * term, "ce": ce, self.name: term}
+        return self.feat_weight * term, {self.name: term}
 
 
 class ConvReg(nn.Module):

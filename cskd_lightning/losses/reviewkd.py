@@ -11,7 +11,6 @@ from cskd_lightning.features import Features
 from cskd_lightning.losses.base import check_count, check_weight
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
 from cskd_lightning.losses.feature_functional import hcl_loss
-from cskd_lightning.losses.functional import cross_entropy
 
 __all__ = ["ABF", "ReviewKDLoss"]
 
@@ -128,14 +127,7 @@ class ReviewKDLoss(FeatureDistillationLoss):
             return 1.0
         return min((self.progress.epoch + 1) / self.warmup_epochs, 1.0)
 
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        targets: Tensor,
-        features: FeatureBatch,
-    ) -> dict[str, Tensor]:
-        ce = cross_entropy(student_logits, targets)
+    def feature_loss(self, features: FeatureBatch) -> tuple[Tensor, dict[str, Tensor]]:
         xs = self._levels(features.student, self.student_features[0])
         ts = self._levels(features.teacher, "preact_feats")
         results: list[Tensor] = []
@@ -147,9 +139,5 @@ class ReviewKDLoss(FeatureDistillationLoss):
             results.insert(0, out)
         term = hcl_loss(results, [t.detach() for t in ts])
         factor = self.warmup_factor()
-        return {
-            "loss": self.ce_weight * ce + self.reviewkd_weight * factor * term,
-            "ce": ce,
-            "reviewkd": term,
-            "reviewkd_warmup": torch.tensor(factor, dtype=ce.dtype, device=ce.device),
-        }
+        warmup = torch.tensor(factor, dtype=term.dtype, device=term.device)
+        return self.reviewkd_weight * factor * term, {"reviewkd": term, "reviewkd_warmup": warmup}
