@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from cskd_lightning.errors import InputError, MissingInputError
+from cskd_lightning.logit_store import state_dict_hash
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,21 @@ class CheckpointError(InputError):
 ZIP_MAGIC = b"PK\x03\x04"
 """The start of a ``torch.save`` file (a zip archive) since PyTorch 1.6."""
 LFS_POINTER = b"version https://git-lfs"
+
+
+# ------------------------------------------------ DistillationModule's student-sized checkpoints
+TEACHER_PREFIX = "teacher."
+TEACHER_RECORD_KEY = "teacher_record"
+"""Checkpoint key: which teacher trained it (class and weight hash), its weights stripped."""
+LEGACY_TEACHER_ACC = "teacher_val_acc."
+"""The ``state_dict`` prefix of the teacher's accuracy in checkpoints written while
+:class:`~cskd_lightning.DistillationModule` held it (now a callback's state; dropped on load:
+measured again)."""
+
+
+def teacher_record(teacher: nn.Module) -> dict[str, str]:
+    """The teacher's class and a content hash of its ``state_dict`` (blake2b, 128 bits)."""
+    return {"class": type(teacher).__name__, "weights": state_dict_hash(teacher)}
 
 
 def describe_file(path: Path, head: bytes) -> str | None:

@@ -14,6 +14,12 @@ from torch import Tensor, nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
+from cskd_lightning.checkpoints import (
+    LEGACY_TEACHER_ACC,
+    TEACHER_PREFIX,
+    TEACHER_RECORD_KEY,
+    teacher_record,
+)
 from cskd_lightning.errors import InputError
 from cskd_lightning.feature_setup import (
     example_input,
@@ -39,20 +45,6 @@ from cskd_lightning.step_checks import EpochTerms, InputChecks
 from cskd_lightning.teacher_accuracy import TeacherAccuracy
 
 __all__ = ["DistillationModule"]
-
-TEACHER_PREFIX = "teacher."
-TEACHER_RECORD_KEY = "teacher_record"
-"""Checkpoint key: which teacher trained it (class and weight hash), its weights stripped."""
-LEGACY_TEACHER_ACC = "teacher_val_acc."
-"""The ``state_dict`` prefix of the teacher's accuracy in checkpoints written before it moved to
-:class:`~cskd_lightning.teacher_accuracy.TeacherAccuracy` (dropped on load: re-measured)."""
-
-
-def _teacher_record(teacher: nn.Module) -> dict[str, str]:
-    """The teacher's class and a content hash of its ``state_dict`` (blake2b, 128 bits)."""
-    from cskd_lightning.logit_store import state_dict_hash
-
-    return {"class": type(teacher).__name__, "weights": state_dict_hash(teacher)}
 
 
 class DistillationModule(L.LightningModule):
@@ -291,7 +283,8 @@ class DistillationModule(L.LightningModule):
         if len(views) < needed:
             raise InputError(
                 f"{type(self.loss).__name__} needs {needed} views per image but the batches "
-                f"have {len(views)}. Give it a datamodule in two-view mode (two_view=True)."
+                f"have {len(views)}. Give it a datamodule in two-view mode (two_view=True).",
+                key="two_view",
             )
         views = [self._format_input(v) for v in views[:needed]]
         self.checks.targets(y)
@@ -460,11 +453,12 @@ class DistillationModule(L.LightningModule):
 
     # --- checkpoints stay student-sized -------------------------------------------------------
     def _frozen_teacher_record(self) -> dict[str, str]:
-        """:func:`_teacher_record` of the frozen teacher, hashed once (not at every save: the
-        hash reads every teacher weight, a device-to-host copy on an accelerator)."""
+        """:func:`~cskd_lightning.checkpoints.teacher_record` of the frozen teacher, hashed once
+        (not at every save: the hash reads every teacher weight, a device-to-host copy on an
+        accelerator)."""
         cached = self.__dict__.get("_teacher_record_cache")
         if cached is None or cached[0] is not self.teacher:
-            cached = (self.teacher, _teacher_record(self.teacher))
+            cached = (self.teacher, teacher_record(self.teacher))
             self.__dict__["_teacher_record_cache"] = cached
         return cached[1]
 
@@ -526,7 +520,7 @@ class DistillationModule(L.LightningModule):
         if self.teacher is None:
             return
         recorded = checkpoint.get(TEACHER_RECORD_KEY)
-        if isinstance(recorded, dict) and recorded != _teacher_record(self.teacher):
+        if isinstance(recorded, dict) and recorded != teacher_record(self.teacher):
             warnings.warn(
                 f"The teacher given to {type(self).__name__} ({type(self.teacher).__name__}) is "
                 f"not the one this checkpoint was trained with ({recorded.get('class')}, weights "

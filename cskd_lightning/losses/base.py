@@ -93,7 +93,8 @@ class DistillationLoss(nn.Module):
                 raise InputError(
                     f"{type(self).__name__} takes {self.num_views} view(s) per image; got "
                     f"{len(views)} {role} view(s). Two-view losses need a datamodule in "
-                    "two-view mode (two_view=True)."
+                    "two-view mode (two_view=True).",
+                    key="two_view",
                 )
         if self.num_views == 1:
             teacher = None if teacher_views is None else teacher_views[0]

@@ -25,7 +25,8 @@ def split_views(logits: Sequence[Tensor], owner: str, role: str) -> tuple[Tensor
         raise InputError(
             f"{owner} is a two-view loss: {role} must be a (weak, strong) pair of (B, C) logits. "
             "Train with a datamodule in two-view mode, two_view=True (the module then passes "
-            "both views)."
+            "both views).",
+            key="two_view",
         )
     weak, strong = logits
     if weak.shape != strong.shape:
