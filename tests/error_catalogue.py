@@ -165,7 +165,9 @@ CASES: list[Case] = [
          [TEACHER + "other.pth"], "The weights in {files}/other.pth do not fit SmallCNN:",
          _save("other.pth", lambda ws: {"model": _models()("digits_student", 10, 1).state_dict()})),
     Case("teacher_pickle", "teacher checkpoint that needs full unpickling (could run code)",
-         [TEACHER + "pickle.pth"], "{files}/pickle.pth holds more than weights",
+         [TEACHER + "pickle.pth"], "{files}/pickle.pth holds more than weights (arbitrary Python "
+         "objects), so it was not loaded: unpickling it could run code. If you trust the file, "
+         "pass teacher.trust_checkpoint=true (Python: trust=True).",
          _save("pickle.pth", lambda ws: {"state_dict": _teacher_state(),
                                           "extra": Planted(ws.files / "marker.txt")})),
     Case("teacher_random_bytes", "teacher checkpoint of random bytes", [TEACHER + "random.pth"],

@@ -245,7 +245,8 @@ def build_teacher(cfg: DictConfig) -> tuple[nn.Module, Path | None]:
     if not given:
         return teacher, None
     path = Path(given).expanduser()
-    load_weights(teacher, path, trust=bool(cfg.teacher.get("trust_checkpoint", False)))
+    trust = bool(cfg.teacher.get("trust_checkpoint", False))
+    load_weights(teacher, path, trust, trust_flag="teacher.trust_checkpoint=true")
     return teacher, path
 
 
