@@ -38,13 +38,14 @@ from cskd_lightning.module_options import (
     compile_mode,
     default_optimizer,
     format_input,
+    infer_num_classes,
     logits_of,
     resolve_num_classes,
 )
 from cskd_lightning.step_checks import EpochTerms, InputChecks
 from cskd_lightning.teacher_accuracy import TeacherAccuracy
 
-__all__ = ["DistillationModule"]
+__all__ = ["DistillationModule", "infer_num_classes", "logits_of"]  # the last two: module_options
 
 
 class DistillationModule(L.LightningModule):

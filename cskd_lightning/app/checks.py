@@ -207,7 +207,7 @@ def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
     The student is a built model (its real output size); the teacher's count is read from its
     config (``pair.teacher.model.num_classes``) so that nothing is trained before the check.
     """
-    from cskd_lightning.module_options import infer_num_classes
+    from cskd_lightning.module import infer_num_classes
 
     counts: dict[str, int | None] = {
         "data.num_classes": int(cfg.data.num_classes),

@@ -4,7 +4,7 @@ For every job of the sweep (Hydra's basic sweeper's expansion of the command lin
 ``hydra.sweeper.params``): its overrides, the teacher it needs (given, pretrained, already in
 the teacher cache, or to be trained: shared teachers are counted once) and, with
 ``teacher.logit_cache=true``, the teacher-logit cache it reads or fills and that cache's size
-on disk when full (:func:`~cskd_lightning.logit_store.cache_size_bytes`). Nothing is trained,
+on disk when full (:func:`~cskd_lightning.logit_cache.cache_size_bytes`). Nothing is trained,
 no directory is made; the program exits 0 after printing.
 
 Composing a config takes a fraction of a second, so the plan composes each distinct choice of
@@ -28,7 +28,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cskd_lightning.logit_store import STORAGE, cache_size_bytes
+from cskd_lightning.logit_cache import STORAGE, cache_size_bytes
 
 PLAN_KEY = "plan"
 
