@@ -146,8 +146,7 @@ class DistillationModule(L.LightningModule):
         if getattr(loss, "requires_teacher", True) and teacher is None:
             raise InputError(
                 f"{type(loss).__name__} distils from a teacher, but teacher=None. Pass a teacher "
-                "model, or use a teacher-free loss such as CELoss.",
-                key="teacher",
+                "model, or use a teacher-free loss such as CELoss."
             )
         self.student = student
         self.teacher = teacher
