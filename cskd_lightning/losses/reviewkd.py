@@ -111,7 +111,8 @@ class ReviewKDLoss(FeatureDistillationLoss):
             raise InputError(
                 f"ReviewKD pairs the student's and the teacher's levels one to one, but the "
                 f"student has {len(xs)} and the teacher {len(ts)} (stage layers after the "
-                "first, plus the pooled feature). Name as many stages for both models (the features= layer maps)."
+                "first, plus the pooled feature). Name as many stages for both models (the "
+                "features= layer maps)."
             )
         mid = min(self.max_mid_channel, xs[-1].shape[1])
         self.shapes = [int(x.shape[-1]) for x in xs]
