@@ -73,44 +73,57 @@ class TeacherAccuracy(L.Callback):
         self.val_acc = state_dict.get("val_acc")
 
     # --- measuring ---------------------------------------------------------------------------
+    def _start(self, stage: str, module: Any) -> None:
+        """A fresh accuracy for ``stage`` on the module's device (on every process alike, so
+        that the gathering in :meth:`_compute` meets all of them)."""
+        metric = MulticlassAccuracy(module.num_classes, average="micro")
+        self._metrics[stage] = metric.to(module.device)
+
     def _update(self, stage: str, trainer: L.Trainer, module: Any, batch: Any) -> None:
+        metric = self._metrics.get(stage)
+        if metric is None:
+            return
         x = batch[0]
         if isinstance(x, (tuple, list)):
             x = x[0]
         context = getattr(trainer.precision_plugin, f"{stage}_step_context")
         with context():
             logits = module.teacher_logits(batch, [x])[0]
-        metric = self._metrics.get(stage)
-        if metric is None:
-            metric = MulticlassAccuracy(module.num_classes, average="micro")
-            self._metrics[stage] = metric
-        metric.to(logits.device).update(logits, batch[1])
+        metric.update(logits, batch[1])
 
     def _compute(self, stage: str) -> float | None:
         metric = self._metrics.pop(stage, None)
-        return None if metric is None else float(metric.compute())
+        if metric is None or metric.update_count == 0:  # not measured, or no batch ran
+            return None
+        return float(metric.compute())
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.val_acc is None and not trainer.sanity_checking:
+            self._start("val", pl_module)
 
     def on_validation_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
-        if self.val_acc is None and not trainer.sanity_checking:
-            self._update("val", trainer, pl_module, batch)
+        self._update("val", trainer, pl_module, batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         if self.val_acc is None:
             self.val_acc = self._compute("val")
-            if self.val_acc is None:  # no validation batch ran
+            if self.val_acc is None:
                 return
             warn_if_untrained(self.val_acc, pl_module.num_classes)  # type: ignore[arg-type]
         pl_module.log("val/teacher_acc", self.val_acc, sync_dist=True)
 
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(pl_module, "logit_cache", None) is not None:
+            self._start("test", pl_module)
+
     def on_test_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
     ) -> None:
-        if getattr(pl_module, "logit_cache", None) is not None:
-            self._update("test", trainer, pl_module, batch)
+        self._update("test", trainer, pl_module, batch)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = self._compute("test")
