@@ -79,7 +79,11 @@ class TeacherAccuracy(L.Callback):
         metric = MulticlassAccuracy(module.num_classes, average="micro")
         self._metrics[stage] = metric.to(module.device)
 
-    def _update(self, stage: str, trainer: L.Trainer, module: Any, batch: Any) -> None:
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
+    ) -> None:
+        """Score the teacher's logits of ``batch`` (the test loop's too: the same hook)."""
+        stage = "test" if trainer.testing else "val"
         metric = self._metrics.get(stage)
         if metric is None:
             return
@@ -88,8 +92,10 @@ class TeacherAccuracy(L.Callback):
             x = x[0]
         context = getattr(trainer.precision_plugin, f"{stage}_step_context")
         with context():
-            logits = module.teacher_logits(batch, [x])[0]
+            logits = pl_module.teacher_logits(batch, [x])[0]  # type: ignore[operator]
         metric.update(logits, batch[1])
+
+    on_test_batch_end = on_validation_batch_end
 
     def _compute(self, stage: str) -> float | None:
         metric = self._metrics.pop(stage, None)
@@ -100,11 +106,6 @@ class TeacherAccuracy(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.val_acc is None and not trainer.sanity_checking:
             self._start("val", pl_module)
-
-    def on_validation_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
-    ) -> None:
-        self._update("val", trainer, pl_module, batch)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -119,11 +120,6 @@ class TeacherAccuracy(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if getattr(pl_module, "logit_cache", None) is not None:
             self._start("test", pl_module)
-
-    def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, *_: Any
-    ) -> None:
-        self._update("test", trainer, pl_module, batch)
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         value = self._compute("test")
