@@ -252,6 +252,22 @@ def test_a_bad_k_is_refused(tmp_path: Path, k):
     assert info.value.key == "topk"
 
 
+def test_the_library_names_the_argument_and_config_keys_adds_the_applications_key(tmp_path):
+    from cskd_lightning.errors import config_keys
+
+    keys = {"dtype": "teacher.logit_cache_dtype"}
+    with pytest.raises(InputError) as info, config_keys(keys):
+        TeacherLogitCache(tmp_path, dtype="float8")
+    assert str(info.value) == (
+        "TeacherLogitCache(dtype='float8'): choose one of float32, float16, topk. "
+        "(config: teacher.logit_cache_dtype)"
+    )
+    assert info.value.key == "teacher.logit_cache_dtype"
+    with pytest.raises(InputError) as info, config_keys(keys):  # another argument: as raised
+        TeacherLogitCache(tmp_path, dtype="topk", topk=0)
+    assert info.value.key == "topk" and "(config:" not in str(info.value)
+
+
 def test_k_of_every_class_is_refused_before_the_teacher_trains(tmp_path, capsys):
     cfg = compose_train(
         [
