@@ -49,7 +49,8 @@ from cskd_lightning import CELoss, CSKDLoss, DistillationModule, DKDLoss, KDLoss
 from cskd_lightning.app.jobs import quiet_logs
 from cskd_lightning.data import DeviceDataModule, FashionMNISTDataModule
 from cskd_lightning.data.device import SampleBatch
-from cskd_lightning.logit_cache import LogitFile, TeacherLogitCache
+from cskd_lightning.logit_cache import TeacherLogitCache
+from cskd_lightning.logit_store import LogitFile
 from cskd_lightning.models import create_model
 
 METHODS: dict[str, Callable[[], torch.nn.Module]] = {

@@ -1,6 +1,6 @@
 """Disk size of the teacher-logit cache for CIFAR-100 and ImageNet, float32 / float16 / top-k.
 
-Computed from the size formula (:func:`cskd_lightning.logit_cache.cache_size_bytes`, which the
+Computed from the size formula (:func:`cskd_lightning.logit_store.cache_size_bytes`, which the
 unit tests check against the files a cache creates), not measured on a full cache: per epoch
 and view (training logits and their completion records), and for a whole run of one view
 (CIFAR-100: 240 epochs; ImageNet: 100 epochs) plus its evaluation split (stored exact, float32,
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from cskd_lightning.logit_cache import cache_size_bytes
+from cskd_lightning.logit_store import cache_size_bytes
 
 DATASETS = {
     # name: (training samples N, classes C, evaluation samples, epochs of the run)

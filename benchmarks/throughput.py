@@ -11,7 +11,7 @@ should cost anything." For two workloads
 it measures, alternating the sides of every ratio trial by trial (ABBA order) and taking the
 median of the per-trial ratios (the machine may be shared and noisy):
 
-(a) ``DistillationModule.compute_loss`` + ``_check_finite`` + backward + SGD step (CSKD +
+(a) ``DistillationModule.compute_loss`` + ``check_finite`` + backward + SGD step (CSKD +
     CSWT, the default method) / (a bare teacher forward + a bare student CE training step), on
     the same pre-made batches; target <= 1.05. ``(a')``: the same against the bare step in
     ``compute_loss``'s order (student forward first, then the teacher's), which isolates what
@@ -67,7 +67,7 @@ from cskd_lightning.data.fashion_mnist import STD as FMNIST_STD
 from cskd_lightning.data.fashion_mnist import find_fashion_mnist_files, read_idx
 from cskd_lightning.data.transforms import Cutout, TwoViewTransform
 from cskd_lightning.models import create_model
-from cskd_lightning.module import logits_of
+from cskd_lightning.module_options import logits_of
 
 CIFAR100_MEAN, CIFAR100_STD = CIFAR100DataModule.mean, CIFAR100DataModule.std
 
@@ -227,7 +227,7 @@ class EpochLoggedModule(DistillationModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         self.loss.set_progress(self.current_epoch, self.global_step, self.trainer.max_epochs)
         logits, terms = self.compute_loss(batch)
-        self._check_finite(terms)
+        self.check_finite(terms)
         y = batch[1]
         self.train_metrics.update(logits.detach(), y)
         n = int(y.shape[0])
@@ -297,7 +297,7 @@ def measure_step(w: Workload, args: argparse.Namespace, device: torch.device) ->
     module = build_module(w, args, device).train()
     batches = make_batches(w, device)
     optimizer = torch.optim.SGD(module.student.parameters(), lr=0.01, momentum=0.9)
-    student_fn, teacher_fn = module._runner("student"), module._runner("teacher")
+    student_fn, teacher_fn = module.student, module.teacher
     it: Iterator[int] = iter(range(10**9))
 
     def batch() -> tuple[Tensor, Tensor]:
@@ -330,7 +330,7 @@ def measure_step(w: Workload, args: argparse.Namespace, device: torch.device) ->
         optimizer.zero_grad(set_to_none=True)
         with autocast(device, args.precision):
             _, terms = module.compute_loss(batch())
-            module._check_finite(terms)
+            module.check_finite(terms)
         terms["loss"].backward()
         optimizer.step()
 
@@ -443,7 +443,7 @@ def measure_epoch(w: Workload, args: argparse.Namespace, device: torch.device) -
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, args.precision):
                 _, terms = module.compute_loss(batch)
-                module._check_finite(terms)
+                module.check_finite(terms)
             terms["loss"].backward()
             optimizer.step()
         sync(device)

@@ -8,11 +8,13 @@ and runs a Lightning ``Trainer`` on them; :func:`train_teacher` trains the teach
     student, metrics = distill(student, teacher, datamodule, method="cskd_cswt", max_epochs=20)
 
 The method names are those of ``cskd-train``'s ``distill`` group, with the same loss settings
-(:data:`METHODS`).
+(:func:`methods`, read from the configs).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -21,149 +23,68 @@ import lightning as L
 from torch import nn
 
 from cskd_lightning.errors import InputError
-from cskd_lightning.losses import (
-    ATLoss,
-    CELoss,
-    CRDLoss,
-    CSKDFullLoss,
-    CSKDLoss,
-    DistillationLoss,
-    DISTLoss,
-    DKDLoss,
-    FitNetLoss,
-    KDLoss,
-    MLKDLoss,
-    PKTLoss,
-    ReviewKDLoss,
-    RKDLoss,
-    SPLoss,
-    WTTMLoss,
-)
-from cskd_lightning.module import DistillationModule, OptimizerFactory, SchedulerFactory
+from cskd_lightning.losses import DistillationLoss
+from cskd_lightning.module import DistillationModule
+from cskd_lightning.module_options import OptimizerFactory, SchedulerFactory
 
-__all__ = ["METHODS", "distill", "make_loss", "train_teacher"]
+__all__ = ["distill", "make_loss", "method_names", "methods", "train_teacher"]
 
-_CSKD = {"temperature": 4.0, "alpha": 2.0, "ce_weight": 1.0, "kd_weight": 1.0, "gather": True}
-_CSWT = {**_CSKD, "cswt": True, "t_low": 2.0, "t_high": 6.0}
 
-METHODS: dict[str, tuple[type[DistillationLoss], dict[str, Any]]] = {
-    "ce": (CELoss, {}),
-    "cskd": (CSKDLoss, {**_CSKD, "cswt": False}),
-    "cskd_cswt": (CSKDLoss, _CSWT),
-    "cskd_cswt_ls": (CSKDLoss, {**_CSWT, "logit_standardization": True}),
-    "cskd_full": (
-        CSKDFullLoss,
-        {
-            "temperature": 4.0,
-            "alpha": 2.0,
-            "t_low": 2.0,
-            "t_high": 6.0,
-            "ce_weight": 1.0,
-            "kd_weight": 1.0,
-            "weak_weight": 0.5,
-            "gather": True,
-        },
-    ),
-    "dist": (
-        DISTLoss,
-        {"beta": 2.0, "gamma": 2.0, "tau": 4.0, "ce_weight": 1.0, "gather": True},
-    ),
-    "dkd": (
-        DKDLoss,
-        {
-            "alpha": 1.0,
-            "beta": 8.0,
-            "temperature": 4.0,
-            "ce_weight": 1.0,
-            "warmup_epochs": 20,
-            "kd_weight": 1.0,
-            "logit_standardization": False,
-        },
-    ),
-    "dkd_ls": (
-        DKDLoss,
-        {
-            "alpha": 1.0,
-            "beta": 8.0,
-            "temperature": 2.0,
-            "ce_weight": 1.0,
-            "warmup_epochs": 20,
-            "kd_weight": 9.0,
-            "logit_standardization": True,
-        },
-    ),
-    "kd": (KDLoss, {"temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9}),
-    "kd_ls": (
-        KDLoss,
-        {"temperature": 2.0, "ce_weight": 0.1, "kd_weight": 9.0, "logit_standardization": True},
-    ),
-    "mlkd": (
-        MLKDLoss,
-        {
-            "temperatures": [2.0, 3.0, 4.0, 5.0, 6.0],
-            "ce_weight": 0.1,
-            "kd_weight": 0.9,
-            "weak_weight": 0.5,
-            "gather": True,
-        },
-    ),
-    "wttm": (WTTMLoss, {"gamma": 0.2, "ce_weight": 1.0, "wttm_weight": 4.0}),
-    # Feature methods: they need the models' feature layers (distill(..., features=...)).
-    "fitnet": (FitNetLoss, {"hint_layer": 2, "ce_weight": 1.0, "feat_weight": 100.0}),
-    "at": (ATLoss, {"p": 2.0, "ce_weight": 1.0, "feat_weight": 1000.0}),
-    "rkd": (
-        RKDLoss,
-        {
-            "distance_weight": 25.0,
-            "angle_weight": 50.0,
-            "eps": 1e-12,
-            "squared": False,
-            "ce_weight": 1.0,
-            "feat_weight": 1.0,
-            "gather": True,
-        },
-    ),
-    "pkt": (PKTLoss, {"eps": 1e-7, "ce_weight": 1.0, "feat_weight": 30000.0, "gather": True}),
-    "sp": (SPLoss, {"ce_weight": 1.0, "feat_weight": 3000.0, "gather": True}),
-    "crd": (
-        CRDLoss,
-        {
-            "feat_dim": 128,
-            "num_negatives": 16384,
-            "temperature": 0.07,
-            "momentum": 0.5,
-            "ce_weight": 1.0,
-            "crd_weight": 0.8,
-            "num_samples": None,
-        },
-    ),
-    "reviewkd": (
-        ReviewKDLoss,
-        {
-            "ce_weight": 1.0,
-            "reviewkd_weight": 5.0,
-            "warmup_epochs": 20,
-            "max_mid_channel": 512,
-            "student_preact": False,
-        },
-    ),
-}
-"""``method -> (loss class, its arguments)``: the ``loss`` of each ``conf/distill/<method>.yaml``.
-``cskd_full`` and ``mlkd`` need two views per image (a datamodule with ``two_view=True``);
-``fitnet``, ``at``, ``rkd``, ``pkt``, ``sp``, ``crd`` and ``reviewkd`` need the models' feature
-layers (``features=``). ``dkd`` and ``dkd_ls`` carry mdistiller's defaults (beta 8):
-``cskd-train`` takes a published pair's own DKD values from its pair config (``pair.dkd``); here
-pass them, e.g. ``make_loss("dkd", beta=6.0)`` for vgg13 -> vgg8."""
+def _distill_configs() -> Any:
+    """The folder of ``cskd-train``'s ``distill`` group, shipped in the package."""
+    from importlib.resources import files
+
+    return files("cskd_lightning.conf") / "distill"
+
+
+def method_names() -> list[str]:
+    """Every method, sorted: the ``conf/distill/<method>.yaml`` files."""
+    names = (p.name for p in _distill_configs().iterdir())
+    return sorted(n.removesuffix(".yaml") for n in names if n.endswith(".yaml"))
+
+
+def _method_config(method: str) -> Any:
+    """``conf/distill/<method>.yaml`` with its ``defaults`` (the ``*_ls`` variants inherit from
+    their base), merged as Hydra composes the group."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create((_distill_configs() / f"{method}.yaml").read_text())
+    bases = [d for d in cfg.pop("defaults", []) if d != "_self_"]
+    return OmegaConf.merge(*[_method_config(base) for base in bases], cfg)
+
+
+@functools.cache
+def methods() -> dict[str, tuple[type[DistillationLoss], dict[str, Any]]]:
+    """``method -> (loss class, its arguments)``, read from the ``loss`` of each
+    ``conf/distill/<method>.yaml``: the configs are the one table of methods, for ``cskd-train
+    distill=<method>`` and :func:`distill` alike. A value a config takes from the pair
+    (``${oc.select:pair.dkd.beta,8.0}``) is its default here.
+
+    ``cskd_full`` and ``mlkd`` need two views per image (a datamodule with ``two_view=True``);
+    ``fitnet``, ``at``, ``rkd``, ``pkt``, ``sp``, ``crd`` and ``reviewkd`` need the models'
+    feature layers (``features=``). ``dkd`` and ``dkd_ls`` carry mdistiller's defaults (beta 8):
+    ``cskd-train`` takes a published pair's own DKD values from its pair config (``pair.dkd``);
+    here pass them, e.g. ``make_loss("dkd", beta=6.0)`` for vgg13 -> vgg8."""
+    from omegaconf import OmegaConf
+
+    table: dict[str, tuple[type[DistillationLoss], dict[str, Any]]] = {}
+    for method in method_names():
+        loss = OmegaConf.to_container(_method_config(method).loss, resolve=True)
+        assert isinstance(loss, dict)
+        module, _, name = str(loss.pop("_target_")).rpartition(".")
+        table[method] = (getattr(importlib.import_module(module), name), loss)
+    return table
 
 
 def make_loss(method: str, **overrides: Any) -> DistillationLoss:
-    """The loss of ``method`` (a :data:`METHODS` name) with its settings, ``overrides`` on top
+    """The loss of ``method`` (a :func:`methods` name) with its settings, ``overrides`` on top
     (e.g. ``make_loss("cskd_cswt", t_high=8.0)``)."""
-    if method not in METHODS:
+    table = methods()
+    if method not in table:
         raise InputError(
-            f"Unknown method {method!r}. Available: {', '.join(sorted(METHODS))}.", key="method"
+            f"Unknown method {method!r}. Available: {', '.join(sorted(table))}.", key="method"
         )
-    cls, kwargs = METHODS[method]
+    cls, kwargs = table[method]
     return cls(**{**kwargs, **overrides})
 
 
@@ -196,7 +117,7 @@ def distill(
         datamodule: a ``LightningDataModule`` yielding ``(x, y)`` batches (``((x_weak,
             x_strong), y)`` for the two-view methods) with a validation loader, and a test
             loader when ``test``.
-        method: a :data:`METHODS` name (``cskd-train``'s ``distill=`` options).
+        method: a :func:`methods` name (``cskd-train``'s ``distill=`` options).
         max_epochs: training epochs.
         loss_kwargs: overrides of the method's loss settings (e.g. ``{"temperature": 2.0}``).
         features: for a feature method, the layers of each feature role, ``{"student": {role:

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from cskd_lightning.errors import InputError, MissingInputError
+from cskd_lightning.logit_store import state_dict_hash
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,21 @@ class CheckpointError(InputError):
 ZIP_MAGIC = b"PK\x03\x04"
 """The start of a ``torch.save`` file (a zip archive) since PyTorch 1.6."""
 LFS_POINTER = b"version https://git-lfs"
+
+
+# ------------------------------------------------ DistillationModule's student-sized checkpoints
+TEACHER_PREFIX = "teacher."
+TEACHER_RECORD_KEY = "teacher_record"
+"""Checkpoint key: which teacher trained it (class and weight hash), its weights stripped."""
+LEGACY_TEACHER_ACC = "teacher_val_acc."
+"""The ``state_dict`` prefix of the teacher's accuracy in checkpoints written while
+:class:`~cskd_lightning.DistillationModule` held it (now a callback's state; dropped on load:
+measured again)."""
+
+
+def teacher_record(teacher: nn.Module) -> dict[str, str]:
+    """The teacher's class and a content hash of its ``state_dict`` (blake2b, 128 bits)."""
+    return {"class": type(teacher).__name__, "weights": state_dict_hash(teacher)}
 
 
 def describe_file(path: Path, head: bytes) -> str | None:
@@ -64,9 +80,7 @@ def describe_file(path: Path, head: bytes) -> str | None:
     return f"it is a text file (it starts with {first!r}), not a PyTorch file"
 
 
-def read_checkpoint(
-    path: str | Path, trust: bool = False, trust_flag: str = "teacher.trust_checkpoint=true"
-) -> Any:
+def read_checkpoint(path: str | Path, trust: bool = False, trust_flag: str = "trust=True") -> Any:
     """``torch.load`` a file on the CPU, safely unless ``trust`` is set.
 
     The file's first bytes are looked at first: an empty file, a text, YAML, CSV or HTML file
@@ -89,8 +103,9 @@ def read_checkpoint(
         if "weights_only" in str(err) and not trust:
             raise CheckpointError(
                 f"{path} holds more than weights (arbitrary Python objects), so it was not "
-                f"loaded: unpickling it could run code. If you trust the file, pass {trust_flag} "
-                "(Python: trust=True)."
+                f"loaded: unpickling it could run code. If you trust the file, pass {trust_flag}"
+                # a command-line flag gets the Python argument beside it
+                + ("." if "True" in trust_flag else " (Python: trust=True).")
             ) from None
         raise CheckpointError(f"{path} is not a readable checkpoint ({err}).") from None
     except Exception as err:  # noqa: BLE001 - torch.load fails in many ways on a damaged file
@@ -150,9 +165,12 @@ def describe_mismatch(model: nn.Module, state: Mapping[str, Tensor], limit: int 
     return "\n  ".join(parts)
 
 
-def load_weights(model: nn.Module, path: str | Path, trust: bool = False) -> nn.Module:
-    """Load the weights in ``path`` into ``model`` strictly, with a readable error on mismatch."""
-    state = extract_state_dict(read_checkpoint(path, trust=trust), source=str(path))
+def load_weights(
+    model: nn.Module, path: str | Path, trust: bool = False, trust_flag: str = "trust=True"
+) -> nn.Module:
+    """Load the weights in ``path`` into ``model`` strictly, with a readable error on mismatch
+    (``trust_flag``: how the caller's user allows full unpickling, see :func:`read_checkpoint`)."""
+    state = extract_state_dict(read_checkpoint(path, trust, trust_flag), source=str(path))
     problems = describe_mismatch(model, state)
     if problems:
         raise CheckpointError(

@@ -12,11 +12,15 @@ The subclasses also derive from the built-in exception a caller would expect, so
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
 __all__ = [
     "InputError",
     "MissingInputError",
     "NonFiniteLossError",
     "UnwritablePathError",
+    "config_keys",
 ]
 
 
@@ -43,3 +47,18 @@ class UnwritablePathError(InputError, PermissionError):
 
 class NonFiniteLossError(InputError, FloatingPointError):
     """The loss became NaN or infinite (too high a learning rate, bad inputs)."""
+
+
+@contextmanager
+def config_keys(keys: Mapping[str, str]) -> Iterator[None]:
+    """Name the config key of an :class:`InputError` raised inside: one whose ``key`` (a Python
+    argument's name) is in ``keys`` (argument -> config key) is raised again, of the same type,
+    with `` (config: <config key>)`` appended. How an application that builds library objects
+    from its own config keys tells the user which key to fix."""
+    try:
+        yield
+    except InputError as err:
+        path = keys.get(err.key or "")
+        if path is None:
+            raise
+        raise type(err)(f"{err} (config: {path})", key=path) from err

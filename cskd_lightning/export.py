@@ -309,7 +309,7 @@ def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> 
         what = "a bare state_dict" if _is_state_dict(obj) else "not a student artifact"
         raise CheckpointError(
             f"{path} is {what}: it does not say which model it is or how to preprocess its "
-            "inputs (files written by cskd-train before the student artifact). Rebuild the model "
+            "inputs (a student.pt written before the student artifact). Rebuild the model "
             "with cskd_lightning.models.create_model(<name>, num_classes=..., in_channels=...) "
             "and load it with cskd_lightning.checkpoints.load_weights(model, path)."
         )

@@ -60,7 +60,7 @@ def check_feature_map(
                 f"The loss needs the {model_role}'s {role!r} features, but {where}.{model_role} "
                 f"names no layer for {role!r}. Add it, e.g. {where}.{model_role}.{role}: "
                 "[layer1, layer2] (submodule names of the model; 'fc:input' for a module's "
-                "input; cskd-train reads them from the pair config)."
+                "input)."
             )
         out[role] = [specs] if isinstance(specs, str) else [str(s) for s in specs]
     return out

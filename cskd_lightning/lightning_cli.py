@@ -6,7 +6,8 @@ scheduler as the module's own arguments (``model.optimizer`` / ``model.scheduler
 ``class_path`` with ``init_args``; they only ever see the student's parameters). Lightning's
 top-level ``--optimizer`` replaces the module's ``configure_optimizers`` with one over *all*
 parameters, and a ``--lr_scheduler`` without ``--optimizer`` is dropped by Lightning:
-:class:`DistillationModule` refuses that case with one clear message.
+:func:`refuse_dropped_lr_scheduler` refuses that case with one clear message (the module calls
+it in its ``setup`` when LightningCLI is imported, so plain ``LightningCLI`` gets it too).
 
 :class:`DistillationCLI` makes both top-level options work: before the classes are built it
 moves ``optimizer`` into ``model.optimizer`` and ``lr_scheduler`` into ``model.scheduler``, so
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
 from cskd_lightning.errors import InputError
 
@@ -46,6 +47,24 @@ def hand_optimizers_to_module(config: Any) -> None:
             )
         model[own] = value
         config[top] = None
+
+
+def refuse_dropped_lr_scheduler(trainer: Any) -> None:
+    """LightningCLI's own ``--lr_scheduler`` without ``--optimizer`` is dropped by Lightning
+    (it only replaces ``configure_optimizers`` when an optimizer is given): refuse it. The
+    config is read from the trainer's ``SaveConfigCallback``; nothing without one."""
+    for callback in getattr(trainer, "callbacks", None) or []:
+        if not isinstance(callback, SaveConfigCallback):
+            continue
+        config = getattr(callback, "config", None)
+        if config is not None and config.get("lr_scheduler") is not None:
+            raise InputError(
+                "LightningCLI's --lr_scheduler was given without --optimizer, and Lightning "
+                "ignores it then. Give the module's own scheduler instead "
+                "(--model.scheduler=<class> --model.scheduler.<arg>=..., or model.scheduler in the "
+                "YAML), or use cskd_lightning.lightning_cli.DistillationCLI, which hands "
+                "--optimizer and --lr_scheduler to the module."
+            )
 
 
 class DistillationCLI(LightningCLI):

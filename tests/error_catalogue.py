@@ -165,7 +165,9 @@ CASES: list[Case] = [
          [TEACHER + "other.pth"], "The weights in {files}/other.pth do not fit SmallCNN:",
          _save("other.pth", lambda ws: {"model": _models()("digits_student", 10, 1).state_dict()})),
     Case("teacher_pickle", "teacher checkpoint that needs full unpickling (could run code)",
-         [TEACHER + "pickle.pth"], "{files}/pickle.pth holds more than weights",
+         [TEACHER + "pickle.pth"], "{files}/pickle.pth holds more than weights (arbitrary Python "
+         "objects), so it was not loaded: unpickling it could run code. If you trust the file, "
+         "pass teacher.trust_checkpoint=true (Python: trust=True).",
          _save("pickle.pth", lambda ws: {"state_dict": _teacher_state(),
                                           "extra": Planted(ws.files / "marker.txt")})),
     Case("teacher_random_bytes", "teacher checkpoint of random bytes", [TEACHER + "random.pth"],
@@ -265,11 +267,14 @@ CASES: list[Case] = [
          "distill=at distils intermediate features, but pair=digits_cnn names no feature"),
     Case("logit_cache_dtype", "teacher-logit cache in an unknown precision",
          ["data=digits_device", "teacher.logit_cache=true", "teacher.logit_cache_dtype=float8"],
-         "teacher.logit_cache_dtype='float8': choose one of float32, float16, topk"),
+         "TeacherLogitCache(dtype='float8'): choose one of float32, float16, topk. "
+         "(config: teacher.logit_cache_dtype)"),
     Case("logit_cache_topk_every_class", "top-k teacher-logit cache keeping every class",
          ["data=digits_device", "teacher.logit_cache=true", "teacher.logit_cache_dtype=topk",
           "teacher.logit_cache_topk=10"],
-         "teacher.logit_cache_topk=10 keeps every class of this data (10 classes)"),
+         "TeacherLogitCache(topk=10) keeps every class of this data (10 classes): choose "
+         "topk < 10, or dtype='float32' (or 'float16') to store all of them. "
+         "(config: teacher.logit_cache_topk)"),
     Case("run_dir_other_settings", "an existing run directory, other settings", ["distill=kd"],
          "already holds a run made with other settings (run -> now: "),
     Case("logger_not_installed", "a logger whose package is not installed (`logger=wandb`)",
@@ -281,11 +286,13 @@ CASES: list[Case] = [
          "module._target_=cskd_lightning.CSKDLoss is not a DistillationModule subclass"),
     Case("compile_mode_unknown", "`module.compile_models` that is not a torch.compile mode",
          ["module.compile_models=fast"],
-         "compile_models must be true, false or a torch.compile mode (default, reduce-overhead",
+         "compile_models must be true, false or a torch.compile mode (default, reduce-overhead, "
+         "max-autotune, max-autotune-no-cudagraphs); got 'fast'. (config: module.compile_models)",
          run_dir="{files}/new_run_compile"),
     Case("channels_last_unknown", "`module.channels_last` other than true, false or auto",
          ["module.channels_last=yes"],
-         "channels_last must be true, false or auto (on with a GPU); got 'yes'.",
+         "channels_last must be true, false or auto (on with a GPU); got 'yes'. "
+         "(config: module.channels_last)",
          run_dir="{files}/new_run_channels_last"),
     Case("run_dir_unfinished", "an unfinished run directory, without `ckpt_path`", [],
          "holds an unfinished run (config.yaml, no summary.json). Resume it with ckpt_path=last",

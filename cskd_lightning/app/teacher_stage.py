@@ -29,9 +29,10 @@ from cskd_lightning.app.jobs import (
 from cskd_lightning.callbacks import ProgressLog
 from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint
 from cskd_lightning.data.device import DeviceDataModule
-from cskd_lightning.errors import InputError
+from cskd_lightning.errors import InputError, config_keys
 from cskd_lightning.loggers import RunCSVLogger
-from cskd_lightning.logit_cache import TeacherLogitCache, check_topk, refusal
+from cskd_lightning.logit_cache import TeacherLogitCache
+from cskd_lightning.logit_store import check_topk
 from cskd_lightning.losses import CELoss
 from cskd_lightning.module import DistillationModule
 
@@ -244,7 +245,8 @@ def build_teacher(cfg: DictConfig) -> tuple[nn.Module, Path | None]:
     if not given:
         return teacher, None
     path = Path(given).expanduser()
-    load_weights(teacher, path, trust=bool(cfg.teacher.get("trust_checkpoint", False)))
+    trust = bool(cfg.teacher.get("trust_checkpoint", False))
+    load_weights(teacher, path, trust, trust_flag="teacher.trust_checkpoint=true")
     return teacher, path
 
 
@@ -393,7 +395,7 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
             "teacher-logit cache holds logits only: run it with teacher.logit_cache=false."
         )
     if not isinstance(datamodule, DeviceDataModule):
-        raise InputError(refusal(str(cfg.data.get("name", "?")), datamodule))
+        raise InputError(_refusal(str(cfg.data.get("name", "?")), datamodule))
     if not getattr(loss, "requires_teacher", True):
         log.info("Teacher-logit cache not used: distill=%s needs no teacher.", cfg.distill.name)
         return None
@@ -401,6 +403,28 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
     name = f"{cfg.pair.teacher.model.name}-{cfg.data.name}"
     dtype = str(teacher_cfg.get("logit_cache_dtype", "float32"))
     topk = teacher_cfg.get("logit_cache_topk", 10) if dtype == "topk" else None
-    if topk is not None:  # checked against the class count before the teacher trains
-        topk = check_topk(topk, int(cfg.data.num_classes))
-    return TeacherLogitCache(root, name, dtype, topk)
+    with config_keys({"dtype": "teacher.logit_cache_dtype", "topk": "teacher.logit_cache_topk"}):
+        if topk is not None:  # checked against the class count before the teacher trains
+            topk = check_topk(topk, int(cfg.data.num_classes))
+        return TeacherLogitCache(root, name, dtype, topk)
+
+
+DEVICE_DATA = (
+    "digits_device",
+    "fashion_mnist_device",
+    "fashion_mnist_pairs_device",
+    "cifar100_device",
+)
+
+
+def _refusal(data_name: str, datamodule: Any) -> str:
+    """The one-line refusal of a DataLoader datamodule, naming the device config to use."""
+    fix = f"data={data_name}_device"
+    if f"{data_name}_device" not in DEVICE_DATA:
+        fix = "data=<name>_device (" + ", ".join(DEVICE_DATA) + ")"
+    return (
+        "teacher.logit_cache=true needs the device-resident data pipeline, whose batches carry "
+        "their sample indices (the cache's row numbers), but "
+        f"data={data_name} ({type(datamodule).__name__}) is a DataLoader datamodule: use {fix} "
+        "(or teacher.logit_cache=false)."
+    )

@@ -7,9 +7,9 @@ from cskd_lightning.losses.cskd_full import CSKDFullLoss
 from cskd_lightning.losses.dist import DISTLoss
 from cskd_lightning.losses.dkd import DKDLoss
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
+from cskd_lightning.losses.feature_functional import at_loss, hcl_loss, pkt_loss, rkd_loss, sp_loss
 from cskd_lightning.losses.feature_methods import ATLoss, FitNetLoss, PKTLoss, RKDLoss, SPLoss
 from cskd_lightning.losses.functional import (
-    at_loss,
     batch_consistency_loss,
     batch_correlation_loss,
     class_consistency_loss,
@@ -18,12 +18,8 @@ from cskd_lightning.losses.functional import (
     cswt_temperature,
     dist_terms,
     dkd_terms,
-    hcl_loss,
     kd_loss,
     pearson_correlation,
-    pkt_loss,
-    rkd_loss,
-    sp_loss,
     standardize_logits,
     wttm_loss,
 )

@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from cskd_lightning.errors import InputError
+from cskd_lightning.losses.distributed import gather_batch
 
 
 @dataclass
@@ -68,6 +69,14 @@ class DistillationLoss(nn.Module):
         """Record the training progress (called by the module before each training step)."""
         self.progress = TrainingProgress(epoch, global_step, max_epochs)
 
+    def gather_pair(self, student_logits: Tensor, teacher_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Both ``(B, C)`` logits of every process's batch (``(N*B, C)``; the student's with
+        gradients) when the loss has ``gather`` set, else as they are."""
+        if not getattr(self, "gather", False):
+            return student_logits, teacher_logits
+        same = self.gather_same_size
+        return gather_batch(student_logits, same), gather_batch(teacher_logits, same)
+
     def forward_views(
         self,
         student_views: Sequence[Tensor],
@@ -83,8 +92,9 @@ class DistillationLoss(nn.Module):
             if views is not None and len(views) != self.num_views:
                 raise InputError(
                     f"{type(self).__name__} takes {self.num_views} view(s) per image; got "
-                    f"{len(views)} {role} view(s). Two-view losses need the datamodule's "
-                    "two-view mode (data.datamodule.two_view=true)."
+                    f"{len(views)} {role} view(s). Two-view losses need a datamodule in "
+                    "two-view mode (two_view=True).",
+                    key="two_view",
                 )
         if self.num_views == 1:
             teacher = None if teacher_views is None else teacher_views[0]

@@ -13,7 +13,6 @@ from cskd_lightning.features import Features
 from cskd_lightning.losses.base import check_count, check_positive, check_weight
 from cskd_lightning.losses.distributed import gather_no_grad, mean_across_processes
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
-from cskd_lightning.losses.functional import cross_entropy
 
 __all__ = ["CRDLoss", "Embed", "contrast_loss"]
 
@@ -99,8 +98,8 @@ class CRDLoss(FeatureDistillationLoss):
         n = self.num_samples or num_samples
         if not n or n < 2:
             raise InputError(
-                "CRDLoss needs the training set's size for its memory: give num_samples=<N> "
-                "(distill.loss.num_samples) or use a datamodule with a train_set.",
+                "CRDLoss needs the training set's size for its memory: give "
+                "CRDLoss(num_samples=<N>) or use a datamodule with a train_set.",
                 key="num_samples",
             )
         self.num_samples = int(n)
@@ -134,13 +133,7 @@ class CRDLoss(FeatureDistillationLoss):
         rows = memory.index_select(0, index) * self.momentum + v * (1 - self.momentum)
         memory.index_copy_(0, index, F.normalize(rows, dim=1))
 
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        targets: Tensor,
-        features: FeatureBatch,
-    ) -> dict[str, Tensor]:
+    def feature_loss(self, features: FeatureBatch) -> tuple[Tensor, dict[str, Tensor]]:
         index = features.index
         if index is None:
             raise InputError(
@@ -148,7 +141,6 @@ class CRDLoss(FeatureDistillationLoss):
                 "(DistillationModule switches its with_indices on) or yield "
                 "cskd_lightning.data.device.SampleBatch batches."
             )
-        ce = cross_entropy(student_logits, targets)
         v_s = self.embed_s(features.student["pooled_feat"][0])
         v_t = self.embed_t(features.teacher["pooled_feat"][0].detach())
         index = index.to(device=v_s.device, dtype=torch.long)
@@ -159,4 +151,4 @@ class CRDLoss(FeatureDistillationLoss):
         all_index = gather_no_grad(index)
         self._update(self.memory_s, all_index, gather_no_grad(v_s))
         self._update(self.memory_t, all_index, gather_no_grad(v_t))
-        return {"loss": self.ce_weight * ce + self.crd_weight * term, "ce": ce, "crd": term}
+        return self.crd_weight * term, {"crd": term}

@@ -11,7 +11,6 @@ from cskd_lightning.losses.base import (
     check_positive,
     check_weight,
 )
-from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.functional import (
     _batch_cosine_and_mean_t,
     cross_entropy,
@@ -97,9 +96,7 @@ class CSKDLoss(DistillationLoss):
         self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor
     ) -> dict[str, Tensor]:
         ce = cross_entropy(student_logits, targets)
-        if self.gather:
-            student_logits = gather_batch(student_logits, self.gather_same_size)
-            teacher_logits = gather_batch(teacher_logits, self.gather_same_size)
+        student_logits, teacher_logits = self.gather_pair(student_logits, teacher_logits)
         terms = self.distillation_terms(student_logits, teacher_logits)
         kd = terms["cs"] + terms["cs_cswt"] if self.cswt else terms["cs"]
         return {"loss": self.ce_weight * ce + self.kd_weight * kd, "ce": ce, **terms}

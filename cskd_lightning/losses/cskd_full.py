@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 from torch import Tensor
 
-from cskd_lightning.losses.base import check_cswt_range, check_positive, check_weight
+from cskd_lightning.losses.base import check_cswt_range, check_positive
 from cskd_lightning.losses.functional import (
     batch_correlation_loss,
     class_correlation_loss,
     cskd_loss,
     cswt_temperature,
 )
-from cskd_lightning.losses.two_view import TwoViewLoss
+from cskd_lightning.losses.two_view import TwoViewLoss, TwoViews
 
 
 class CSKDFullLoss(TwoViewLoss):
@@ -66,20 +64,10 @@ class CSKDFullLoss(TwoViewLoss):
         self.temperature = check_positive("temperature", temperature)
         self.alpha = check_positive("alpha", alpha)
         self.t_low, self.t_high = check_cswt_range(t_low, t_high)
-        self.ce_weight = check_weight("ce_weight", ce_weight)
-        self.kd_weight = check_weight("kd_weight", kd_weight)
-        self.weak_weight = check_weight("weak_weight", weak_weight)
-        self.gather = bool(gather)
+        self.set_weights(ce_weight, kd_weight, weak_weight, gather)
 
-    def forward(
-        self,
-        student_logits: Sequence[Tensor],
-        teacher_logits: Sequence[Tensor],
-        targets: Tensor,
-    ) -> dict[str, Tensor]:
-        sw, ss, tw, ts, ce_weak, ce_strong = self.prepare_views(
-            student_logits, teacher_logits, targets
-        )
+    def view_terms(self, views: TwoViews) -> dict[str, Tensor]:
+        sw, ss, tw, ts, ce_weak, ce_strong = views
         terms: dict[str, Tensor] = {"ce_weak": ce_weak, "ce_strong": ce_strong}
         temps = cswt_temperature(sw, tw, self.t_low, self.t_high)  # weak view, reused
         fixed = self.temperature

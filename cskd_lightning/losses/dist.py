@@ -5,7 +5,6 @@ from __future__ import annotations
 from torch import Tensor
 
 from cskd_lightning.losses.base import DistillationLoss, check_positive, check_weight
-from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.functional import cross_entropy, dist_terms
 
 
@@ -55,9 +54,7 @@ class DISTLoss(DistillationLoss):
         self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor
     ) -> dict[str, Tensor]:
         ce = cross_entropy(student_logits, targets)
-        if self.gather:
-            student_logits = gather_batch(student_logits, self.gather_same_size)
-            teacher_logits = gather_batch(teacher_logits, self.gather_same_size)
+        student_logits, teacher_logits = self.gather_pair(student_logits, teacher_logits)
         inter, intra = dist_terms(student_logits, teacher_logits, self.tau)
         loss = self.ce_weight * ce + self.beta * inter + self.gamma * intra
         return {"loss": loss, "ce": ce, "inter": inter, "intra": intra}

@@ -11,6 +11,7 @@ from torch import Tensor
 from cskd_lightning.errors import InputError
 from cskd_lightning.features import Features
 from cskd_lightning.losses.base import DistillationLoss
+from cskd_lightning.losses.functional import cross_entropy
 
 __all__ = ["FeatureBatch", "FeatureDistillationLoss"]
 
@@ -35,9 +36,10 @@ class FeatureDistillationLoss(DistillationLoss):
     A subclass declares the feature roles it reads (:attr:`student_features`,
     :attr:`teacher_features`; mdistiller's names ``feats``, ``preact_feats``, ``pooled_feat``),
     sets :attr:`needs_index` if it needs each sample's dataset index, builds its trainable
-    modules in :meth:`setup_features` and implements
-    ``forward(student_logits, teacher_logits, targets, features)`` with ``features`` a
-    :class:`FeatureBatch`; it returns the terms like every loss (``"loss"`` and named terms).
+    modules in :meth:`setup_features` and implements :meth:`feature_loss` (its weighted term
+    from a :class:`FeatureBatch`; :meth:`forward` adds the CE), or ``forward(student_logits,
+    teacher_logits, targets, features)`` itself; it returns the terms like every loss
+    (``"loss"`` and named terms).
 
     :class:`~cskd_lightning.DistillationModule` hooks the layers a pair's config names for
     each role, calls :meth:`prepare` with the features of one batch before the optimizer is
@@ -53,6 +55,7 @@ class FeatureDistillationLoss(DistillationLoss):
     student_features: tuple[str, ...] = ()
     teacher_features: tuple[str, ...] = ()
     needs_index: bool = False
+    ce_weight: float = 1.0
 
     def __init__(self) -> None:
         super().__init__()
@@ -69,6 +72,26 @@ class FeatureDistillationLoss(DistillationLoss):
         if not self.is_prepared:
             self.setup_features(student, teacher, num_samples)
             self.is_prepared = True
+
+    def forward(
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor,
+        targets: Tensor,
+        features: FeatureBatch,
+    ) -> dict[str, Tensor]:
+        """``ce_weight * CE(z_s, y) + weighted``, ``(weighted, terms)`` from
+        :meth:`feature_loss`: ``{"loss", "ce", **terms}``. ``student_logits`` ``(B, C)``;
+        ``teacher_logits`` unused by the feature losses of the package."""
+        ce = cross_entropy(student_logits, targets)
+        weighted, terms = self.feature_loss(features)
+        return {"loss": self.ce_weight * ce + weighted, "ce": ce, **terms}
+
+    def feature_loss(self, features: FeatureBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted feature loss (added to ``ce_weight`` times CE) and the named terms to
+        log, from one batch's ``features``. A subclass that overrides :meth:`forward` instead
+        need not implement it."""
+        raise NotImplementedError
 
     def extra_parameter_count(self) -> int:
         """The loss's own trainable parameters and buffers (what it adds to the student)."""

@@ -19,13 +19,7 @@ from cskd_lightning.features import Features
 from cskd_lightning.losses.base import check_positive, check_weight
 from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
-from cskd_lightning.losses.functional import (
-    at_loss,
-    cross_entropy,
-    pkt_loss,
-    rkd_loss,
-    sp_loss,
-)
+from cskd_lightning.losses.feature_functional import at_loss, pkt_loss, rkd_loss, sp_loss
 
 __all__ = ["ATLoss", "ConvReg", "FitNetLoss", "PKTLoss", "RKDLoss", "SPLoss"]
 
@@ -56,16 +50,9 @@ class _SingleTermLoss(FeatureDistillationLoss):
             f_s, f_t = gather_batch(f_s), gather_batch(f_t)
         return f_s, f_t
 
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        targets: Tensor,
-        features: FeatureBatch,
-    ) -> dict[str, Tensor]:
-        ce = cross_entropy(student_logits, targets)
+    def feature_loss(self, features: FeatureBatch) -> tuple[Tensor, dict[str, Tensor]]:
         term = self.term(features)
-        return {"loss": self.ce_weight * ce + self.feat_weight * term, "ce": ce, self.name: term}
+        return self.feat_weight * term, {self.name: term}
 
 
 class ConvReg(nn.Module):
@@ -139,7 +126,7 @@ class FitNetLoss(_SingleTermLoss):
 
 
 class ATLoss(_SingleTermLoss):
-    """Attention transfer: :func:`~cskd_lightning.losses.functional.at_loss` over
+    """Attention transfer: :func:`~cskd_lightning.losses.feature_functional.at_loss` over
     ``feats[1:]`` (the stage outputs), ``p = 2``, weight 1000 (mdistiller). Term: ``at``."""
 
     name = "at"
@@ -155,9 +142,10 @@ class ATLoss(_SingleTermLoss):
 
 
 class RKDLoss(_SingleTermLoss):
-    """Relational KD on the pooled feature: :func:`~cskd_lightning.losses.functional.rkd_loss`
-    (distance weight 25, angle weight 50, eps 1e-12, not squared; weight 1: mdistiller), on the
-    batch of every process with ``gather=True``. Term: ``rkd``."""
+    """Relational KD on the pooled feature:
+    :func:`~cskd_lightning.losses.feature_functional.rkd_loss` (distance weight 25, angle
+    weight 50, eps 1e-12, not squared; weight 1: mdistiller), on the batch of every process
+    with ``gather=True``. Term: ``rkd``."""
 
     name = "rkd"
     batch_level = True
@@ -188,8 +176,8 @@ class RKDLoss(_SingleTermLoss):
 
 class PKTLoss(_SingleTermLoss):
     """Probabilistic knowledge transfer on the pooled feature:
-    :func:`~cskd_lightning.losses.functional.pkt_loss`, weight 30000 (mdistiller), on the batch
-    of every process with ``gather=True``. Term: ``pkt``."""
+    :func:`~cskd_lightning.losses.feature_functional.pkt_loss`, weight 30000 (mdistiller), on
+    the batch of every process with ``gather=True``. Term: ``pkt``."""
 
     name = "pkt"
     batch_level = True
@@ -214,8 +202,8 @@ class PKTLoss(_SingleTermLoss):
 
 class SPLoss(_SingleTermLoss):
     """Similarity-preserving KD on ``feats[-1]`` (the last stage's output):
-    :func:`~cskd_lightning.losses.functional.sp_loss`, weight 3000 (mdistiller), on the batch of
-    every process with ``gather=True``. Term: ``sp``."""
+    :func:`~cskd_lightning.losses.feature_functional.sp_loss`, weight 3000 (mdistiller), on the
+    batch of every process with ``gather=True``. Term: ``sp``."""
 
     name = "sp"
     batch_level = True

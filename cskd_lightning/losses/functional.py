@@ -28,12 +28,12 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
-def _upcast(*tensors: Tensor) -> list[Tensor]:
+def upcast(*tensors: Tensor) -> list[Tensor]:
     dtype = _compute_dtype(*tensors)
     return [t.to(dtype) for t in tensors]
 
 
-def _no_autocast(device: torch.device) -> torch.autocast:
+def no_autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
@@ -79,9 +79,9 @@ def _squared_per_row(temperature: float | Tensor) -> float | Tensor:
 
 def softened_probs(logits: Tensor, temperature: Temperature) -> Tensor:
     """``softmax(z[i, :] / T_i)`` over classes; ``T`` a float or a ``(B,)`` tensor. ``(B, C)``."""
-    (z,) = _upcast(logits)
+    (z,) = upcast(logits)
     t, _ = _temperature_column(temperature, z)
-    with _no_autocast(z.device):
+    with no_autocast(z.device):
         return F.softmax(z / t, dim=1)
 
 
@@ -109,9 +109,9 @@ def _batch_cosine_and_mean_t(
     """``(cos_j for every class (C,), mean(T))``: the temperature is checked once (``check``;
     ``False`` for temperatures positive by construction, such as CSWT's)."""
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits, teacher_logits)
+    s, t = upcast(student_logits, teacher_logits)
     t_column, t_mean = _temperature_column(temperature, s, check)
-    with _no_autocast(s.device):
+    with no_autocast(s.device):
         ps, pt = F.softmax(s / t_column, dim=1), F.softmax(t / t_column, dim=1)
         return cosine(ps, pt, dim=0), t_mean
 
@@ -142,8 +142,8 @@ def cskd_loss(
 def sample_cosine(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     """Per-sample similarity ``c_i = cos(softmax(z_s[i, :]), softmax(z_t[i, :]))``, ``(B,)``."""
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits.detach(), teacher_logits.detach())
-    with _no_autocast(s.device):
+    s, t = upcast(student_logits.detach(), teacher_logits.detach())
+    with no_autocast(s.device):
         return cosine(F.softmax(s, dim=1), F.softmax(t, dim=1), dim=1)
 
 
@@ -200,9 +200,9 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: Tempera
     by its own ``T_i^2``. Inputs ``(B, C)``; a scalar out.
     """
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits, teacher_logits)
+    s, t = upcast(student_logits, teacher_logits)
     temp, _ = _temperature_column(temperature, s)
-    with _no_autocast(s.device):
+    with no_autocast(s.device):
         log_ps = F.log_softmax(s / temp, dim=1)
         log_pt = F.log_softmax(t / temp, dim=1)
         kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)
@@ -222,8 +222,8 @@ def class_correlation_loss(
     ``P = softmax(z / T)`` with a float or per-sample ``(B,)`` temperature. A scalar out.
     """
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits, teacher_logits)
-    with _no_autocast(s.device):
+    s, t = upcast(student_logits, teacher_logits)
+    with no_autocast(s.device):
         ps, pt = softened_probs(s, temperature), softened_probs(t, temperature)
         return _correlation_cosine_loss(ps.T @ ps, pt.T @ pt)
 
@@ -237,16 +237,16 @@ def batch_correlation_loss(
     ``P = softmax(z / T)`` with a float or per-sample ``(B,)`` temperature. A scalar out.
     """
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits, teacher_logits)
-    with _no_autocast(s.device):
+    s, t = upcast(student_logits, teacher_logits)
+    with no_autocast(s.device):
         ps, pt = softened_probs(s, temperature), softened_probs(t, temperature)
         return _correlation_cosine_loss(ps @ ps.T, pt @ pt.T)
 
 
 def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Cross-entropy computed in float32 or wider (also under autocast)."""
-    (z,) = _upcast(logits)
-    with _no_autocast(z.device):
+    (z,) = upcast(logits)
+    with no_autocast(z.device):
         return F.cross_entropy(z, targets)
 
 
@@ -267,12 +267,12 @@ def standardize_logits(logits: Tensor, eps: float = LOGIT_STD_EPS) -> Tensor:
     Divide the result by the (base) temperature afterwards. Inputs ``(B, C)`` with ``C >= 2``;
     returns ``(B, C)`` in float32 or wider. Differentiable (the mean and std are not detached).
     """
-    (z,) = _upcast(logits)
+    (z,) = upcast(logits)
     if z.dim() != 2 or z.shape[1] < 2:
         raise ValueError(
             f"Logit standardization needs (B, C) logits with C >= 2; got {tuple(z.shape)}."
         )
-    with _no_autocast(z.device):
+    with no_autocast(z.device):
         return (z - z.mean(dim=1, keepdim=True)) / (z.std(dim=1, keepdim=True) + eps)
 
 
@@ -322,7 +322,7 @@ def dkd_terms(
     (``(B,)`` each). Returns ``(tckd, nckd)``.
     """
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits, teacher_logits)
+    s, t = upcast(student_logits, teacher_logits)
     batch, classes = s.shape
     if classes < 2:
         raise ValueError(f"DKD needs at least 2 classes; got logits of shape {tuple(s.shape)}.")
@@ -331,7 +331,7 @@ def dkd_terms(
     temp, _ = _temperature_column(float(temperature), s)
     gt = _target_mask(s, targets)
     target = targets.reshape(-1, 1).long()
-    with _no_autocast(s.device):
+    with no_autocast(s.device):
         zs, zt = s / temp, t / temp
 
         # No boolean-mask indexing (its output size is read on the host: a sync on an
@@ -378,9 +378,9 @@ def dist_terms(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> tu
     Returns ``(inter, intra)`` scalars.
     """
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits, teacher_logits)
+    s, t = upcast(student_logits, teacher_logits)
     tau = float(tau)
-    with _no_autocast(s.device):
+    with no_autocast(s.device):
         ps, pt = softened_probs(s, tau), softened_probs(t, tau)
         inter = tau**2 * (1.0 - pearson_correlation(ps, pt, dim=1).mean())
         intra = tau**2 * (1.0 - pearson_correlation(ps, pt, dim=0).mean())
@@ -397,8 +397,8 @@ def class_consistency_loss(
     :func:`class_correlation_loss`, the cosine form of the CSKD recipe.
     """
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits, teacher_logits)
-    with _no_autocast(s.device):
+    s, t = upcast(student_logits, teacher_logits)
+    with no_autocast(s.device):
         ps, pt = softened_probs(s, temperature), softened_probs(t, temperature)
         return (pt.T @ pt - ps.T @ ps).pow(2).sum() / s.shape[1]
 
@@ -412,8 +412,8 @@ def batch_consistency_loss(
     ``P = softmax(z / T)``. A scalar out. Compare :func:`batch_correlation_loss`.
     """
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits, teacher_logits)
-    with _no_autocast(s.device):
+    s, t = upcast(student_logits, teacher_logits)
+    with no_autocast(s.device):
         ps, pt = softened_probs(s, temperature), softened_probs(t, temperature)
         return (pt @ pt.T - ps @ ps.T).pow(2).sum() / s.shape[0]
 
@@ -438,151 +438,10 @@ def wttm_loss(student_logits: Tensor, teacher_logits: Tensor, gamma: float) -> T
     Inputs ``(B, C)``; a scalar out. ``gamma = 1`` gives KD at ``T = 1`` (``s_i = 1``).
     """
     _check_pair(student_logits, teacher_logits)
-    s, t = _upcast(student_logits, teacher_logits)
-    with _no_autocast(s.device):
+    s, t = upcast(student_logits, teacher_logits)
+    with no_autocast(s.device):
         log_pt = F.log_softmax(t, dim=1)
         log_q = F.log_softmax(gamma * log_pt, dim=1)  # = log_softmax(gamma * z_t)
         weight = torch.logsumexp(gamma * log_pt, dim=1).exp()  # s_i
         kl = _kl_rows(log_q, F.log_softmax(s, dim=1))
         return (weight * kl).mean()
-
-
-def _match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
-    """Average-pool the larger of two ``(B, C, H, W)`` maps to the other's ``H x H``."""
-    s_h, t_h = f_s.shape[2], f_t.shape[2]
-    if s_h > t_h:
-        f_s = F.adaptive_avg_pool2d(f_s, (t_h, t_h))
-    elif s_h < t_h:
-        f_t = F.adaptive_avg_pool2d(f_t, (s_h, s_h))
-    return f_s, f_t
-
-
-def attention_map(feat: Tensor, p: float) -> Tensor:
-    """AT's attention map: ``normalize(mean_c feat[:, c]^p)`` flattened, ``(B, H*W)``."""
-    return F.normalize(feat.pow(p).mean(1).reshape(feat.shape[0], -1), dim=1)
-
-
-def at_loss(g_s: list[Tensor], g_t: list[Tensor], p: float) -> Tensor:
-    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017), summed over feature pairs.
-
-    For each pair of maps ``(B, C_s, H, W)`` / ``(B, C_t, H', W')`` (the larger average-pooled to
-    the smaller side): ``mean((a_s - a_t)^2)`` over the batch and the ``H*W`` positions, with
-    ``a`` from :func:`attention_map`. A scalar out.
-    """
-    total = None
-    for f_s, f_t in zip(g_s, g_t, strict=True):
-        f_s, f_t = _upcast(f_s, f_t)
-        with _no_autocast(f_s.device):
-            f_s, f_t = _match_spatial(f_s, f_t)
-            term = (attention_map(f_s, p) - attention_map(f_t, p)).pow(2).mean()
-        total = term if total is None else total + term
-    assert total is not None, "at_loss needs at least one feature pair"
-    return total
-
-
-def _pdist(e: Tensor, squared: bool, eps: float) -> Tensor:
-    """Pairwise Euclidean distances ``(B, B)`` of the rows of ``e``, clamped at ``eps`` (squared
-    before the square root), with a zero diagonal."""
-    sq = e.pow(2).sum(dim=1)
-    res = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2 * e @ e.T).clamp(min=eps)
-    if not squared:
-        res = res.sqrt()
-    return res * (1 - torch.eye(e.shape[0], dtype=res.dtype, device=res.device))
-
-
-def _rkd_angles(e: Tensor) -> Tensor:
-    """Cosines of the angles ``<e_i - e_j, e_k - e_j>`` over all triplets, flattened ``(B^3,)``."""
-    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), p=2, dim=2)
-    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)
-
-
-def rkd_loss(
-    f_s: Tensor,
-    f_t: Tensor,
-    squared: bool = False,
-    eps: float = 1e-12,
-    distance_weight: float = 25.0,
-    angle_weight: float = 50.0,
-) -> Tensor:
-    """Relational KD (Park et al., CVPR 2019): distance and angle relations of the batch.
-
-    ``f_s``, ``f_t``: ``(B, ...)`` (flattened to ``(B, D)``). ``d = pdist / mean(pdist > 0)``;
-    ``L = distance_weight * smoothL1(d_s, d_t) + angle_weight * smoothL1(angle_s, angle_t)``, the
-    angles over all ``B^3`` triplets. The teacher's side carries no gradient. A scalar out.
-    """
-    s, t = _upcast(f_s.reshape(f_s.shape[0], -1), f_t.reshape(f_t.shape[0], -1))
-    t = t.detach()
-    with _no_autocast(s.device):
-        t_d = _pdist(t, squared, eps)
-        t_d = t_d / t_d[t_d > 0].mean()
-        d = _pdist(s, squared, eps)
-        d = d / d[d > 0].mean()
-        loss_d = F.smooth_l1_loss(d, t_d)
-        loss_a = F.smooth_l1_loss(_rkd_angles(s), _rkd_angles(t))
-        return distance_weight * loss_d + angle_weight * loss_a
-
-
-def pkt_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-7) -> Tensor:
-    """Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018).
-
-    Rows of ``(B, D)`` features normalised (``f / (||f|| + eps)``), cosine similarities mapped
-    to ``[0, 1]`` (``(K + 1) / 2``) and each row normalised to a distribution ``P``;
-    ``L = mean_{i,j} P_t[i, j] * log((P_t[i, j] + eps) / (P_s[i, j] + eps))`` over the ``B x B``
-    entries. A scalar out.
-    """
-    s, t = _upcast(f_s.reshape(f_s.shape[0], -1), f_t.reshape(f_t.shape[0], -1))
-    with _no_autocast(s.device):
-
-        def conditional(f: Tensor) -> Tensor:
-            f = f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
-            f = torch.nan_to_num(f, nan=0.0)
-            k = (f @ f.T + 1.0) / 2.0
-            return k / k.sum(dim=1, keepdim=True)
-
-        p_s, p_t = conditional(s), conditional(t)
-        return (p_t * torch.log((p_t + eps) / (p_s + eps))).mean()
-
-
-def sp_loss(g_s: list[Tensor], g_t: list[Tensor]) -> Tensor:
-    """Similarity-preserving KD (Tung & Mori, ICCV 2019), summed over feature pairs.
-
-    For each pair of ``(B, ...)`` features flattened to ``(B, D)``: ``G = normalize_rows(f f^T)``
-    ``(B, B)``, ``L = ||G_t - G_s||_F^2 / B^2``. A scalar out.
-    """
-    total = None
-    for f_s, f_t in zip(g_s, g_t, strict=True):
-        s, t = _upcast(f_s.reshape(f_s.shape[0], -1), f_t.reshape(f_t.shape[0], -1))
-        with _no_autocast(s.device):
-            g_s_, g_t_ = F.normalize(s @ s.T, dim=1), F.normalize(t @ t.T, dim=1)
-            term = (g_t_ - g_s_).pow(2).sum() / (s.shape[0] ** 2)
-        total = term if total is None else total + term
-    assert total is not None, "sp_loss needs at least one feature pair"
-    return total
-
-
-def hcl_loss(fstudent: list[Tensor], fteacher: list[Tensor]) -> Tensor:
-    """ReviewKD's hierarchical context loss (Chen et al., CVPR 2021), summed over levels.
-
-    For each pair of ``(B, C, H, W)`` maps: the MSE at full size plus, for every ``l`` in
-    ``(4, 2, 1)`` with ``l < H``, the MSE of both average-pooled to ``l x l`` weighted ``1/2, 1/4,
-    1/8, ...``, the sum divided by the sum of the weights. A scalar out.
-    """
-    total = None
-    for fs, ft in zip(fstudent, fteacher, strict=True):
-        fs, ft = _upcast(fs, ft)
-        with _no_autocast(fs.device):
-            h = fs.shape[2]
-            loss = F.mse_loss(fs, ft)
-            cnt, tot = 1.0, 1.0
-            for level in (4, 2, 1):
-                if level >= h:
-                    continue
-                cnt /= 2.0
-                pooled_s = F.adaptive_avg_pool2d(fs, (level, level))
-                pooled_t = F.adaptive_avg_pool2d(ft, (level, level))
-                loss = loss + F.mse_loss(pooled_s, pooled_t) * cnt
-                tot += cnt
-            term = loss / tot
-        total = term if total is None else total + term
-    assert total is not None, "hcl_loss needs at least one feature pair"
-    return total

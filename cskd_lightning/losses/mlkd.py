@@ -8,13 +8,13 @@ import torch
 from torch import Tensor
 
 from cskd_lightning.errors import InputError
-from cskd_lightning.losses.base import check_positive, check_weight
+from cskd_lightning.losses.base import check_positive
 from cskd_lightning.losses.functional import (
     batch_consistency_loss,
     class_consistency_loss,
     kd_loss,
 )
-from cskd_lightning.losses.two_view import TwoViewLoss
+from cskd_lightning.losses.two_view import TwoViewLoss, TwoViews
 
 
 class MLKDLoss(TwoViewLoss):
@@ -66,20 +66,10 @@ class MLKDLoss(TwoViewLoss):
         if not temps:
             raise InputError("MLKDLoss needs at least one temperature.")
         self.temperatures = tuple(check_positive("temperatures[]", t) for t in temps)
-        self.ce_weight = check_weight("ce_weight", ce_weight)
-        self.kd_weight = check_weight("kd_weight", kd_weight)
-        self.weak_weight = check_weight("weak_weight", weak_weight)
-        self.gather = bool(gather)
+        self.set_weights(ce_weight, kd_weight, weak_weight, gather)
 
-    def forward(
-        self,
-        student_logits: Sequence[Tensor],
-        teacher_logits: Sequence[Tensor],
-        targets: Tensor,
-    ) -> dict[str, Tensor]:
-        sw, ss, tw, ts, ce_weak, ce_strong = self.prepare_views(
-            student_logits, teacher_logits, targets
-        )
+    def view_terms(self, views: TwoViews) -> dict[str, Tensor]:
+        sw, ss, tw, ts, ce_weak, ce_strong = views
 
         def over_temperatures(fn, s: Tensor, t: Tensor) -> Tensor:
             return torch.stack([fn(s, t, temp) for temp in self.temperatures]).sum()

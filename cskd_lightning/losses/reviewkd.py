@@ -10,7 +10,7 @@ from cskd_lightning.errors import InputError
 from cskd_lightning.features import Features
 from cskd_lightning.losses.base import check_count, check_weight
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
-from cskd_lightning.losses.functional import cross_entropy, hcl_loss
+from cskd_lightning.losses.feature_functional import hcl_loss
 
 __all__ = ["ABF", "ReviewKDLoss"]
 
@@ -66,7 +66,8 @@ class ReviewKDLoss(FeatureDistillationLoss):
     teacher levels: ``preact_feats[1:]`` (the stage outputs before their last ReLU) and the
     pooled feature. From the deepest level up, an :class:`ABF` per level maps the student level
     to the teacher level's channels and side, fusing the residual of the level below;
-    :func:`~cskd_lightning.losses.functional.hcl_loss` compares the outputs with the teacher's.
+    :func:`~cskd_lightning.losses.feature_functional.hcl_loss` compares the outputs with the
+    teacher's.
     The ABFs are sized in :meth:`setup_features` from the real shapes (channels and sides of each
     level: mdistiller's per-pair ``IN_CHANNELS``, ``OUT_CHANNELS``, ``SHAPES``, ``OUT_SHAPES``),
     middle width ``min(max_mid_channel, channels of the deepest student level)``. Warm-up
@@ -110,7 +111,8 @@ class ReviewKDLoss(FeatureDistillationLoss):
             raise InputError(
                 f"ReviewKD pairs the student's and the teacher's levels one to one, but the "
                 f"student has {len(xs)} and the teacher {len(ts)} (stage layers after the "
-                "first, plus the pooled feature). Name as many stages for both in the pair."
+                "first, plus the pooled feature). Name as many stages for both models (the "
+                "features= layer maps)."
             )
         mid = min(self.max_mid_channel, xs[-1].shape[1])
         self.shapes = [int(x.shape[-1]) for x in xs]
@@ -126,14 +128,7 @@ class ReviewKDLoss(FeatureDistillationLoss):
             return 1.0
         return min((self.progress.epoch + 1) / self.warmup_epochs, 1.0)
 
-    def forward(
-        self,
-        student_logits: Tensor,
-        teacher_logits: Tensor,
-        targets: Tensor,
-        features: FeatureBatch,
-    ) -> dict[str, Tensor]:
-        ce = cross_entropy(student_logits, targets)
+    def feature_loss(self, features: FeatureBatch) -> tuple[Tensor, dict[str, Tensor]]:
         xs = self._levels(features.student, self.student_features[0])
         ts = self._levels(features.teacher, "preact_feats")
         results: list[Tensor] = []
@@ -145,9 +140,5 @@ class ReviewKDLoss(FeatureDistillationLoss):
             results.insert(0, out)
         term = hcl_loss(results, [t.detach() for t in ts])
         factor = self.warmup_factor()
-        return {
-            "loss": self.ce_weight * ce + self.reviewkd_weight * factor * term,
-            "ce": ce,
-            "reviewkd": term,
-            "reviewkd_warmup": torch.tensor(factor, dtype=ce.dtype, device=ce.device),
-        }
+        warmup = torch.tensor(factor, dtype=term.dtype, device=term.device)
+        return self.reviewkd_weight * factor * term, {"reviewkd": term, "reviewkd_warmup": warmup}

@@ -8,7 +8,7 @@ from typing import NamedTuple
 from torch import Tensor
 
 from cskd_lightning.errors import InputError
-from cskd_lightning.losses.base import DistillationLoss
+from cskd_lightning.losses.base import DistillationLoss, check_weight
 from cskd_lightning.losses.distributed import gather_batch
 from cskd_lightning.losses.functional import cross_entropy
 
@@ -24,7 +24,9 @@ def split_views(logits: Sequence[Tensor], owner: str, role: str) -> tuple[Tensor
     if len(logits) != 2 or any(view.dim() != 2 for view in logits):
         raise InputError(
             f"{owner} is a two-view loss: {role} must be a (weak, strong) pair of (B, C) logits. "
-            "Train with data.datamodule.two_view=true (the module then passes both views)."
+            "Train with a datamodule in two-view mode, two_view=True (the module then passes "
+            "both views).",
+            key="two_view",
         )
     weak, strong = logits
     if weak.shape != strong.shape:
@@ -53,6 +55,15 @@ class TwoViewLoss(DistillationLoss):
     batch_level = True
     gather: bool = True
 
+    def set_weights(
+        self, ce_weight: float, kd_weight: float, weak_weight: float, gather: bool
+    ) -> None:
+        """Check and set the weights both two-view losses take, and ``gather``."""
+        self.ce_weight = check_weight("ce_weight", ce_weight)
+        self.kd_weight = check_weight("kd_weight", kd_weight)
+        self.weak_weight = check_weight("weak_weight", weak_weight)
+        self.gather = bool(gather)
+
     def prepare_views(
         self,
         student_logits: Sequence[Tensor],
@@ -67,3 +78,17 @@ class TwoViewLoss(DistillationLoss):
         if self.gather:
             sw, ss, tw, ts = (gather_batch(z, self.gather_same_size) for z in (sw, ss, tw, ts))
         return TwoViews(sw, ss, tw, ts, ce_weak, ce_strong)
+
+    def forward(
+        self,
+        student_logits: Sequence[Tensor],
+        teacher_logits: Sequence[Tensor],
+        targets: Tensor,
+    ) -> dict[str, Tensor]:
+        """The terms of :meth:`view_terms` on :meth:`prepare_views` of the ``(weak, strong)``
+        pairs of ``(B, C)`` logits."""
+        return self.view_terms(self.prepare_views(student_logits, teacher_logits, targets))
+
+    def view_terms(self, views: TwoViews) -> dict[str, Tensor]:
+        """The loss's terms (``"loss"`` and named terms) from both views' logits and CE."""
+        raise NotImplementedError

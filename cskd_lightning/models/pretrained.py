@@ -54,7 +54,7 @@ class Pretrained(nn.Module):
         self.model = create_model(
             name, num_classes=num_classes, in_channels=in_channels, **(model_kwargs or {})
         )
-        load_weights(self.model, path, trust=trust_checkpoint)
+        load_weights(self.model, path, trust_checkpoint, "Pretrained(trust_checkpoint=True)")
 
     def forward(self, x: Tensor) -> Any:
         return self.model(x)

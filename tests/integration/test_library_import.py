@@ -56,8 +56,18 @@ def _filters_after(statement: str) -> list[str]:
 
 
 def test_imported_first_the_library_sets_only_its_dependencies_filters() -> None:
-    """In a fresh process, ``import cskd_lightning`` alone leaves exactly the warning filters
-    that importing its dependencies (Lightning, torchmetrics, torchvision) leaves."""
-    library = _filters_after("import cskd_lightning")
+    """In a fresh process, the library and its public names (which import Lightning) leave
+    exactly the warning filters that importing its dependencies (Lightning, torchmetrics,
+    torchvision) leaves; ``import cskd_lightning`` alone imports none of them, nor torch's
+    compiler stack (the names are imported on first use)."""
+    names = "; ".join(f"cskd_lightning.{name}" for name in ("DistillationModule", "distill"))
+    library = _filters_after(f"import cskd_lightning; {names}; cskd_lightning.load_student")
     dependencies = _filters_after("import lightning, torchmetrics, torchvision")
     assert library == dependencies
+    heavy = ("lightning", "torchmetrics", "torchvision", "sympy", "scipy", "torch._inductor")
+    probe = f"import sys, cskd_lightning.losses\nprint([m for m in {heavy!r} if m in sys.modules])"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "[]"

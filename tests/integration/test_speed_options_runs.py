@@ -34,7 +34,8 @@ def test_compile_models_trains_and_keeps_the_state_dict(tmp_path):
     assert not torch.equal(before, student.classifier.weight)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert list(module.state_dict()) == keys
-    assert set(module.__dict__["_compiled_models"]) == {"student", "teacher", "loss"}
+    # nn.Module.compile: each model's __call__ runs its compiled forward
+    assert all(m._compiled_call_impl is not None for m in (student, teacher, module.loss))
     fresh = DistillationModule(*_models(), CSKDLoss())
     fresh.load_state_dict(module.state_dict())  # loadable without compile
 

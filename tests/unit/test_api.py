@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 import cskd_lightning
 from cskd_lightning import CSKDLoss, KDLoss, distill
-from cskd_lightning.api import METHODS, make_loss
+from cskd_lightning.api import make_loss, methods
 from cskd_lightning.data import DigitsDataModule
 from cskd_lightning.errors import InputError
 from cskd_lightning.models import create_model
@@ -23,18 +23,27 @@ CONF = Path(cskd_lightning.__file__).resolve().parent.parent / "conf" / "distill
 def test_every_distill_config_is_a_method_with_the_same_loss(path: Path, tmp_path: Path) -> None:
     composed = compose_train([f"distill={path.stem}"], tmp_path)  # *_ls inherit from their base
     cfg = OmegaConf.to_container(composed.distill, resolve=True)
-    cls, kwargs = METHODS[cfg["name"]]
+    cls, kwargs = methods()[cfg["name"]]
     loss_cfg = dict(cfg["loss"])
     assert f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}" == loss_cfg.pop("_target_")
     assert kwargs == loss_cfg
     # The data configs give two views exactly when the loss trains on two.
     assert composed.data.datamodule.two_view is (cls(**kwargs).num_views == 2)
-    assert set(METHODS) == {p.stem for p in CONF.glob("*.yaml")}
+    assert set(methods()) == {p.stem for p in CONF.glob("*.yaml")}
 
 
 def test_make_loss_takes_overrides_and_names_the_methods() -> None:
     loss = make_loss("cskd_cswt", t_high=8.0)
     assert isinstance(loss, CSKDLoss) and loss.t_high == 8.0 and loss.cswt
+    # The published settings, written here (the paper's and mdistiller's), read from the configs:
+    # CSWT in [2, 6] around T = 4; KD 0.1 CE + 0.9 KD at T = 4; DKD beta 8 without a pair; the
+    # *_ls variants inherit their base's other settings.
+    cswt = make_loss("cskd_cswt")
+    assert (cswt.t_low, cswt.t_high, cswt.temperature) == (2.0, 6.0, 4.0)
+    kd = make_loss("kd")
+    assert isinstance(kd, KDLoss) and (kd.temperature, kd.ce_weight, kd.kd_weight) == (4, 0.1, 0.9)
+    assert make_loss("dkd").beta == 8.0 and make_loss("dkd_ls").logit_standardization
+    assert make_loss("kd_ls").ce_weight == 0.1
     with pytest.raises(InputError, match="Unknown method 'cskdd'.*cskd_cswt"):
         make_loss("cskdd")
 
@@ -85,7 +94,7 @@ def test_an_untrained_teacher_is_warned_about_and_a_trained_one_is_not() -> None
     import warnings
 
     from cskd_lightning import train_teacher
-    from cskd_lightning.module import untrained_threshold
+    from cskd_lightning.teacher_accuracy import untrained_threshold
 
     assert untrained_threshold(10) == pytest.approx(0.2)
     assert untrained_threshold(100) == pytest.approx(0.06)

@@ -253,7 +253,7 @@ def test_reviewkd_sizes_its_fusion_from_the_real_shapes_and_warms_up() -> None:
 
 
 def test_rkd_term_is_the_functional_on_the_pooled_features() -> None:
-    from cskd_lightning.losses.functional import rkd_loss
+    from cskd_lightning.losses.feature_functional import rkd_loss
 
     f_s, f_t = torch.randn(5, 4), torch.randn(5, 6)
     loss = RKDLoss()
@@ -305,7 +305,7 @@ def test_every_feature_config_has_mdistillers_settings(method: str, tmp_path) ->
     import torch.nn.functional as F
     from app_helpers import compose_train
 
-    from cskd_lightning.losses import functional as fn
+    from cskd_lightning.losses import feature_functional as fn
 
     loss = hydra.utils.instantiate(compose_train([f"distill={method}"], tmp_path).distill.loss)
     features, zs, zt, y = _feature_case()
@@ -350,7 +350,7 @@ def test_load_from_checkpoint_loads_the_student_of_a_feature_run(tmp_path) -> No
 
 def test_compile_models_is_refused_for_a_feature_loss() -> None:
     student, teacher = _models()
-    with pytest.raises(InputError, match="compile_models=false"):
+    with pytest.raises(InputError, match=r"compile_models=False\)"):
         DistillationModule(student, teacher, ATLoss(), features=DIGITS, compile_models=True)
 
 

@@ -13,15 +13,8 @@ import math
 import pytest
 import torch
 
-from cskd_lightning.losses.functional import (
-    at_loss,
-    hcl_loss,
-    kd_loss,
-    pkt_loss,
-    rkd_loss,
-    sp_loss,
-    wttm_loss,
-)
+from cskd_lightning.losses.feature_functional import at_loss, hcl_loss, pkt_loss, rkd_loss, sp_loss
+from cskd_lightning.losses.functional import kd_loss, wttm_loss
 
 F64 = torch.float64
 

@@ -19,9 +19,9 @@ from cskd_lightning.data import DeviceDataModule, DigitsDataModule
 from cskd_lightning.data.device import SampleBatch, batch_rand_augment
 from cskd_lightning.data.sample_random import SampleRandom, hash32, hash32_int
 from cskd_lightning.errors import InputError
-from cskd_lightning.logit_cache import (
+from cskd_lightning.logit_cache import TeacherLogitCache
+from cskd_lightning.logit_store import (
     LogitFile,
-    TeacherLogitCache,
     cache_size_bytes,
     index_dtype,
     topk_compress,
@@ -247,8 +247,25 @@ def test_topk_indices_are_int16_up_to_32767_classes(tmp_path: Path):
 
 @pytest.mark.parametrize("k", [0, -2, 2.5, "ten", True, None])
 def test_a_bad_k_is_refused(tmp_path: Path, k):
-    with pytest.raises(InputError, match="teacher.logit_cache_topk="):
+    with pytest.raises(InputError, match=r"TeacherLogitCache\(topk=") as info:
         TeacherLogitCache(tmp_path, dtype="topk", topk=k)
+    assert info.value.key == "topk"
+
+
+def test_the_library_names_the_argument_and_config_keys_adds_the_applications_key(tmp_path):
+    from cskd_lightning.errors import config_keys
+
+    keys = {"dtype": "teacher.logit_cache_dtype"}
+    with pytest.raises(InputError) as info, config_keys(keys):
+        TeacherLogitCache(tmp_path, dtype="float8")
+    assert str(info.value) == (
+        "TeacherLogitCache(dtype='float8'): choose one of float32, float16, topk. "
+        "(config: teacher.logit_cache_dtype)"
+    )
+    assert info.value.key == "teacher.logit_cache_dtype"
+    with pytest.raises(InputError) as info, config_keys(keys):  # another argument: as raised
+        TeacherLogitCache(tmp_path, dtype="topk", topk=0)
+    assert info.value.key == "topk" and "(config:" not in str(info.value)
 
 
 def test_k_of_every_class_is_refused_before_the_teacher_trains(tmp_path, capsys):
@@ -262,7 +279,8 @@ def test_k_of_every_class_is_refused_before_the_teacher_trains(tmp_path, capsys)
         tmp_path,
     )
     line = user_error(cfg, capsys)
-    assert "teacher.logit_cache_topk=10 keeps every class" in line and "< 10" in line
+    assert "TeacherLogitCache(topk=10) keeps every class" in line and "< 10" in line
+    assert line.endswith("(config: teacher.logit_cache_topk)")
     assert not (tmp_path / "cache" / "teachers").exists()
 
 

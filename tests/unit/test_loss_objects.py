@@ -155,7 +155,7 @@ def test_forward_views_is_the_loss_on_its_views(cls, batch):
 def test_forward_views_refuses_another_view_count(cls, batch):
     zs, zt, y = batch
     count = 1 if cls in TWO_VIEW else 2
-    with pytest.raises(InputError, match=rf"{cls.__name__} takes .*two_view=true"):
+    with pytest.raises(InputError, match=rf"{cls.__name__} takes .*two_view=True"):
         cls().forward_views([zs] * count, None if cls is CELoss else [zt] * count, y)
 
 
@@ -164,7 +164,7 @@ def test_a_two_view_loss_called_with_one_tensor_says_so(cls, batch):
     """A ``(B, C)`` tensor is not a (weak, strong) pair, also when it has two rows."""
     zs, zt, y = batch
     for rows in (8, 2):
-        with pytest.raises(InputError, match="two-view loss.*two_view=true"):
+        with pytest.raises(InputError, match="two-view loss.*two_view=True"):
             cls()(zs[:rows], zt[:rows], y[:rows])
 
 

@@ -466,7 +466,7 @@ def test_two_view_losses_train_both_views_and_handle_edges(loss_cls) -> None:
         for grad in (sw.grad, ss.grad):
             assert grad is not None and torch.isfinite(grad).all()
             assert grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="two_view=true"):
+    with pytest.raises(ValueError, match="two_view=True"):
         loss_cls()(sw, tw, y)
 
 

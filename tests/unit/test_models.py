@@ -447,3 +447,23 @@ def test_pretrained_weights_replace_head_without_download(monkeypatch) -> None:
     assert torch.equal(model.conv1.weight, reference.conv1.weight)
     same = create_model("resnet18", num_classes=1000, weights="IMAGENET1K_V1").eval()
     assert torch.equal(same.fc.weight, reference.fc.weight)
+
+
+class _Extra:
+    """Any object beyond tensors: loading it needs full unpickling."""
+
+
+def test_pretrained_names_its_own_argument_for_a_file_that_needs_full_unpickling(tmp_path):
+    from cskd_lightning.checkpoints import CheckpointError, load_weights
+    from cskd_lightning.models import Pretrained
+
+    model = create_model("digits_student", num_classes=10, in_channels=1)
+    path = tmp_path / "pickle.pth"
+    torch.save({"state_dict": model.state_dict(), "extra": _Extra()}, path)
+    with pytest.raises(CheckpointError, match=r"pass Pretrained\(trust_checkpoint=True\)\.$"):
+        Pretrained("digits_student", path, num_classes=10, in_channels=1)
+    with pytest.raises(
+        CheckpointError, match=r"could run code\. If you trust the file, pass trust=True\.$"
+    ):
+        load_weights(model, path)
+    assert Pretrained("digits_student", path, 10, 1, trust_checkpoint=True).num_classes == 10

@@ -150,15 +150,15 @@ def test_deferred_label_check_keeps_the_range_on_the_device_until_the_epochs_che
     module.on_train_epoch_start()
     x = torch.randn(8, 1, 8, 8)
     good, bad = torch.arange(8) % 10, torch.tensor([0, 1, 2, 12, 3, 4, 5, 6])
-    module._defer_now = True  # what training_step sets after an epoch's first step
+    module.checks.deferred = True  # what training_step sets after an epoch's first step
     module.compute_loss((x, good))
     module.compute_loss((x, bad))  # no error yet: nothing was read
     module.compute_loss((x, good))
-    module._defer_now = False
+    module.checks.deferred = False
     with pytest.raises(ValueError, match=r"Labels out of range: found labels in \[0, 12\]"):
-        module._read_deferred_checks()
+        module.read_deferred_checks()
     module.compute_loss((x, good))  # the range was consumed; a clean epoch reads nothing bad
-    module._read_deferred_checks()
+    module.read_deferred_checks()
 
 
 def test_deferred_non_finite_check_raises_at_the_epochs_end() -> None:
