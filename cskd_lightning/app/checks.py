@@ -13,7 +13,8 @@ import inspect
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,57 @@ def import_object(path: str) -> Any:
     if not module_name:
         raise ValueError(f"{path!r} is not a dotted path")
     return getattr(importlib.import_module(module_name), name)
+
+
+@dataclass
+class Inputs:
+    """What a run is built from, checked."""
+
+    loggers: list[Any]
+    datamodule: Any
+    loss: Any
+    features: dict[str, Any] | None
+    teacher: tuple[Any, Path | None]
+    logit_cache: Any
+    trainer: Any
+
+
+def check_inputs(
+    cfg: DictConfig,
+    make_trainer: Callable[[list[Any], list[Any]], Any],
+    build: Callable[[str, Any, Callable[[], Any]], Any] | None = None,
+) -> Inputs:
+    """Build and check what ``cfg`` describes, before anything is written or trained: the
+    loggers, the module class, the data (loaded once), the loss, the models and the teacher's
+    weights, class counts, batch sizes and feature layers, the teacher-logit cache, the
+    accelerator, the process count and the teacher cache directory.
+
+    ``make_trainer(loggers, callbacks)`` builds the trainer; ``build(what, node, make)`` may
+    share what is built from the same config ``node`` between the jobs of a sweep."""
+    from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher
+
+    build = build or (lambda what, node, make: make())
+    loggers = build_loggers(cfg)
+    check_module_class(cfg)
+    data, models = cfg.data.datamodule, cfg.pair
+    datamodule = build("data", data, lambda: hydra.utils.instantiate(data))
+    loss = hydra.utils.instantiate(cfg.distill.loss)
+    check_batch_for_loss(cfg, loss)
+    student = build(
+        "student", models.student.model, lambda: hydra.utils.instantiate(models.student.model)
+    )
+    check_class_counts(cfg, datamodule, student)
+    features = feature_layers(cfg, loss)  # a feature method: the pair's layers, checked
+    teacher_node = [models.teacher.model, cfg.teacher.get("ckpt_path")]
+    teacher = build("teacher", teacher_node, lambda: build_teacher(cfg))
+    logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
+    check_accelerator(cfg)
+    trainer = make_trainer(loggers, [logit_cache] if logit_cache is not None else [])
+    check_per_process_batch(cfg, loss, trainer.world_size)
+    check_world_size(datamodule, trainer.world_size)
+    build("loaded", data, lambda: check_data(datamodule) or True)
+    check_cache_dir(cfg)
+    return Inputs(loggers, datamodule, loss, features, teacher, logit_cache, trainer)
 
 
 # --------------------------------------------------------------------------- output dir
