@@ -88,7 +88,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = DistillationModule(student, None, CELoss())
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
-    write_json(run_dir / "eval" / "metrics.json", {"checkpoint": str(ckpt), **metrics})
+    write_json(run_dir / files.EVAL_METRICS, {"checkpoint": str(ckpt), **metrics})
     print_eval_table(run_cfg.pair.student.model.name, ckpt, metrics)
     return metrics
 

@@ -80,14 +80,14 @@ def write_run_config(cfg: DictConfig, output_dir: Path) -> None:
         files[output_dir / run_dir.HYDRA_CONFIG] = OmegaConf.to_yaml(cfg)
         files[output_dir / ".hydra" / "hydra.yaml"] = OmegaConf.to_yaml({"hydra": hydra_cfg})
         overrides = OmegaConf.create(list(hydra_cfg.overrides.task))
-        files[output_dir / ".hydra" / "overrides.yaml"] = OmegaConf.to_yaml(overrides)
+        files[output_dir / run_dir.OVERRIDES] = OmegaConf.to_yaml(overrides)
     for path, text in files.items():
         write_text_atomically(path, text)
 
 
 def task_overrides(output_dir: Path) -> list[str]:
     """The run's command-line overrides, as first given (``.hydra/overrides.yaml``)."""
-    path = output_dir / ".hydra" / "overrides.yaml"
+    path = output_dir / run_dir.OVERRIDES
     if path.is_file():
         return [str(o) for o in OmegaConf.load(path)]
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []

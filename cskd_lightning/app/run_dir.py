@@ -27,10 +27,12 @@ __all__ = [
     "CLASS_COSINE_CSV",
     "CONFIG",
     "ERROR",
+    "EVAL_METRICS",
     "EXIT",
     "HYDRA_CONFIG",
     "METRICS_FILE",
     "NOT_A_RESULT",
+    "OVERRIDES",
     "PREVIOUS_ERROR",
     "STUDENT",
     "SUMMARY",
@@ -46,6 +48,10 @@ CONFIG = "config.yaml"
 """The resolved config, written once the run's checks pass."""
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 """Hydra's own copy of the composed (unresolved) config."""
+OVERRIDES = Path(".hydra") / "overrides.yaml"
+"""The run's command-line overrides, as first given."""
+EVAL_METRICS = Path("eval") / "metrics.json"
+"""``cskd-eval``'s test metrics."""
 SUMMARY = "summary.json"
 """What was trained, how it scored, where the files are: written at the end of a run."""
 STUDENT = "student.pt"
