@@ -125,32 +125,24 @@ def _run_teacher(
     """The teacher's test accuracy, after training it with the pair's teacher recipe and seed
     when ``train``. A trainer like the run's, without checkpoints; only a training writes a log
     (``<output_dir>/metrics.csv``)."""
-    recipe = cfg.pair.teacher.recipe
+    recipe, schedule = cfg.pair.teacher.recipe, {}
     if train:
         L.seed_everything(teacher_seed(cfg), workers=True)
-        module = DistillationModule(
-            teacher,
-            None,
-            CELoss(),
-            optimizer=optional_instantiate(recipe.get("optimizer")),
-            scheduler=optional_instantiate(recipe.get("scheduler")),
-        )
-    else:
-        module = DistillationModule(teacher, None, CELoss())
-    callbacks = [
+        schedule = {k: optional_instantiate(recipe.get(k)) for k in ("optimizer", "scheduler")}
+    module = DistillationModule(teacher, None, CELoss(), **schedule)
+    progress = [
         c
         for c in instantiate_group(cfg.get("callbacks"))
         if type(c).__name__.endswith("ProgressBar") or isinstance(c, ProgressLog)
     ]
-    overrides: dict[str, Any] = {
-        "callbacks": callbacks,
-        "logger": RunCSVLogger(output_dir) if train else False,
-        "enable_checkpointing": False,
-        "default_root_dir": str(output_dir),
-    }
-    if train:
-        overrides["max_epochs"] = recipe.max_epochs
-    trainer = hydra.utils.instantiate(cfg.trainer, **overrides)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=progress,
+        logger=RunCSVLogger(output_dir) if train else False,
+        enable_checkpointing=False,
+        default_root_dir=str(output_dir),
+        **({"max_epochs": recipe.max_epochs} if train else {}),
+    )
     if train:
         trainer.fit(module, datamodule=datamodule)
     results = trainer.test(module, datamodule=datamodule, verbose=False)
