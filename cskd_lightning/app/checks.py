@@ -1,37 +1,101 @@
 """Checks run before anything is trained or written, so a bad input fails in one clear line.
 
 Each raises an :class:`~cskd_lightning.errors.InputError` saying what is wrong, where (the
-config key) and how to fix it; ``cskd-train`` prints it as ``Error: <message>`` without a
-traceback. ``docs/errors.md`` lists them all.
+config key) and how to fix it; ``docs/errors.md`` lists them all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
+import importlib
+import inspect
 import os
 import re
-import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.errors import InstantiationException
 from hydra.experimental.callback import Callback as HydraCallback
+from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from cskd_lightning.app.exit import exit_with_error
 from cskd_lightning.errors import InputError, UnwritablePathError
+
+TUNE_ON_TEST_FLAG = "tune_on_test_set=true"
+
+
+def import_object(path: str) -> Any:
+    """The object ``package.module.Name`` names; ``ImportError``/``AttributeError`` as raised,
+    ``ValueError`` for a path without a module."""
+    module_name, _, name = path.rpartition(".")
+    if not module_name:
+        raise ValueError(f"{path!r} is not a dotted path")
+    return getattr(importlib.import_module(module_name), name)
+
+
+@dataclass
+class Inputs:
+    """What a run is built from, checked."""
+
+    loggers: list[Any]
+    datamodule: Any
+    loss: Any
+    features: dict[str, Any] | None
+    teacher: tuple[Any, Path | None]
+    logit_cache: Any
+    trainer: Any
+
+
+def check_inputs(
+    cfg: DictConfig,
+    make_trainer: Callable[[list[Any], list[Any]], Any],
+    build: Callable[[str, Any, Callable[[], Any]], Any] | None = None,
+) -> Inputs:
+    """Build and check what ``cfg`` describes, before anything is written or trained: the
+    loggers, the module class, the data (loaded once), the loss, the models and the teacher's
+    weights, class counts, batch sizes and feature layers, the teacher-logit cache, the
+    accelerator, the process count and the teacher cache directory.
+
+    ``make_trainer(loggers, callbacks)`` builds the trainer; ``build(what, node, make)`` may
+    share what is built from the same config ``node`` between the jobs of a sweep."""
+    from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher
+
+    build = build or (lambda what, node, make: make())
+    loggers = build_loggers(cfg)
+    check_module_class(cfg)
+    data, models = cfg.data.datamodule, cfg.pair
+    datamodule = build("data", data, lambda: hydra.utils.instantiate(data))
+    loss = hydra.utils.instantiate(cfg.distill.loss)
+    check_batch_for_loss(cfg, loss)
+    student = build(
+        "student", models.student.model, lambda: hydra.utils.instantiate(models.student.model)
+    )
+    check_class_counts(cfg, datamodule, student)
+    features = feature_layers(cfg, loss)  # a feature method: the pair's layers, checked
+    teacher_node = [models.teacher.model, cfg.teacher.get("ckpt_path")]
+    teacher = build("teacher", teacher_node, lambda: build_teacher(cfg))
+    logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
+    check_accelerator(cfg)
+    trainer = make_trainer(loggers, [logit_cache] if logit_cache is not None else [])
+    check_per_process_batch(cfg, loss, trainer.world_size)
+    check_world_size(datamodule, trainer.world_size)
+    build("loaded", data, lambda: check_data(datamodule) or True)
+    check_cache_dir(cfg)
+    return Inputs(loggers, datamodule, loss, features, teacher, logit_cache, trainer)
 
 
 # --------------------------------------------------------------------------- output dir
 def output_dir_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be used as a run directory (``None`` if it can), without creating it.
-
-    Walks up to the nearest existing ancestor: it must be a writable directory.
-    """
-    path = Path(os.path.abspath(path))
-    probe = path
+    """Why ``path`` cannot be a run directory (``None`` if it can), without creating it: its
+    nearest existing ancestor must be a writable directory."""
+    probe = Path(os.path.abspath(path))
     while not probe.exists():
         if probe.parent == probe:
             return f"none of its parent directories exist ({probe})"
@@ -50,14 +114,12 @@ def _dir_error(path: Path, problem: str, key: str) -> UnwritablePathError:
     )
 
 
-_created_dirs: list[Path] = []
-"""The directories :func:`check_output_dir` created (deepest first), for
-:func:`remove_created_dirs`."""
+_created_dirs: list[Path] = []  # made for this command (deepest first): removed if it fails
 
 
 def remove_created_dirs() -> None:
-    """Remove the directories :func:`check_output_dir` created, if still empty: a command that
-    fails its checks leaves no empty run directory behind."""
+    """Remove the directories this command created, if still empty: a command that fails its
+    checks leaves no empty run directory behind."""
     while _created_dirs:
         try:
             _created_dirs.pop(0).rmdir()
@@ -66,8 +128,8 @@ def remove_created_dirs() -> None:
 
 
 def note_missing_dirs(path: Path) -> None:
-    """Remember the directories of ``path`` that do not exist yet (about to be created by
-    Hydra or :func:`check_output_dir`), for :func:`remove_created_dirs`."""
+    """Remember the directories of ``path`` that do not exist yet, for
+    :func:`remove_created_dirs`."""
     missing, probe = [], Path(os.path.abspath(path))
     while not probe.exists():
         missing.append(probe)
@@ -77,8 +139,7 @@ def note_missing_dirs(path: Path) -> None:
 
 
 def check_output_dir(path: Path, key: str = "hydra.run.dir") -> None:
-    """Create ``path`` if needed and prove it writable (a temporary file); else PermissionError.
-    The directories it creates are remembered (:func:`remove_created_dirs`)."""
+    """Create ``path`` if needed and prove it writable (a temporary file)."""
     problem = output_dir_problem(path)
     if problem is None:
         note_missing_dirs(path)
@@ -105,15 +166,10 @@ class OutputDirCheck(HydraCallback):
             return
         path = Path(str(value))
         problem = output_dir_problem(path)
-        if problem is None:
-            if key == "hydra.run.dir":
-                note_missing_dirs(path)  # Hydra creates it next; removed if the checks fail
-            return
-        err = _dir_error(path, problem, key)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise err
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(1)
+        if problem is not None:
+            exit_with_error(_dir_error(path, problem, key))
+        if key == "hydra.run.dir":
+            note_missing_dirs(path)  # Hydra creates it next; removed if the checks fail
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
@@ -149,74 +205,57 @@ def config_errors() -> Iterator[None]:
 def _known_instantiation_mistake(
     err: InstantiationException, cause: BaseException | None, key: str | None
 ) -> InputError | None:
-    """The user's mistakes behind a Hydra ``InstantiationException``, as one line with the fix:
-    a ``_target_`` that cannot be imported (own code without ``PYTHONPATH=.``, a misspelt
-    path) and an argument the target does not take (a misspelt key added with ``+``)."""
-    import difflib
-    import inspect
-
+    """A ``_target_`` that cannot be imported (own code without ``PYTHONPATH=.``, a misspelt
+    path) or an argument the target does not take (a misspelt key added with ``+``)."""
     node = key or "the config"
     located = re.search(r"Error locating target '([^']+)'", str(err))
     if located:
-        target = located.group(1)
         reason = cause
         while reason is not None and reason.__cause__ is not None:
             reason = reason.__cause__
         why = f" ({reason})" if reason is not None else ""
         return InputError(
-            f"{node}._target_={target} cannot be imported{why}. If it is your own code in the "
-            "current directory, run the command with PYTHONPATH=. in front (the installed "
+            f"{node}._target_={located.group(1)} cannot be imported{why}. If it is your own code "
+            "in the current directory, run the command with PYTHONPATH=. in front (the installed "
             "command does not import from the current directory); else check the path's "
             "spelling or install its package.",
             key=f"{node}._target_",
         )
     unexpected = re.search(r"unexpected keyword argument '([^']+)'", str(cause or ""))
     called = re.search(r"Error in call to target '([^']+)'", str(err))
-    if unexpected and called:
-        name, target = unexpected.group(1), called.group(1)
-        accepted: list[str] = []
-        try:
-            from hydra.utils import get_object
-
-            params = inspect.signature(get_object(target)).parameters.values()
-            accepted = [
-                p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            ]
-        except (ImportError, ValueError, TypeError):
-            pass
-        close = difflib.get_close_matches(name, accepted, n=1)
-        hint = f"Did you mean {node}.{close[0]}? " if close else ""
-        listed = f" It takes: {', '.join(accepted)}." if accepted else ""
-        return InputError(
-            f"{node}.{name}: {target.rsplit('.', 1)[-1]} takes no argument {name!r}. {hint}"
-            f"Remove the override (+{node}.{name}=...) or fix its spelling.{listed}",
-            key=f"{node}.{name}",
-        )
-    return None
+    if not (unexpected and called):
+        return None
+    name, target = unexpected.group(1), called.group(1)
+    try:
+        params = inspect.signature(get_object(target)).parameters.values()
+        accepted = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    except (ImportError, ValueError, TypeError):
+        accepted = []
+    close = difflib.get_close_matches(name, accepted, n=1)
+    hint = f"Did you mean {node}.{close[0]}? " if close else ""
+    listed = f" It takes: {', '.join(accepted)}." if accepted else ""
+    return InputError(
+        f"{node}.{name}: {target.rsplit('.', 1)[-1]} takes no argument {name!r}. {hint}"
+        f"Remove the override (+{node}.{name}=...) or fix its spelling.{listed}",
+        key=f"{node}.{name}",
+    )
 
 
-# --------------------------------------------------------------------------- class counts
-def _declared_classes(model_cfg: DictConfig) -> int | None:
-    value = model_cfg.get("num_classes") if isinstance(model_cfg, DictConfig) else None
-    return int(value) if isinstance(value, int) else None
-
-
+# --------------------------------------------------------------------------- models and loss
 def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
-    """``data.num_classes``, the datamodule's, the teacher's and the student's must agree.
-
-    The student is a built model (its real output size); the teacher's count is read from its
-    config (``pair.teacher.model.num_classes``) so that nothing is trained before the check.
-    """
+    """``data.num_classes``, the datamodule's, the teacher's (from its config: nothing is
+    trained before the check) and the built student's must agree."""
     from cskd_lightning.module import infer_num_classes
 
-    counts: dict[str, int | None] = {
+    teacher = cfg.pair.teacher.model.get("num_classes")
+    counts = {
         "data.num_classes": int(cfg.data.num_classes),
         f"the datamodule ({type(datamodule).__name__}).num_classes": getattr(
             datamodule, "num_classes", None
         )
         or None,
         f"the teacher (pair.teacher.model: {cfg.pair.teacher.model.get('name')})": (
-            _declared_classes(cfg.pair.teacher.model)
+            teacher if isinstance(teacher, int) else None
         ),
         f"the student (pair.student.model: {cfg.pair.student.model.get('name')})": (
             infer_num_classes(student)
@@ -232,20 +271,18 @@ def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
         )
 
 
-# --------------------------------------------------------------------------- batch size
 def _batch_level_error(loss: Any, where: str, cfg: DictConfig) -> InputError:
-    name = type(loss).__name__
     return InputError(
-        f"{where}, but {name} (distill={cfg.distill.get('name')}) has batch-level terms "
-        "(batch_level=True): it compares predictions across the samples of a batch, and with "
-        "one sample per batch those terms are constant and teach nothing. Use "
+        f"{where}, but {type(loss).__name__} (distill={cfg.distill.get('name')}) has batch-level "
+        "terms (batch_level=True): it compares predictions across the samples of a batch, and "
+        "with one sample per batch those terms are constant and teach nothing. Use "
         "data.datamodule.batch_size=2 or more (the recipes use 64), or a per-sample method "
         "such as distill=kd."
     )
 
 
 def check_batch_for_loss(cfg: DictConfig, loss: Any) -> None:
-    """A batch-level loss needs a global batch of at least 2 samples (checked before training)."""
+    """A batch-level loss needs a global batch of at least 2 samples."""
     if getattr(loss, "batch_level", False) and int(cfg.data.datamodule.batch_size) < 2:
         raise _batch_level_error(loss, "data.datamodule.batch_size=1", cfg)
 
@@ -253,24 +290,19 @@ def check_batch_for_loss(cfg: DictConfig, loss: Any) -> None:
 def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int) -> None:
     """Without gathering (``gather=false``) each process's own batch must hold 2 samples."""
     batch = int(cfg.data.datamodule.batch_size)
-    if (
-        getattr(loss, "batch_level", False)
-        and not getattr(loss, "gather", True)
-        and world_size > 1
-        and batch // world_size < 2
-    ):
-        raise _batch_level_error(
-            loss,
-            f"data.datamodule.batch_size={batch} over {world_size} processes is "
-            f"{batch // world_size} sample per process and distill.loss.gather=false",
-            cfg,
-        )
+    if getattr(loss, "batch_level", False) and not getattr(loss, "gather", True):
+        if world_size > 1 and batch // world_size < 2:
+            raise _batch_level_error(
+                loss,
+                f"data.datamodule.batch_size={batch} over {world_size} processes is "
+                f"{batch // world_size} sample per process and distill.loss.gather=false",
+                cfg,
+            )
 
 
-# --------------------------------------------------------------------------- features
 def feature_layers(cfg: DictConfig, loss: Any) -> dict[str, Any] | None:
     """The pair's ``features`` block for a feature loss (``None`` for a logit loss), checked
-    against the roles the loss declares and the models' submodule names, before training."""
+    against the roles the loss declares and the models' submodule names."""
     from cskd_lightning.features import FeatureHooks, check_feature_map
     from cskd_lightning.losses.feature_base import FeatureDistillationLoss
 
@@ -292,13 +324,8 @@ def feature_layers(cfg: DictConfig, loss: Any) -> dict[str, Any] | None:
     return features
 
 
-# --------------------------------------------------------------------------- module
 def check_module_class(cfg: DictConfig) -> type:
-    """``module._target_`` names an importable subclass of
-    :class:`~cskd_lightning.module.DistillationModule` (``cskd-train`` reads its student, metrics
-    and checkpoints); checked before the teacher trains. Returns the class."""
-    import importlib
-
+    """``module._target_`` names an importable subclass of ``DistillationModule``; returns it."""
     from cskd_lightning.module import DistillationModule
 
     target = str((cfg.get("module") or {}).get("_target_") or "")
@@ -307,11 +334,11 @@ def check_module_class(cfg: DictConfig) -> type:
         "cskd_lightning.DistillationModule whose package is importable (PYTHONPATH=. for one "
         "in the current directory), or leave the default module=default."
     )
-    module_name, _, name = target.rpartition(".")
-    if not module_name:
-        raise InputError(f"module._target_={target or '(not set)'} is not a class path. {fix}")
     try:
-        cls = getattr(importlib.import_module(module_name), name)
+        cls = import_object(target)
+    except ValueError:
+        target = target or "(not set)"
+        raise InputError(f"module._target_={target} is not a class path. {fix}") from None
     except (ImportError, AttributeError) as err:
         raise InputError(f"module._target_={target} cannot be imported ({err}). {fix}") from err
     if not (isinstance(cls, type) and issubclass(cls, DistillationModule)):
@@ -319,10 +346,10 @@ def check_module_class(cfg: DictConfig) -> type:
     return cls
 
 
-# --------------------------------------------------------------------------- cache dir
+# --------------------------------------------------------------------------- machine and data
 def check_cache_dir(cfg: DictConfig) -> None:
-    """The teacher cache (``paths.cache_dir``, ``CSKD_CACHE_DIR``) must be a writable directory
-    or creatable; found before any teacher trains (its file is written after training)."""
+    """The teacher cache (``paths.cache_dir``) must be usable before a teacher trains (its file
+    is written after training)."""
     if cfg.teacher.get("ckpt_path") or cfg.pair.teacher.get("pretrained", False):
         return  # nothing will be cached
     cache = Path(str(cfg.paths.cache_dir)).expanduser()
@@ -334,19 +361,10 @@ def check_cache_dir(cfg: DictConfig) -> None:
         )
 
 
-# --------------------------------------------------------------------------- accelerator
-GPU_ACCELERATORS = ("gpu", "cuda")
-
-
 def check_accelerator(cfg: DictConfig) -> None:
-    """A GPU trainer (``trainer=gpu``, ``trainer=ddp``, the published ``experiment=`` presets)
-    on a machine without a usable GPU: one line saying to add ``trainer=cpu`` (Lightning's own
-    failure is a traceback, "No supported gpu backend found!")."""
-    import torch
-
-    trainer = cfg.get("trainer") or {}
-    accelerator = str(trainer.get("accelerator", "cpu")).lower()
-    if accelerator not in GPU_ACCELERATORS or torch.cuda.is_available():
+    """A GPU trainer on a machine without a usable GPU (Lightning's failure is a traceback)."""
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "cpu")).lower()
+    if accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
         return
     raise InputError(
         f"trainer.accelerator={accelerator}, but this machine has no GPU that PyTorch can use "
@@ -356,10 +374,9 @@ def check_accelerator(cfg: DictConfig) -> None:
     )
 
 
-# --------------------------------------------------------------------------- data
 def check_data(datamodule: Any) -> None:
-    """Load the data once (``prepare_data`` and ``setup("fit")``), so a missing or corrupt
-    dataset is found before anything is written; the datamodule keeps what it loaded."""
+    """Load the data once, so a missing or corrupt dataset is found before anything is
+    written; the datamodule keeps what it loaded."""
     if hasattr(datamodule, "prepare_data"):
         datamodule.prepare_data()
     if hasattr(datamodule, "setup"):
@@ -372,38 +389,25 @@ def check_world_size(datamodule: Any, world_size: int) -> None:
         datamodule.check_world_size(world_size)
 
 
-# --------------------------------------------------------------------------- selection
-TUNE_ON_TEST_FLAG = "tune_on_test_set=true"
-
-
 def selection_of(datamodule: Any) -> str:
-    """Which split ``val/*`` (and so ``val/acc_best`` and the best checkpoint) is measured on:
-    ``"validation"`` (a held-out split), ``"test"`` (``val_split: 0``: the test set, the
-    convention of the published CIFAR and ImageNet tables) or ``"unknown"`` (a datamodule that
-    does not say)."""
+    """The split ``val/*`` (hence the best checkpoint) is measured on: ``"validation"``,
+    ``"test"`` (``val_split: 0``, the published tables' convention) or ``"unknown"``."""
     val_is_test = getattr(datamodule, "val_is_test", None)
     if val_is_test is None:
         return "unknown"
     return "test" if val_is_test else "validation"
 
 
-def sweeper_direction() -> Any:
-    """The running sweeper's ``direction`` (an optimising sweeper such as Optuna), else None."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return HydraConfig.get().sweeper.get("direction")
-    except ValueError:  # not inside a Hydra app
-        return None
-
-
 def check_tuning_selection(cfg: DictConfig, selection: str, direction: Any = None) -> None:
-    """An optimising sweeper must not tune on the test set unless the user says so.
-
-    ``direction``: the sweeper's (given by the sweep-wide check, which runs before any job);
-    else read from the running job's Hydra config."""
+    """An optimising sweeper (``direction``: given by the sweep-wide check, else read from the
+    running job's Hydra config) must not tune on the test set unless the user says so."""
     if direction is None:
-        direction = sweeper_direction()
+        from hydra.core.hydra_config import HydraConfig
+
+        try:
+            direction = HydraConfig.get().sweeper.get("direction")
+        except ValueError:  # not inside a Hydra app
+            direction = None
     if selection != "test" or direction is None or cfg.get("tune_on_test_set"):
         return
     raise InputError(
@@ -416,46 +420,38 @@ def check_tuning_selection(cfg: DictConfig, selection: str, direction: Any = Non
 
 
 # --------------------------------------------------------------------------- loggers
-LOGGER_PACKAGES: dict[str, tuple[tuple[str, ...], str]] = {
-    "TensorBoardLogger": (("tensorboard", "tensorboardX"), "tensorboard"),
-    "WandbLogger": (("wandb",), "wandb"),
-    "wandb_logger": (("wandb",), "wandb"),
-    "mlflow_logger": (("mlflow",), "mlflow"),
-    "MLFlowLogger": (("mlflow",), "mlflow"),
-    "CometLogger": (("comet_ml",), ""),
-    "NeptuneLogger": (("neptune",), ""),
-}
-"""Lightning logger class -> (the packages it can run on, any one of them; the extra of this
-package that installs one, or ``""`` for none)."""
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """The loggers of ``cfg.logger``, built before anything trains. A logger whose package is
+    missing raises ``ImportError`` when built (Lightning's check); that becomes one line naming
+    the package and the extra of this package that installs it."""
+    from importlib.metadata import PackageNotFoundError, metadata
 
-
-def _importable(module: str) -> bool:
-    import importlib
-
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
+    loggers = []
+    for key, entry in (cfg.get("logger") or {}).items():
+        if not entry or "_target_" not in entry:
+            continue
+        try:
+            loggers.append(hydra.utils.instantiate(entry))
+        except InstantiationException as err:
+            missing = err.__cause__
+            if not isinstance(missing, ImportError):
+                raise
+            names = re.findall(r"Requirement '([\w.-]+?)[<>=!~ ']", str(missing))
+            packages = names or [missing.name or key]
+            try:
+                extras = metadata("cskd-lightning").get_all("Provides-Extra") or []
+            except PackageNotFoundError:
+                extras = []
+            install = f"pip install {packages[0]}"
+            if key in extras:
+                install = f'pip install "cskd-lightning[{key}]"'
+            raise InputError(
+                f"logger.{key} ({entry._target_}) needs the {' or '.join(packages)} package, "
+                f"which is not installed: {install} (or choose another logger, e.g. logger=csv)."
+            ) from None
+    return loggers
 
 
 def check_logger_packages(cfg: DictConfig) -> None:
-    """Every logger of ``cfg.logger`` can import the package it writes with (TensorBoard,
-    Weights & Biases, MLflow, ...): checked before anything trains, so a missing package is one
-    line naming the extra to install, not a ``ModuleNotFoundError`` after the teacher's run."""
-    group = cfg.get("logger") or {}
-    for key, entry in group.items():
-        target = str(entry.get("_target_", "")) if entry else ""
-        cls = target.rsplit(".", 1)[-1]
-        if cls not in LOGGER_PACKAGES:
-            continue
-        packages, extra = LOGGER_PACKAGES[cls]
-        if any(_importable(p) for p in packages):
-            continue
-        install = (
-            f'pip install "cskd-lightning[{extra}]"' if extra else f"pip install {packages[0]}"
-        )
-        raise InputError(
-            f"logger.{key} ({target}) needs the {' or '.join(packages)} package, which is not "
-            f"installed: {install} (or choose another logger, e.g. logger=csv)."
-        )
+    """Every logger of ``cfg.logger`` can be built (:func:`build_loggers`)."""
+    build_loggers(cfg)

@@ -1,12 +1,11 @@
 """What a run's numbers depend on beyond its config: the CPU threads it uses (chosen here) and
-the software and device it ran on (recorded in ``summary.json`` and the cached teacher).
+the software and device it ran on (in ``summary.json`` and the cached teacher).
 
-PyTorch's default of one intra-op thread per core is right for one process on an idle machine
-and very wrong for several: OpenMP threads spin while they wait, so a run whose threads share
-cores with other work (a sweep's parallel jobs, DDP processes on one host, other users) runs
-several times slower than with one thread (``docs/benchmarks/threads.md``). ``cskd-train``
-therefore chooses the count itself (:func:`choose_threads`) unless told (``threads=N`` or the
-environment's ``OMP_NUM_THREADS``), and says what it chose and why.
+PyTorch's one intra-op thread per core suits one process on an idle machine and is very wrong
+for several: OpenMP threads spin while they wait, so a run sharing its cores (a sweep's parallel
+jobs, DDP processes on one host, other users) runs several times slower than with one thread
+(``docs/benchmarks/threads.md``). So ``cskd-train`` chooses the count (:func:`choose_threads`)
+unless told, and says what it chose and why.
 """
 
 from __future__ import annotations
@@ -21,53 +20,48 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from cskd_lightning.errors import InputError
+
 log = logging.getLogger("cskd_lightning")
 
 
 def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity: a cluster's allocation, ``taskset``),
-    else the machine's count."""
+    """The cores this process may run on (its CPU affinity), else the machine's count."""
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
 
 
 def busy_cores() -> float:
-    """How many cores other work keeps busy now: the larger of the 1-minute load average and
-    the processes runnable at this instant (``/proc/loadavg``, this one left out). The load
-    average is slow to rise; the instant count sees load that started seconds ago."""
+    """The cores other work keeps busy: the larger of the 1-minute load average (slow to rise)
+    and the processes runnable now (``/proc/loadavg``, this one left out)."""
     try:
         load = os.getloadavg()[0]
     except OSError:  # not available on this platform
         return 0.0
-    running = 0
     try:
         with open("/proc/loadavg") as handle:
             running = int(handle.read().split()[3].split("/")[0]) - 1
     except (OSError, ValueError, IndexError):
-        pass
+        running = 0
     return max(load, float(running))
 
 
 def local_processes(cfg: DictConfig) -> int:
     """The processes of this run on this machine: the trainer's DDP processes (``devices``)."""
-    trainer = cfg.get("trainer") or {}
-    devices = trainer.get("devices", 1)
+    devices = (cfg.get("trainer") or {}).get("devices", 1)
     return devices if isinstance(devices, int) and devices > 0 else 1
 
 
 def parallel_jobs() -> int:
-    """The sweep jobs running at once in this machine (a parallel launcher's ``n_jobs``,
-    e.g. hydra-joblib-launcher); 1 for a single run or the default (sequential) launcher."""
+    """The sweep jobs a parallel launcher (``n_jobs``) runs at once on this machine, else 1."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
         return 1
     launcher = HydraConfig.get().get("launcher") or {}
     n_jobs = launcher.get("n_jobs") if hasattr(launcher, "get") else None
-    if isinstance(n_jobs, int) and n_jobs > 1:
-        return min(n_jobs, usable_cores())
-    return 1
+    return min(n_jobs, usable_cores()) if isinstance(n_jobs, int) and n_jobs > 1 else 1
 
 
 @dataclass
@@ -87,29 +81,21 @@ _chosen: ThreadChoice | None = None
 def choose_threads(cfg: DictConfig) -> ThreadChoice:
     """Set and return this process's intra-op thread count (``torch.set_num_threads``).
 
-    - ``threads=N`` in the config: ``N``.
-    - else ``OMP_NUM_THREADS`` set in the environment: PyTorch already uses it.
-    - else ``min(cores // sharing, cores - busy)``, at least 1, where ``cores`` are the cores this
-      process may use, ``sharing`` the processes of this run and of a parallel sweep that run
-      on them (:func:`local_processes` x :func:`parallel_jobs`), and ``busy`` the cores other
-      work keeps busy (:func:`busy_cores`, rounded; not counted with
-      ``trainer.deterministic=true``, whose result must not depend on the machine's load, so a
-      resume on the same machine uses the same count). Chosen once per process: the jobs of a
-      sequential sweep keep the first job's choice (a job would otherwise count the previous
-      job's load as another's).
-    """
+    ``threads=N``, else ``OMP_NUM_THREADS`` (PyTorch already uses it), else
+    ``max(1, min(cores // sharing, cores - busy))``: ``cores`` this process may use,
+    ``sharing`` = :func:`local_processes` x :func:`parallel_jobs`, ``busy`` = :func:`busy_cores`
+    rounded (0 with ``trainer.deterministic=true``, whose result must not depend on the load).
+    Chosen once per process: the jobs of a sequential sweep keep the first job's choice (a job
+    would otherwise count the previous job's load as another's)."""
     global _chosen
     given = cfg.get("threads")
     if given is not None:
         if int(given) < 1:
-            from cskd_lightning.errors import InputError
-
             raise InputError(f"threads={given}: give a thread count of 1 or more (or null: auto).")
         choice = ThreadChoice(int(given), "threads=" + str(int(given)))
     elif os.environ.get("OMP_NUM_THREADS"):
-        choice = ThreadChoice(
-            torch.get_num_threads(), f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
-        )
+        source = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+        choice = ThreadChoice(torch.get_num_threads(), source)
     elif _chosen is not None and _chosen.source.startswith("auto"):
         choice = _chosen
     else:
@@ -117,15 +103,13 @@ def choose_threads(cfg: DictConfig) -> ThreadChoice:
         sharing = local_processes(cfg) * parallel_jobs()
         deterministic = bool((cfg.get("trainer") or {}).get("deterministic", False))
         busy = 0 if deterministic else round(busy_cores())
-        threads = max(1, min(cores // sharing, cores - busy))
+        load = f"{busy} busy with other work"
+        if deterministic:
+            load = "deterministic: the load not counted"
         choice = ThreadChoice(
-            threads,
-            f"auto: {cores} usable core(s), {sharing} process(es) of this run or sweep on them, "
-            + (
-                "deterministic: the load not counted"
-                if deterministic
-                else f"{busy} busy with other work"
-            ),
+            max(1, min(cores // sharing, cores - busy)),
+            f"auto: {cores} usable core(s), {sharing} process(es) of this run or sweep on "
+            f"them, {load}",
         )
     if torch.get_num_threads() != choice.threads:
         torch.set_num_threads(choice.threads)
@@ -134,10 +118,9 @@ def choose_threads(cfg: DictConfig) -> ThreadChoice:
 
 
 def environment_record(cfg: DictConfig, threads: ThreadChoice | None = None) -> dict[str, Any]:
-    """What a run's result depends on besides its config: the CPU threads (float sums are
-    split differently with another count, so the weights differ in the last bits and then
-    drift apart), the library versions, the device and whether deterministic algorithms were
-    enforced. Written to ``summary.json`` (``environment``) and a cached teacher's metadata."""
+    """What a result depends on besides its config: the CPU threads (float sums split
+    differently, so weights differ in the last bits and then drift), the library versions, the
+    device and whether deterministic algorithms were enforced."""
     import lightning
 
     trainer = cfg.get("trainer") or {}
@@ -145,10 +128,8 @@ def environment_record(cfg: DictConfig, threads: ThreadChoice | None = None) -> 
     device = _cpu_name()
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
-    if threads is None:
-        threads = (
-            _chosen if _chosen is not None and _chosen.threads == torch.get_num_threads() else None
-        )
+    if threads is None and _chosen is not None and _chosen.threads == torch.get_num_threads():
+        threads = _chosen
     return {
         **(threads or ThreadChoice(torch.get_num_threads(), "torch default")).as_record(),
         "torch": str(torch.__version__),
@@ -173,8 +154,4 @@ def _cpu_name() -> str:
 
 
 def log_threads(choice: ThreadChoice) -> None:
-    log.info(
-        "CPU threads: %d (%s; threads=N sets it)",
-        choice.threads,
-        choice.source,
-    )
+    log.info("CPU threads: %d (%s; threads=N sets it)", choice.threads, choice.source)

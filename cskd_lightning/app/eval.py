@@ -1,9 +1,6 @@
-"""``cskd-eval``: test a trained student from a ``cskd-train`` run directory.
-
-``cskd-eval run_dir=outputs/train/runs/<time>`` rebuilds the data and the student from the run's
-saved config, loads its best checkpoint (or ``ckpt_path=...``: a ``.ckpt`` or ``student.pt``)
-and prints and returns the test metrics; they are also written to ``<run_dir>/eval/metrics.json``.
-"""
+"""``cskd-eval run_dir=<run>``: rebuild the data and the student from the run's saved config,
+load its best checkpoint (or ``ckpt_path=``: a ``.ckpt`` or ``student.pt``), print the test
+metrics and write them to ``<run_dir>/eval/metrics.json``."""
 
 from __future__ import annotations
 
@@ -15,7 +12,10 @@ from typing import Any
 import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
 
+from cskd_lightning.app import run_dir as files
 from cskd_lightning.app.checks import config_errors
 from cskd_lightning.app.environment import choose_threads, log_threads
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, to_float
@@ -29,54 +29,42 @@ log = logging.getLogger("cskd_lightning")
 
 
 def find_run_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint a run's own test used: the one ``summary.json`` names (relative to the run
-    directory, so a moved or copied run still finds its own file). Without a summary (an
-    unfinished run): the best checkpoint recorded in ``checkpoints/last.ckpt``, else
-    ``last.ckpt`` itself, else ``student.pt``."""
-    summary_file = run_dir / "summary.json"
+    """The checkpoint the run's own test used: the one ``summary.json`` names (relative to the
+    run directory, which may have moved). Without a summary (an unfinished run): the best one
+    recorded in ``last.ckpt``, else ``last.ckpt``, else ``student.pt``."""
+    summary_file = run_dir / files.SUMMARY
     if summary_file.is_file():
         named = json.loads(summary_file.read_text()).get("student", {}).get("best_checkpoint")
         if named:
-            path = Path(named) if Path(named).is_absolute() else run_dir / named
+            path = run_dir / named  # an absolute `named` stays as it is
             if not path.is_file():
                 raise MissingInputError(
                     f"{summary_file} names the best checkpoint {named}, but {path} is not there. "
                     "Give the file to test with ckpt_path=<file>."
                 )
             return path
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = files.last_checkpoint(run_dir)
     if last.is_file():
-        recorded = _best_recorded_in(last)
-        if recorded is not None:
-            return recorded
+        for key, state in read_checkpoint(last).get("callbacks", {}).items():
+            if "ModelCheckpoint" in key and isinstance(state, dict) and state.get("monitor"):
+                best = state.get("best_model_path")
+                if best and (last.parent / Path(str(best)).name).is_file():
+                    return last.parent / Path(str(best)).name
         return last
-    if (run_dir / "student.pt").is_file():
-        return run_dir / "student.pt"
+    if (run_dir / files.STUDENT).is_file():
+        return run_dir / files.STUDENT
     raise MissingInputError(
         f"No checkpoint in {run_dir} (looked for summary.json's best checkpoint, "
         "checkpoints/last.ckpt and student.pt). Is it a cskd-train run directory?"
     )
 
 
-def _best_recorded_in(last: Path) -> Path | None:
-    """The best model that the ``ModelCheckpoint`` state inside ``last`` records, in the same
-    directory as ``last`` (the directory may have moved)."""
-    checkpoint = read_checkpoint(last)
-    for key, state in checkpoint.get("callbacks", {}).items():
-        if "ModelCheckpoint" in key and isinstance(state, dict) and state.get("monitor"):
-            best = state.get("best_model_path")
-            if best and (last.parent / Path(str(best)).name).is_file():
-                return last.parent / Path(str(best)).name
-    return None
-
-
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the student of ``cfg.run_dir``; return the test metrics."""
     run_dir = Path(cfg.run_dir)
-    # config.yaml is written once the run's checks pass; .hydra/ holds Hydra's own copy.
-    saved = run_dir / "config.yaml"
+    saved = run_dir / files.CONFIG  # written once the run's checks pass; else Hydra's copy
     if not saved.is_file():
-        saved = run_dir / ".hydra" / "config.yaml"
+        saved = run_dir / files.HYDRA_CONFIG
     if not saved.is_file():
         raise MissingInputError(
             f"No config.yaml in {run_dir}: run_dir must be a cskd-train run directory."
@@ -84,7 +72,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run_cfg = OmegaConf.load(saved)
     run_cfg.paths.output_dir = str(run_dir)
     ckpt = Path(cfg.ckpt_path) if cfg.get("ckpt_path") else find_run_checkpoint(run_dir)
-
     L.seed_everything(int(run_cfg.seed), workers=True)
     with config_errors():  # e.g. the user's own datamodule without PYTHONPATH=.
         datamodule = hydra.utils.instantiate(run_cfg.data.datamodule)
@@ -101,29 +88,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = DistillationModule(student, None, CELoss())
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
-    write_json(run_dir / "eval" / "metrics.json", {"checkpoint": str(ckpt), **metrics})
+    write_json(run_dir / files.EVAL_METRICS, {"checkpoint": str(ckpt), **metrics})
     print_eval_table(run_cfg.pair.student.model.name, ckpt, metrics)
     return metrics
 
 
 def print_eval_table(model: str, ckpt: Path, metrics: dict[str, Any]) -> None:
-    """The test metrics as percentages, in a table like ``cskd-train``'s: accuracies (values in
-    ``[0, 1]``) as ``97.22%``, other metrics (a loss) as plain numbers."""
-    from rich.console import Console
-    from rich.table import Table
-
+    """The test metrics like ``cskd-train``'s table: accuracies as ``97.22%``, others plain."""
     table = Table(title=f"{model} on the test set", min_width=40)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        label = name.removeprefix("test/").replace("_", " ")
-        if value is None:
-            shown = "-"
-        elif "acc" in name:
-            shown = f"{100 * value:.2f}%"
-        else:
-            shown = f"{value:.4f}"
-        table.add_row(f"test {label}", shown)
+        shown = "-" if value is None else f"{100 * value:.2f}%" if "acc" in name else f"{value:.4f}"
+        table.add_row(f"test {name.removeprefix('test/').replace('_', ' ')}", shown)
     console = Console()
     console.print(table)
     console.print(f"checkpoint: {ckpt}")

@@ -1,12 +1,7 @@
-"""``cskd-export``: write a ``cskd-train`` run's student as TorchScript or ONNX, and check it.
-
-``cskd-export run_dir=outputs/train/runs/<time> format=onnx`` reads the run's ``student.pt``
-(:func:`~cskd_lightning.export.load_student`), writes ``<run_dir>/export/student.onnx`` (or
-``student.ts`` for ``format=torchscript``, the default) and compares the exported model's
-logits with the PyTorch model's on a batch; the result goes to ``<run_dir>/export/export.json``.
-The exported model takes *preprocessed* input: ``export.json`` and ``student.pt`` record the
-normalisation (``preprocessing``).
-"""
+"""``cskd-export run_dir=<run> format=onnx``: write the run's ``student.pt`` as TorchScript (the
+default) or ONNX under ``<run_dir>/export/``, compare its logits with PyTorch's on a batch, and
+record the result in ``export.json``. The exported model takes *preprocessed* input
+(``export.json`` records the normalisation)."""
 
 from __future__ import annotations
 
@@ -18,6 +13,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from cskd_lightning.app import run_dir
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs
 from cskd_lightning.app.records import write_json
 from cskd_lightning.errors import InputError
@@ -35,8 +31,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"format={fmt} is not an export format: choose one of {', '.join(EXPORT_FORMATS)} "
             "(e.g. format=onnx)."
         )
-    run_dir = Path(cfg.run_dir)
-    source = Path(cfg.student) if cfg.get("student") else run_dir / "student.pt"
+    source = Path(cfg.student) if cfg.get("student") else Path(cfg.run_dir) / run_dir.STUDENT
     loaded = load_student(source)
     shape = loaded.info.get("input_shape")
     if not shape:
@@ -44,29 +39,20 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"{source} does not record the model's input shape, so no example batch can be "
             "made to trace and check it."
         )
-    output = (
-        Path(cfg.output)
-        if cfg.get("output")
-        else run_dir / "export" / f"student{EXPORT_FORMATS[fmt]}"
-    )
+    default = Path(cfg.run_dir) / "export" / f"student{EXPORT_FORMATS[fmt]}"
+    output = Path(cfg.output) if cfg.get("output") else default
+    batch = int(cfg.check_batch_size)
     export_model(loaded.model, output, fmt, shape, opset=cfg.get("opset"))
-    diff = check_export(
-        loaded.model, output, fmt, shape, int(cfg.check_batch_size), atol=float(cfg.atol)
-    )
-    log.info(
-        "Wrote %s (%s); its logits match PyTorch's to %.2g on a batch of %d.",
-        output,
-        fmt,
-        diff,
-        int(cfg.check_batch_size),
-    )
+    diff = check_export(loaded.model, output, fmt, shape, batch, atol=float(cfg.atol))
+    message = "Wrote %s (%s); its logits match PyTorch's to %.2g on a batch of %d."
+    log.info(message, output, fmt, diff, batch)
     record = {
         "source": str(source),
         "output": str(output),
         "format": fmt,
         "input_shape": shape,
         "max_abs_diff": diff,
-        "check_batch_size": int(cfg.check_batch_size),
+        "check_batch_size": batch,
         "preprocessing": loaded.info.get("preprocessing"),
         "class_names": loaded.info.get("class_names"),
     }

@@ -1,5 +1,6 @@
-"""Logger factories for the ``logger=wandb`` and ``logger=mlflow`` configs: Lightning's own
-loggers, with defaults that work on a machine without an account or a server."""
+"""The ``logger=wandb`` and ``logger=mlflow`` factories: Lightning's own loggers, with defaults
+that work without an account or a server. Each imports its package when built (Lightning checks
+only that the distribution is installed), so a missing one fails before anything trains."""
 
 from __future__ import annotations
 
@@ -10,8 +11,7 @@ from lightning.pytorch.loggers import Logger
 
 
 def wandb_offline_by_default() -> bool:
-    """Whether a W&B run should stay offline when the config does not say: yes unless
-    ``WANDB_API_KEY`` is set; ``WANDB_MODE`` (``online`` / ``offline``), when set, decides."""
+    """Offline unless ``WANDB_API_KEY`` is set; ``WANDB_MODE``, when set, decides."""
     mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if mode:
         return mode in ("offline", "dryrun", "disabled")
@@ -19,9 +19,9 @@ def wandb_offline_by_default() -> bool:
 
 
 def wandb_logger(offline: bool | None = None, **kwargs: Any) -> Logger:
-    """Lightning's ``WandbLogger``, offline by default when no W&B key is set
-    (:func:`wandb_offline_by_default`); ``offline=false`` forces an online run. The offline
-    run lands in ``<save_dir>/wandb/`` and can be uploaded later with ``wandb sync``."""
+    """``WandbLogger``, offline by default (:func:`wandb_offline_by_default`); an offline run
+    lands in ``<save_dir>/wandb/`` for a later ``wandb sync``."""
+    import wandb  # noqa: F401
     from lightning.pytorch.loggers import WandbLogger
 
     if offline is None:
@@ -30,9 +30,9 @@ def wandb_logger(offline: bool | None = None, **kwargs: Any) -> Logger:
 
 
 def mlflow_logger(tracking_uri: str | None = None, **kwargs: Any) -> Logger:
-    """Lightning's ``MLFlowLogger``; a ``file:`` ``tracking_uri`` (a local file store, the
-    config's default) is allowed on MLflow 3, which otherwise refuses new file stores
-    (``MLFLOW_ALLOW_FILE_STORE=true`` for this process, unless the variable is set)."""
+    """``MLFlowLogger``; a ``file:`` store (the config's default), which MLflow 3 refuses unless
+    ``MLFLOW_ALLOW_FILE_STORE`` is set, is allowed for this process."""
+    import mlflow  # noqa: F401
     from lightning.pytorch.loggers import MLFlowLogger
 
     if tracking_uri and tracking_uri.startswith("file:"):

@@ -1,15 +1,10 @@
-"""The records of a run directory: what ``cskd-train`` writes there and reads back.
-
-``config.yaml`` (the resolved config, written once the run's checks pass, with Hydra's own
-``.hydra/`` copies beside it), ``summary.json`` (what was trained, how it scored, where the
-files are) and the short table printed at the end of a run. A directory that already holds a
-run is read with :func:`inspect_run_dir` before anything is written.
-"""
+"""The records of a run directory: ``config.yaml`` (with Hydra's ``.hydra/`` copies),
+``summary.json`` and the table printed at the end of a run; a directory that already holds a
+run is read with :func:`inspect_run_dir` before anything is written."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,18 +16,17 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from cskd_lightning.app.resume import ALLOW_CHANGE_FLAG, diff_configs, relevant_config
+from cskd_lightning.app import run_dir
+from cskd_lightning.app.resume import ALLOW_CHANGE_FLAG, listed
 from cskd_lightning.callbacks import RunClock
 from cskd_lightning.errors import InputError
-
-RUN_CONFIG = "config.yaml"
-RUN_SUMMARY = "summary.json"
+from cskd_lightning.files import write_text_atomically
 
 
 @dataclass
 class ExistingRun:
-    """What the run directory already holds: nothing of a run (``config`` is ``None``), an
-    unfinished run (``config`` but no ``summary``), or a finished one."""
+    """What the run directory holds: no run (``config`` is ``None``), an unfinished run
+    (``config``, no ``summary``) or a finished one."""
 
     config: dict[str, Any] | None = None
     summary: dict[str, Any] | None = None
@@ -43,37 +37,29 @@ class ExistingRun:
 
 
 def inspect_run_dir(cfg: DictConfig, output_dir: Path) -> ExistingRun:
-    """Read the run that ``output_dir`` holds, if any, and refuse to mix it with another.
-
-    A run directory with a ``config.yaml`` whose relevant settings differ from ``cfg`` is
-    refused (unless ``resume_allow_config_change=true``): a new run there would overwrite its
-    record. A run without ``summary.json`` is unfinished: it can only be resumed
-    (``ckpt_path=...``).
-    """
-    saved = output_dir / RUN_CONFIG
-    if not saved.is_file():
-        return ExistingRun()
+    """Read the run ``output_dir`` holds and refuse to mix it with another: other relevant
+    settings are refused (a new run would overwrite its record) unless
+    ``resume_allow_config_change=true``; an unfinished run can only be resumed."""
     try:
-        before = relevant_config(OmegaConf.load(saved))
-    except Exception as err:  # noqa: BLE001 - any unreadable config is reported the same way
-        raise InputError(
-            f"{saved} cannot be read ({type(err).__name__}: {err}), so {output_dir} cannot be "
-            "checked: choose another hydra.run.dir."
-        ) from None
-    diff = diff_configs(before, relevant_config(cfg))
+        before = run_dir.saved_run_config(output_dir)
+    except ValueError as err:
+        fix = "choose another hydra.run.dir"
+        raise InputError(f"{err}, so {output_dir} cannot be checked: {fix}.") from None
+    if before is None:
+        return ExistingRun()
+    diff = run_dir.diff_configs(before, run_dir.relevant_config(cfg))
     # With ckpt_path, the resume check compares against the checkpoint's own stored config.
     if diff and not cfg.get("ckpt_path") and not cfg.get("resume_allow_config_change", False):
-        listed = "; ".join(diff[:10]) + (f" (+{len(diff) - 10} more)" if len(diff) > 10 else "")
         raise InputError(
-            f"{output_dir} already holds a run made with other settings (run -> now: {listed}). "
-            "Choose another hydra.run.dir for these settings, or repeat the run's own settings "
-            f"(ckpt_path=last resumes it; {ALLOW_CHANGE_FLAG} continues it with the new ones)."
+            f"{output_dir} already holds a run made with other settings (run -> now: "
+            f"{listed(diff)}). Choose another hydra.run.dir for these settings, or repeat the "
+            f"run's own settings (ckpt_path=last resumes it; {ALLOW_CHANGE_FLAG} continues it "
+            "with the new ones)."
         )
-    summary_file = output_dir / RUN_SUMMARY
     summary = None
-    if summary_file.is_file() and not diff:
+    if (output_dir / run_dir.SUMMARY).is_file() and not diff:
         try:
-            summary = json.loads(summary_file.read_text())
+            summary = json.loads((output_dir / run_dir.SUMMARY).read_text())
         except ValueError:
             summary = None
     if summary is None and not cfg.get("ckpt_path"):
@@ -85,35 +71,26 @@ def inspect_run_dir(cfg: DictConfig, output_dir: Path) -> ExistingRun:
 
 
 def write_run_config(cfg: DictConfig, output_dir: Path) -> None:
-    """The new run's records: the resolved ``config.yaml`` and, as Hydra writes them,
-    ``.hydra/{config,hydra,overrides}.yaml`` (Hydra itself writes nothing into the run
-    directory, so a command that fails its checks leaves an existing run as it was)."""
-    OmegaConf.save(cfg, output_dir / RUN_CONFIG, resolve=True)
-    if not HydraConfig.initialized():
-        return
-    hydra_cfg = HydraConfig.get()
-    records = output_dir / ".hydra"
-    records.mkdir(exist_ok=True)
-    OmegaConf.save(cfg, records / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), records / "hydra.yaml")
-    OmegaConf.save(OmegaConf.create(list(hydra_cfg.overrides.task)), records / "overrides.yaml")
+    """The resolved ``config.yaml`` and, as Hydra writes them, ``.hydra/{config,hydra,
+    overrides}.yaml`` (Hydra itself writes nothing here, so a command that fails its checks
+    leaves an existing run as it was)."""
+    files = {output_dir / run_dir.CONFIG: OmegaConf.to_yaml(cfg, resolve=True)}
+    if HydraConfig.initialized():
+        hydra_cfg = HydraConfig.get()
+        files[output_dir / run_dir.HYDRA_CONFIG] = OmegaConf.to_yaml(cfg)
+        files[output_dir / ".hydra" / "hydra.yaml"] = OmegaConf.to_yaml({"hydra": hydra_cfg})
+        overrides = OmegaConf.create(list(hydra_cfg.overrides.task))
+        files[output_dir / run_dir.OVERRIDES] = OmegaConf.to_yaml(overrides)
+    for path, text in files.items():
+        write_text_atomically(path, text)
 
 
 def task_overrides(output_dir: Path) -> list[str]:
     """The run's command-line overrides, as first given (``.hydra/overrides.yaml``)."""
-    path = output_dir / ".hydra" / "overrides.yaml"
+    path = output_dir / run_dir.OVERRIDES
     if path.is_file():
         return [str(o) for o in OmegaConf.load(path)]
-    if HydraConfig.initialized():
-        return list(HydraConfig.get().overrides.task)
-    return []
-
-
-def _epoch_of(checkpoint: str) -> int | None:
-    if not checkpoint:
-        return None
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    return int(state["epoch"]) if "epoch" in state else None
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
 
 def make_summary(
@@ -125,18 +102,17 @@ def make_summary(
     selection: str,
     clock: RunClock,
 ) -> dict[str, Any]:
-    """The run's ``summary.json``: what was trained, how it scored, where the files are.
-
-    ``student.best_checkpoint`` is relative to the run directory (the directory may move);
-    ``selection`` says which split picked the best epoch (``validation`` or ``test``);
-    ``wall_time_s`` adds up every segment of a resumed run.
-    """
-    best_file = None
+    """``summary.json``: ``student.best_checkpoint`` relative to the run directory (which may
+    move), ``selection`` the split that picked the best epoch, ``wall_time_s`` over every
+    segment of a resumed run."""
+    best_file = best_epoch = None
     if best:
         try:
             best_file = str(Path(best).resolve().relative_to(output_dir.resolve()))
         except ValueError:  # outside the run directory
             best_file = str(Path(best).resolve())
+        state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
+        best_epoch = int(state["epoch"]) if "epoch" in state else None
     return {
         "method": cfg.distill.name,
         "seed": cfg.seed,
@@ -150,7 +126,7 @@ def make_summary(
             "test_acc": metrics.get("test/acc"),
             "val_acc_best": metrics.get("val/acc_best"),
             "val_acc_last": metrics.get("val/acc"),
-            "best_epoch": _epoch_of(best),
+            "best_epoch": best_epoch,
             "best_checkpoint": best_file,
         },
         "metrics": {k: v for k, v in metrics.items() if v is not None},
@@ -161,17 +137,9 @@ def make_summary(
 
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+    """``payload`` as indented JSON (tensors as numbers), written atomically."""
+    default = lambda v: v.item() if hasattr(v, "item") else str(v)  # noqa: E731
+    write_text_atomically(path, json.dumps(payload, indent=2, default=default) + "\n")
 
 
 def _pct(value: float | None) -> str:

@@ -1,29 +1,21 @@
-"""Resuming a ``cskd-train`` run: which checkpoint, made with which config, and the record.
+"""Resuming a ``cskd-train`` run: which checkpoint, made with which config.
 
-**What a checkpoint holds** besides Lightning's own state (weights, optimizer, scheduler, loop
-counters, the best-k record of ``ModelCheckpoint``): the run's *relevant config*
-(:func:`relevant_config`, under ``checkpoint["cskd_run"]``), so a resume with other settings
-is caught (:func:`check_config`), and the wall time so far (:class:`RunClock`). The data order
-and augmentation of an epoch follow from the seed and the epoch alone, and
-:class:`~cskd_lightning.callbacks.EpochSeed` reseeds the global RNGs (dropout) at each epoch's
-start, so a run resumed at an epoch's end draws what it would have drawn (no RNG state is
-stored; an older checkpoint's datamodule entry is ignored): on the CPU with
-``trainer.deterministic=true`` its final weights are bit-identical to an uninterrupted run's.
-A checkpoint taken mid-epoch resumes with a warning (the rest of that epoch is not replayed in
-the same order).
+Besides Lightning's state, a checkpoint holds the run's relevant config (``checkpoint
+["cskd_run"]``, :class:`RunConfigRecorder`), so a resume with other settings is caught. No RNG
+state is stored: an epoch's data order and augmentation follow from the seed and the epoch, and
+``EpochSeed`` reseeds dropout & co. at each epoch's start, so a run resumed at an epoch's end is
+bit-identical on the CPU with ``trainer.deterministic=true``; a mid-epoch checkpoint resumes
+with a warning.
 
-**Which checkpoint ``ckpt_path=last`` picks** (:func:`resolve_resume`): the file of
-``<run dir>/checkpoints/`` that is furthest into training by the global step and epoch
-recorded inside it (never by file time; ``last*.ckpt`` wins a tie); files that do not load
-are named and skipped. With no checkpoint there, a new run starts, unless
-``resume_from_sibling=true`` asks for the furthest checkpoint of a sibling run directory made
-with the same config (its best-k files are copied over, :class:`RunModelCheckpoint`).
+``ckpt_path=last`` (:func:`resolve_resume`) takes the file of ``<run dir>/checkpoints/``
+furthest into training by the step and epoch recorded inside it (never by file time;
+``last*.ckpt`` wins a tie), skipping files that do not load; with none there, a new run starts,
+unless ``resume_from_sibling=true`` asks for the furthest checkpoint of a sibling run directory
+with the same config.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -32,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
+from cskd_lightning.app import run_dir
+from cskd_lightning.app.run_dir import diff_configs, relevant_config
 from cskd_lightning.checkpoints import (
     CheckpointError,
     checkpoint_candidates,
@@ -42,108 +36,27 @@ from cskd_lightning.checkpoints import (
     progress_of,
 )
 from cskd_lightning.errors import InputError, MissingInputError
+from cskd_lightning.files import stable_hash
 
 log = logging.getLogger("cskd_lightning")
 
-STATE_FORMAT = 1
-"""The version of what :class:`RunConfigRecorder` stores."""
-
+STATE_FORMAT = 1  # the version of what RunConfigRecorder stores
 RUN_KEY = "cskd_run"
-"""Where :class:`RunConfigRecorder` stores the relevant config in a checkpoint."""
-
 TRUST_FLAG = "resume_trust_checkpoint=true"
 ALLOW_CHANGE_FLAG = "resume_allow_config_change=true"
 
-IGNORED_KEYS = (
-    "hydra",
-    "paths",
-    "task_name",
-    "threads",
-    "ckpt_path",
-    "resume_allow_config_change",
-    "resume_trust_checkpoint",
-    "teacher.logit_cache",
-    "resume_from_sibling",
-    "tune_on_test_set",
-    "train",
-    "test",
-    "optimized_metric",
-    "plan",
-    "logger",
-    "teacher.trust_checkpoint",
-    "trainer.default_root_dir",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "data.datamodule.data_dir",
-    "data.datamodule.download",
-    "data.datamodule.num_workers",
-    "data.datamodule.pin_memory",
-    "callbacks.model_checkpoint.dirpath",
-)
-"""Config keys (and everything under them) that do not change what a run computes: where
-files go, logging, loader workers. ``callbacks.*`` other than ``model_checkpoint`` (which picks
-the best checkpoint, hence ``student.pt``) are ignored too."""
 
-
-# --------------------------------------------------------------------------- config
-def _is_ignored(key: str) -> bool:
-    if key.startswith("callbacks.") and not key.startswith("callbacks.model_checkpoint"):
-        return True
-    return any(key == k or key.startswith(k + ".") for k in IGNORED_KEYS)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def relevant_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
-    """The resolved config flattened to ``{"dotted.key": value}``, less :data:`IGNORED_KEYS`.
-
-    Only the kept keys are resolved, so an unresolvable path (``${hydra:...}`` outside Hydra)
-    in an ignored key does no harm.
-    """
-    if not isinstance(cfg, DictConfig):
-        cfg = OmegaConf.create(dict(cfg))
-    flat: dict[str, Any] = {}
-
-    def walk(node: DictConfig, prefix: str) -> None:
-        for key in node.keys():
-            dotted = f"{prefix}{key}"
-            if _is_ignored(dotted):
-                continue
-            value = node[key]
-            if isinstance(value, DictConfig):
-                walk(value, dotted + ".")
-            else:
-                flat[dotted] = _plain(value)
-
-    walk(cfg, "")
-    return flat
+def listed(diff: list[str]) -> str:
+    """The first ten differences, and how many more."""
+    return "; ".join(diff[:10]) + (f" (+{len(diff) - 10} more)" if len(diff) > 10 else "")
 
 
 def config_hash(flat: Mapping[str, Any]) -> str:
-    text = json.dumps(dict(flat), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def diff_configs(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """``"key: saved -> now"`` for every relevant key that differs (``<absent>`` if missing)."""
-    out = []
-    for key in sorted(set(saved) | set(now)):
-        a, b = saved.get(key, "<absent>"), now.get(key, "<absent>")
-        if a != b:
-            out.append(f"{key}: {a!r} -> {b!r}")
-    return out
+    return stable_hash(dict(flat))
 
 
 class RunConfigRecorder(L.Callback):
-    """Store the run's relevant config (and its hash) in every checkpoint, under
-    ``checkpoint["cskd_run"]``."""
+    """Store the run's relevant config and its hash in every checkpoint (``cskd_run``)."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
@@ -152,42 +65,45 @@ class RunConfigRecorder(L.Callback):
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        checkpoint[RUN_KEY] = {
-            "format": STATE_FORMAT,
-            "config": self.config,
-            "config_hash": self.hash,
-        }
+        record = {"format": STATE_FORMAT, "config": self.config, "config_hash": self.hash}
+        checkpoint[RUN_KEY] = record
+
+
+def _stored_config(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    run = checkpoint.get(RUN_KEY)
+    if isinstance(run, Mapping) and isinstance(run.get("config"), Mapping):
+        return run["config"]
+    return None
 
 
 def check_config(
     checkpoint: Mapping[str, Any], now: Mapping[str, Any], path: Path, allow_change: bool
 ) -> None:
-    """Refuse (``ValueError``) a checkpoint made with a different relevant config."""
-    run = checkpoint.get(RUN_KEY)
-    if not isinstance(run, Mapping) or not isinstance(run.get("config"), Mapping):
+    """Refuse (:class:`InputError`) a checkpoint made with a different relevant config."""
+    stored = _stored_config(checkpoint)
+    if stored is None:
         log.warning(
             "%s holds no cskd-train config (made by another program or an older version): "
             "cannot check that it was made with this config.",
             path,
         )
         return
-    if run.get("config_hash") == config_hash(now):
+    if checkpoint[RUN_KEY].get("config_hash") == config_hash(now):
         return
-    diff = diff_configs(run["config"], now)
+    diff = diff_configs(stored, now)
     if not diff:
         return
-    listed = "; ".join(diff[:10]) + (f" (+{len(diff) - 10} more)" if len(diff) > 10 else "")
     if allow_change:
         log.warning(
             "Resuming %s although the config changed (resume_allow_config_change=true): %s",
             path,
-            listed,
+            listed(diff),
         )
         return
     raise InputError(
         f"Cannot resume from {path}: it was made with a different config. Differing keys "
-        f"(checkpoint -> now): {listed}. Resume with the original values, start a fresh run "
-        f"(ckpt_path=null), or pass {ALLOW_CHANGE_FLAG} to resume anyway."
+        f"(checkpoint -> now): {listed(diff)}. Resume with the original values, start a fresh "
+        f"run (ckpt_path=null), or pass {ALLOW_CHANGE_FLAG} to resume anyway."
     )
 
 
@@ -206,49 +122,48 @@ def _mid_epoch_warning(checkpoint: Mapping[str, Any], path: Path) -> None:
         )
 
 
-def _saved_run_config(run_dir: Path) -> dict[str, Any] | None:
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
-        return None
+def _saved_or_none(directory: Path) -> dict[str, Any] | None:
     try:
-        return relevant_config(OmegaConf.load(saved))
-    except Exception:  # noqa: BLE001 - an unreadable config just does not match
+        return run_dir.saved_run_config(directory)
+    except ValueError:  # an unreadable config just does not match
         return None
+
+
+def _diff(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[str]:
+    return [] if saved is None else diff_configs(saved, now)
 
 
 def search_sibling_runs(
     output_dir: Path, now: Mapping[str, Any], trust: bool = False
 ) -> tuple[Path, dict[str, Any]]:
-    """The furthest good checkpoint among the sibling run directories (the other directories
-    in ``output_dir``'s parent) whose saved and stored config match ``now``."""
+    """The furthest good checkpoint among the sibling run directories whose saved and stored
+    config match ``now``."""
     here = output_dir.resolve()
     parent = here.parent
     found, differing = [], []
     runs = sorted(r for r in parent.iterdir() if r.is_dir()) if parent.is_dir() else []
     for run in runs:
-        if run.resolve() == here or not checkpoint_candidates(run / "checkpoints"):
+        ckpt_dir = run_dir.checkpoint_dir(run)
+        if run.resolve() == here or not checkpoint_candidates(ckpt_dir):
             continue
-        saved = _saved_run_config(run)
-        if saved is not None and (diff := diff_configs(saved, now)):
-            differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
-            continue
-        try:
-            path, checkpoint = newest_good_checkpoint(run / "checkpoints", trust, TRUST_FLAG)
-        except CheckpointError as err:
-            log.warning("Skipping run %s: %s", run, err)
-            continue
-        stored = checkpoint.get(RUN_KEY, {})
-        if isinstance(stored, Mapping) and isinstance(stored.get("config"), Mapping):
-            if diff := diff_configs(stored["config"], now):
-                differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
+        diff = _diff(_saved_or_none(run), now)
+        if not diff:
+            try:
+                path, checkpoint = newest_good_checkpoint(ckpt_dir, trust, TRUST_FLAG)
+            except CheckpointError as err:
+                log.warning("Skipping run %s: %s", run, err)
                 continue
-        found.append((progress_of(checkpoint), path, checkpoint))
+            diff = _diff(_stored_config(checkpoint), now)
+        if diff:
+            differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
+        else:
+            found.append((progress_of(checkpoint), path, checkpoint))
     if found:
         _, path, checkpoint = max(found, key=lambda item: item[0])
         log.info(
             "ckpt_path=last with resume_from_sibling=true: %s has no checkpoint; resuming from "
             "%s, the furthest checkpoint of a sibling run with the same config.",
-            output_dir / "checkpoints",
+            run_dir.checkpoint_dir(output_dir),
             path,
         )
         return path, checkpoint
@@ -260,10 +175,10 @@ def search_sibling_runs(
         else ""
     )
     raise MissingInputError(
-        f"ckpt_path=last resume_from_sibling=true: no checkpoint in {output_dir / 'checkpoints'} "
-        f"and no run in {parent} with the same config has one.{other} Restart with "
-        "hydra.run.dir=<the run's directory>, give the checkpoint's path (ckpt_path=<file>), or "
-        "drop ckpt_path to start afresh."
+        f"ckpt_path=last resume_from_sibling=true: no checkpoint in "
+        f"{run_dir.checkpoint_dir(output_dir)} and no run in {parent} with the same config has "
+        f"one.{other} Restart with hydra.run.dir=<the run's directory>, give the checkpoint's "
+        "path (ckpt_path=<file>), or drop ckpt_path to start afresh."
     )
 
 
@@ -275,22 +190,19 @@ class ResumeChoice:
 
 
 def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
-    """Which checkpoint ``cfg.ckpt_path`` resumes from (see the module docstring), checked.
+    """The checkpoint ``cfg.ckpt_path`` resumes from, checked; ``None``: start afresh.
 
-    ``None``: start afresh (no ``ckpt_path``, or ``ckpt_path=last`` with no checkpoint in the
-    run directory). Raises :class:`~cskd_lightning.errors.MissingInputError` (a named file that
-    is not there), :class:`CheckpointError` (unreadable, or not a training checkpoint) or
-    :class:`~cskd_lightning.errors.InputError` (made with another config).
-    """
+    Raises :class:`MissingInputError` (a named file that is not there), :class:`CheckpointError`
+    (unreadable, or not a training checkpoint) or :class:`InputError` (another config)."""
     given = cfg.get("ckpt_path")
     if not given:
         return None
     trust = bool(cfg.get("resume_trust_checkpoint", False))
     now = relevant_config(cfg)
     if str(given) == "last":
-        ckpt_dir = output_dir / "checkpoints"
-        # Lightning's SLURM handler (SIGUSR1 before the time limit) saves hpc_ckpt_<n>.ckpt in
-        # the run directory before it requeues the job: a candidate too.
+        ckpt_dir = run_dir.checkpoint_dir(output_dir)
+        # Lightning's SLURM handler saves hpc_ckpt_<n>.ckpt in the run directory before it
+        # requeues the job: a candidate too.
         hpc = sorted(p for p in output_dir.glob("hpc_ckpt_*.ckpt") if p.is_file())
         if checkpoint_candidates(ckpt_dir) or hpc:
             path, checkpoint = newest_good_checkpoint(ckpt_dir, trust, TRUST_FLAG, extra=hpc)
@@ -320,27 +232,18 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
     return ResumeChoice(path=path, epoch=epoch, global_step=step)
 
 
-# --------------------------------------------------------------------------- requeue
-def restart_count() -> int:
-    """How many times SLURM has restarted this job (``SLURM_RESTART_COUNT``; 0 outside SLURM
-    and on a job's first start). A requeue, by ``scontrol requeue``, by Lightning's SIGUSR1
-    handler or by submitit after a timeout or preemption, restarts the same command."""
-    try:
-        return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    except ValueError:
-        return 0
-
-
 def resume_if_requeued(cfg: DictConfig, output_dir: Path) -> bool:
-    """A job SLURM restarted continues its run: ``ckpt_path=last`` unless a ``ckpt_path`` is
-    given. Only when the run directory holds this job's own run (a ``config.yaml`` with the
-    same relevant settings) or none; another run there is refused as for any job. Returns
-    whether it set ``ckpt_path``."""
-    count = restart_count()
+    """A job SLURM restarted (``SLURM_RESTART_COUNT`` > 0: ``scontrol requeue``, Lightning's
+    SIGUSR1 handler, submitit) continues its run with ``ckpt_path=last`` unless one is given,
+    when the run directory holds this job's own run or none. Returns whether it set it."""
+    try:
+        count = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+    except ValueError:
+        count = 0
     if count <= 0 or cfg.get("ckpt_path"):
         return False
-    saved = _saved_run_config(output_dir)
-    if (output_dir / "config.yaml").is_file() and (
+    saved = _saved_or_none(output_dir)
+    if (output_dir / run_dir.CONFIG).is_file() and (
         saved is None or diff_configs(saved, relevant_config(cfg))
     ):
         return False  # someone else's run: inspect_run_dir refuses it

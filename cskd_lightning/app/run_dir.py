@@ -13,7 +13,11 @@ by them; the teacher's cache key leaves them out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cskd_lightning.callbacks import CLASS_COSINE_CSV
 from cskd_lightning.loggers import METRICS_FILE
@@ -23,22 +27,31 @@ __all__ = [
     "CLASS_COSINE_CSV",
     "CONFIG",
     "ERROR",
+    "EVAL_METRICS",
     "EXIT",
     "HYDRA_CONFIG",
     "METRICS_FILE",
     "NOT_A_RESULT",
+    "OVERRIDES",
     "PREVIOUS_ERROR",
     "STUDENT",
     "SUMMARY",
     "changes_result",
     "checkpoint_dir",
+    "diff_configs",
     "last_checkpoint",
+    "relevant_config",
+    "saved_run_config",
 ]
 
 CONFIG = "config.yaml"
 """The resolved config, written once the run's checks pass."""
 HYDRA_CONFIG = Path(".hydra") / "config.yaml"
 """Hydra's own copy of the composed (unresolved) config."""
+OVERRIDES = Path(".hydra") / "overrides.yaml"
+"""The run's command-line overrides, as first given."""
+EVAL_METRICS = Path("eval") / "metrics.json"
+"""``cskd-eval``'s test metrics."""
 SUMMARY = "summary.json"
 """What was trained, how it scored, where the files are: written at the end of a run."""
 STUDENT = "student.pt"
@@ -99,3 +112,48 @@ def changes_result(key: str) -> bool:
     if key.startswith("callbacks.") and not key.startswith("callbacks.model_checkpoint"):
         return False
     return not any(key == k or key.startswith(k + ".") for k in NOT_A_RESULT)
+
+
+def relevant_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config flattened to ``{"dotted.key": value}``, keeping the keys that
+    :func:`changes_result`. Only those are resolved, so an unresolvable value (``${hydra:...}``
+    outside Hydra) in another does no harm."""
+    if not isinstance(cfg, DictConfig):
+        cfg = OmegaConf.create(dict(cfg))
+    flat: dict[str, Any] = {}
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node.keys():
+            dotted = f"{prefix}{key}"
+            if not changes_result(dotted):
+                continue
+            value = node[key]
+            if isinstance(value, DictConfig):
+                walk(value, dotted + ".")
+            elif isinstance(value, ListConfig):
+                flat[dotted] = OmegaConf.to_container(value, resolve=True)
+            else:
+                plain = isinstance(value, (str, int, float, bool)) or value is None
+                flat[dotted] = value if plain else str(value)
+
+    walk(cfg, "")
+    return flat
+
+
+def diff_configs(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """``"key: saved -> now"`` for every key that differs (``<absent>`` where missing)."""
+    keys = sorted(set(saved) | set(now))
+    pairs = ((k, saved.get(k, "<absent>"), now.get(k, "<absent>")) for k in keys)
+    return [f"{k}: {a!r} -> {b!r}" for k, a, b in pairs if a != b]
+
+
+def saved_run_config(run_dir: Path) -> dict[str, Any] | None:
+    """The :func:`relevant_config` of ``run_dir``'s ``config.yaml`` (``None``: none there);
+    ``ValueError`` naming the file when it cannot be read."""
+    saved = run_dir / CONFIG
+    if not saved.is_file():
+        return None
+    try:
+        return relevant_config(OmegaConf.load(saved))
+    except Exception as err:  # noqa: BLE001 - any unreadable config is reported the same way
+        raise ValueError(f"{saved} cannot be read ({type(err).__name__}: {err})") from None

@@ -1,10 +1,8 @@
-"""The teacher stage: load a given teacher, reuse a cached one, or train and cache it; and
-the teacher-logit cache ``teacher.logit_cache=true`` attaches."""
+"""The teacher stage: load a given teacher, reuse a cached one, or train and cache it; and the
+teacher-logit cache ``teacher.logit_cache=true`` attaches."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import random
@@ -26,10 +24,12 @@ from cskd_lightning.app.jobs import (
     optional_instantiate,
     to_float,
 )
+from cskd_lightning.app.run_dir import NOT_A_RESULT
 from cskd_lightning.callbacks import ProgressLog
 from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint
 from cskd_lightning.data.device import DeviceDataModule
 from cskd_lightning.errors import InputError, config_keys
+from cskd_lightning.files import save_atomically, stable_hash
 from cskd_lightning.loggers import RunCSVLogger
 from cskd_lightning.logit_cache import TeacherLogitCache
 from cskd_lightning.logit_store import check_topk
@@ -39,10 +39,7 @@ from cskd_lightning.module import DistillationModule
 log = logging.getLogger("cskd_lightning")
 
 IRRELEVANT_DATA_KEYS = (
-    "data_dir",
-    "download",
-    "num_workers",
-    "pin_memory",
+    *(k.removeprefix("data.datamodule.") for k in NOT_A_RESULT if k.startswith("data.datamodule.")),
     "eval_batch_size",
     "two_view",  # the teacher trains on the first (weak) view either way
     "augment_seed",  # the teacher's augmentation is seeded by teacher.seed (teacher_datamodule)
@@ -61,36 +58,40 @@ TEACHER_TRAINER_KEYS = (
 """Trainer settings that change what a teacher learns (part of its cache key)."""
 
 DEBUG_TRAINER_KEYS = ("fast_dev_run", "overfit_batches")
-"""Lightning's debugging limits (``debug=fdr``, ``debug=overfit``) change what a teacher learns
-too; they join the cache key only when set, so the keys of other runs stay as they were."""
+"""Lightning's debugging limits: in the cache key only when set, so other keys stay as they were."""
 
+PUBLISHED_TOLERANCE_PTS = 1.0
+"""How far (points of top-1) a teacher may score from its published accuracy before the run
+warns: about what a CIFAR-100 teacher moves between seeds."""
 
-def teacher_cache_key(cfg: DictConfig) -> str:
-    """A short hash of everything that determines the trained teacher.
-
-    The data (minus paths and loader settings), the teacher model, its recipe, the seed and the
-    trainer settings that change training (precision, batch limits, process count, ...).
-    """
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    for key in IRRELEVANT_DATA_KEYS:
-        data.get("datamodule", {}).pop(key, None)
-    if "seed" in data.get("datamodule", {}):
-        data["datamodule"]["seed"] = teacher_seed(cfg)
-    payload = {
-        "data": data,
-        "model": OmegaConf.to_container(cfg.pair.teacher.model, resolve=True),
-        "recipe": OmegaConf.to_container(cfg.pair.teacher.recipe, resolve=True),
-        "seed": teacher_seed(cfg),
-        "trainer": {key: cfg.trainer.get(key) for key in TEACHER_TRAINER_KEYS},
-    }
-    payload["trainer"].update({k: cfg.trainer[k] for k in DEBUG_TRAINER_KEYS if cfg.trainer.get(k)})
-    text = json.dumps(payload, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+ENVIRONMENT_KEYS = ("threads", "torch", "accelerator", "device", "deterministic")
+"""What a teacher's weights depend on outside its cache key: the log says when they differ."""
 
 
 def teacher_seed(cfg: DictConfig) -> int:
     """``teacher.seed`` (defaults to the run's ``seed``)."""
     return int(cfg.get("teacher", {}).get("seed", cfg.seed))
+
+
+def teacher_cache_key(cfg: DictConfig) -> str:
+    """A short hash of everything that determines the trained teacher: the data (less
+    :data:`IRRELEVANT_DATA_KEYS`), the teacher model and recipe, the seed and
+    :data:`TEACHER_TRAINER_KEYS`."""
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    for key in IRRELEVANT_DATA_KEYS:
+        data.get("datamodule", {}).pop(key, None)
+    if "seed" in data.get("datamodule", {}):
+        data["datamodule"]["seed"] = teacher_seed(cfg)
+    trainer = {key: cfg.trainer.get(key) for key in TEACHER_TRAINER_KEYS}
+    trainer.update({k: cfg.trainer[k] for k in DEBUG_TRAINER_KEYS if cfg.trainer.get(k)})
+    payload = {
+        "data": data,
+        "model": OmegaConf.to_container(cfg.pair.teacher.model, resolve=True),
+        "recipe": OmegaConf.to_container(cfg.pair.teacher.recipe, resolve=True),
+        "seed": teacher_seed(cfg),
+        "trainer": trainer,
+    }
+    return stable_hash(payload, length=12)
 
 
 def teacher_cache_path(cfg: DictConfig) -> Path:
@@ -102,69 +103,62 @@ def teacher_cache_path(cfg: DictConfig) -> Path:
 
 
 def teacher_datamodule(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningDataModule:
-    """The run's datamodule, rebuilt single-view and with ``teacher.seed`` where they differ.
-
-    The teacher learns from the first view alone, so it needs no strong views; a fixed
-    ``teacher.seed`` also fixes the teacher's data split, order and augmentation (a student's
-    ``augment_seed`` does not apply to it).
-    """
+    """The run's datamodule, rebuilt single-view and with ``teacher.seed`` (which fixes the
+    teacher's split, order and augmentation) where they differ."""
+    data = cfg.data.datamodule
     overrides: dict[str, Any] = {}
-    if cfg.data.datamodule.get("two_view", False):
+    if data.get("two_view", False):
         overrides["two_view"] = False
-    if "seed" in cfg.data.datamodule and cfg.data.datamodule.seed != teacher_seed(cfg):
+    if "seed" in data and data.seed != teacher_seed(cfg):
         overrides["seed"] = teacher_seed(cfg)
-    if cfg.data.datamodule.get("augment_seed") is not None:
+    if data.get("augment_seed") is not None:
         overrides["augment_seed"] = None  # the student's augment_seed is not the teacher's
-    return hydra.utils.instantiate(cfg.data.datamodule, **overrides) if overrides else datamodule
+    return hydra.utils.instantiate(data, **overrides) if overrides else datamodule
 
 
-def _plain_trainer(cfg: DictConfig, output_dir: Path, max_epochs: int | None = None) -> L.Trainer:
-    """A trainer like the run's, without checkpoints, for the teacher stage. Only a training
-    (``max_epochs`` given) writes a log (``<output_dir>/metrics.csv``); a test of a ready
-    teacher leaves the directory as it is."""
-    callbacks = [
+def _run_teacher(
+    cfg: DictConfig,
+    teacher: nn.Module,
+    datamodule: L.LightningDataModule,
+    output_dir: Path,
+    train: bool = False,
+) -> float | None:
+    """The teacher's test accuracy, after training it with the pair's teacher recipe and seed
+    when ``train``. A trainer like the run's, without checkpoints; only a training writes a log
+    (``<output_dir>/metrics.csv``)."""
+    recipe, schedule = cfg.pair.teacher.recipe, {}
+    if train:
+        L.seed_everything(teacher_seed(cfg), workers=True)
+        schedule = {k: optional_instantiate(recipe.get(k)) for k in ("optimizer", "scheduler")}
+    module = DistillationModule(teacher, None, CELoss(), **schedule)
+    progress = [
         c
         for c in instantiate_group(cfg.get("callbacks"))
         if type(c).__name__.endswith("ProgressBar") or isinstance(c, ProgressLog)
     ]
-    overrides: dict[str, Any] = {
-        "callbacks": callbacks,
-        "logger": RunCSVLogger(output_dir) if max_epochs is not None else False,
-        "enable_checkpointing": False,
-        "default_root_dir": str(output_dir),
-    }
-    if max_epochs is not None:
-        overrides["max_epochs"] = max_epochs
-    return hydra.utils.instantiate(cfg.trainer, **overrides)
-
-
-def evaluate_teacher(
-    cfg: DictConfig, teacher: nn.Module, datamodule: L.LightningDataModule, output_dir: Path
-) -> float | None:
-    """The teacher's test accuracy (a fraction), measured with a plain test loop."""
-    module = DistillationModule(teacher, None, CELoss())
-    trainer = _plain_trainer(cfg, output_dir)
+    trainer = hydra.utils.instantiate(
+        cfg.trainer,
+        callbacks=progress,
+        logger=RunCSVLogger(output_dir) if train else False,
+        enable_checkpointing=False,
+        default_root_dir=str(output_dir),
+        **({"max_epochs": recipe.max_epochs} if train else {}),
+    )
+    if train:
+        trainer.fit(module, datamodule=datamodule)
     results = trainer.test(module, datamodule=datamodule, verbose=False)
+    teacher.eval()
     return to_float(results[0].get("test/acc")) if results else None
-
-
-PUBLISHED_TOLERANCE_PTS = 1.0
-"""How far (in points of top-1) a teacher may score from its published accuracy before the run
-warns: one point, about what a CIFAR-100 teacher moves between seeds."""
 
 
 def compare_with_published(
     cfg: DictConfig, test_acc: float | None, source: str
 ) -> dict[str, Any] | None:
-    """The teacher's test accuracy beside the one published for the pair's teacher.
+    """The teacher's test accuracy (a fraction) beside ``pair.teacher.published_acc`` (percent).
 
-    ``pair.teacher.published_acc`` (percent; the pair config names its source) against
-    ``test_acc`` (a fraction, from this data's test split). Logs the comparison, as a warning
-    when they differ by more than :data:`PUBLISHED_TOLERANCE_PTS`: a wrong checkpoint, another
-    normalisation or a damaged file shows here, before the student trains. Returns the record
-    ``{"published_acc", "gap_pts", "tolerance_pts", "within_tolerance"}`` for ``summary.json``,
-    or ``None`` when the pair publishes no accuracy or the test gave none.
-    """
+    Logged, as a warning beyond :data:`PUBLISHED_TOLERANCE_PTS` (a wrong checkpoint, another
+    normalisation or a damaged file shows before the student trains). Returns ``{"published_acc",
+    "gap_pts", "tolerance_pts", "within_tolerance"}``, or ``None`` without both numbers."""
     published = cfg.pair.teacher.get("published_acc")
     if published is None or test_acc is None:
         return None
@@ -192,55 +186,22 @@ def compare_with_published(
     }
 
 
-def train_teacher(
-    cfg: DictConfig, teacher: nn.Module, datamodule: L.LightningDataModule, output_dir: Path
-) -> float | None:
-    """Train ``teacher`` with the pair's teacher recipe and seed; return its test accuracy."""
-    L.seed_everything(teacher_seed(cfg), workers=True)
-    recipe = cfg.pair.teacher.recipe
-    module = DistillationModule(
-        teacher,
-        None,
-        CELoss(),
-        optimizer=optional_instantiate(recipe.get("optimizer")),
-        scheduler=optional_instantiate(recipe.get("scheduler")),
-    )
-    trainer = _plain_trainer(cfg, output_dir, max_epochs=recipe.max_epochs)
-    trainer.fit(module, datamodule=datamodule)
-    results = trainer.test(module, datamodule=datamodule, verbose=False)
-    teacher.eval()
-    return to_float(results[0].get("test/acc")) if results else None
+def build_teacher(cfg: DictConfig) -> tuple[nn.Module, Path | None]:
+    """The pair's teacher, with the weights of ``teacher.ckpt_path`` when given (read and
+    checked before anything is written).
 
-
-def _save_atomically(payload: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-
-
-def _initial_teacher(cfg: DictConfig) -> nn.Module:
-    """The pair's teacher model, its initial weights drawn from ``teacher.seed`` alone.
-
-    They are drawn as a run with ``seed=<teacher.seed>`` draws them (seeded, after the
-    student's), whatever the run's own seed, so whichever job of a sweep trains the shared
-    teacher trains the same one. The global random states are left as they were.
-    """
+    Its initial weights are drawn from ``teacher.seed`` alone, as a run with that seed draws
+    them (after the student's), so whichever job of a sweep trains the shared teacher trains
+    the same one; the global random states are left as they were."""
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()
     try:
         L.seed_everything(teacher_seed(cfg), workers=True, verbose=False)
         hydra.utils.instantiate(cfg.pair.student.model)  # the draws a run makes before
-        return hydra.utils.instantiate(cfg.pair.teacher.model)
+        teacher = hydra.utils.instantiate(cfg.pair.teacher.model)
     finally:
         random.setstate(states[0])
         np.random.set_state(states[1])
         torch.set_rng_state(states[2])
-
-
-def build_teacher(cfg: DictConfig) -> tuple[nn.Module, Path | None]:
-    """The pair's teacher model, with the weights of ``teacher.ckpt_path`` when one is given
-    (read and checked: a bad file fails here, before anything is written or trained)."""
-    teacher = _initial_teacher(cfg)
     given = cfg.teacher.get("ckpt_path")
     if not given:
         return teacher, None
@@ -256,34 +217,30 @@ def prepare_teacher(
     output_dir: Path,
     built: tuple[nn.Module, Path | None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Give the pair's teacher its weights; return it with a record of where they came from.
+    """The teacher with its weights, and a record of where they came from.
 
-    ``built``: the result of :func:`build_teacher` (made here when omitted). A teacher loaded
-    from ``teacher.ckpt_path`` or one that is ``pretrained: true`` (torchvision weights) is
-    used as built. Else reuse the cached teacher for this exact data/model/recipe/seed, or
-    train one and cache it.
-    """
+    ``built``: :func:`build_teacher`'s result. A teacher from ``teacher.ckpt_path`` or
+    ``pretrained: true`` is used as built; else the cached teacher for this exact
+    data/model/recipe/seed is reused, or one is trained and cached."""
     teacher, given = built if built is not None else build_teacher(cfg)
     stage_dir = output_dir / "teacher"
     datamodule = teacher_datamodule(cfg, datamodule)
-    if given is not None:
-        log.info("Teacher weights loaded from %s", given)
-        acc = evaluate_teacher(cfg, teacher, datamodule, stage_dir)
-        info = {"source": str(given.resolve()), "test_acc": acc, "cached": False}
-        return teacher.eval(), _with_published(cfg, info, f"loaded from {given}")
-    if cfg.pair.teacher.get("pretrained", False):
-        log.info(
-            "Teacher %s comes with pretrained weights: no teacher training.",
-            cfg.pair.teacher.model.name,
-        )
-        acc = evaluate_teacher(cfg, teacher, datamodule, stage_dir)
-        info = {"source": "pretrained", "test_acc": acc, "cached": False}
-        return teacher.eval(), _with_published(cfg, info, "pretrained weights")
-
+    if given is not None or cfg.pair.teacher.get("pretrained", False):
+        if given is not None:
+            log.info("Teacher weights loaded from %s", given)
+            source, note = str(given.resolve()), f"loaded from {given}"
+        else:
+            log.info(
+                "Teacher %s comes with pretrained weights: no teacher training.",
+                cfg.pair.teacher.model.name,
+            )
+            source, note = "pretrained", "pretrained weights"
+        info = {"source": source, "test_acc": _run_teacher(cfg, teacher, datamodule, stage_dir)}
+        return teacher.eval(), _with_published(cfg, {**info, "cached": False}, note)
     path = teacher_cache_path(cfg)
     if not single_process_job(cfg):
         # Every rank of a DDP job trains the teacher together: a lock held by one rank would
-        # stall the others (see docs/scaling.md, "The teacher on several nodes").
+        # stall the others (docs/scaling.md, "The teacher on several nodes").
         return _cached_or_trained(cfg, teacher, datamodule, stage_dir, path)
     with locks.held(path, "training the teacher"):
         return _cached_or_trained(cfg, teacher, datamodule, stage_dir, path)
@@ -309,7 +266,6 @@ def _cached_or_trained(
     stage_dir: Path,
     path: Path,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Load the cached teacher ``path``, or train the teacher and cache it there."""
     if path.is_file():
         stored = read_checkpoint(path)
         teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)
@@ -324,14 +280,13 @@ def _cached_or_trained(
             "environment": trained_with,
         }
         return teacher.eval(), _with_published(cfg, info, "cached, trained here")
-
     log.info(
         "No cached teacher for this data/model/recipe/seed in the teacher cache %s "
         "(CSKD_CACHE_DIR or paths.cache_dir moves it): training one (%s).",
         path.parent,
         path.name,
     )
-    acc = train_teacher(cfg, teacher, datamodule, stage_dir)
+    acc = _run_teacher(cfg, teacher, datamodule, stage_dir, train=True)
     environment = environment_record(cfg)
     if is_global_zero():
         meta = {
@@ -340,24 +295,18 @@ def _cached_or_trained(
             "model": cfg.pair.teacher.model.name,
             "data": cfg.data.name,
             "seed": teacher_seed(cfg),
-            # Not in the key: what else the weights depend on (README, "The teacher stage").
-            "environment": environment,
+            "environment": environment,  # not in the key (README, "The teacher stage")
         }
-        _save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path)
+        # shared: the jobs of a multi-node sweep may write the same entry at once
+        save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path, shared=True)
         log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)
     info = {"source": str(path), "test_acc": acc, "cached": False, "environment": environment}
     return teacher.eval(), _with_published(cfg, info, "trained here")
 
 
 def _with_published(cfg: DictConfig, info: dict[str, Any], source: str) -> dict[str, Any]:
-    """``info`` with the comparison of :func:`compare_with_published` under ``"published"``."""
     record = compare_with_published(cfg, info.get("test_acc"), source)
     return {**info, "published": record} if record is not None else info
-
-
-ENVIRONMENT_KEYS = ("threads", "torch", "accelerator", "device", "deterministic")
-"""What a teacher's weights depend on that is not in its cache key (README, "The teacher
-stage"): a cached teacher is reused whatever these were, and the log says when they differ."""
 
 
 def _note_environment_change(trained_with: dict[str, Any] | None, now: dict[str, Any]) -> None:
@@ -378,14 +327,10 @@ def _note_environment_change(trained_with: dict[str, Any] | None, now: dict[str,
 
 
 def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache | None:
-    """The cache ``cskd-train`` attaches with ``teacher.logit_cache=true`` (else ``None``).
-
-    Refuses a DataLoader datamodule with one line (``ValueError``) before anything is trained;
-    returns ``None`` for a loss that needs no teacher. ``teacher.logit_cache_dtype=topk`` keeps
-    ``teacher.logit_cache_topk`` classes per training row (refused in one line unless
-    ``1 <= k < data.num_classes``). The cache lives in
-    ``<paths.cache_dir>/teacher_logits/`` (``CSKD_CACHE_DIR`` moves it), next to the teachers.
-    """
+    """The cache attached with ``teacher.logit_cache=true`` (else ``None``; ``None`` too for a
+    loss that needs no teacher), in ``<paths.cache_dir>/teacher_logits/``. Refuses a feature
+    method, a DataLoader datamodule and a ``teacher.logit_cache_topk`` outside
+    ``1 <= k < data.num_classes`` before anything is trained."""
     teacher_cfg = cfg.get("teacher", {}) or {}
     if not teacher_cfg.get("logit_cache", False):
         return None

@@ -1,7 +1,9 @@
 """``cskd-train``: train (or reuse) a teacher, distil a student, test it, write a summary.
 
-Run ``cskd-train --help`` for the config groups, or ``cskd-train --cfg job`` to print the
-composed config. ``python -m cskd_lightning.app.train`` is the same program.
+``cskd-train --help`` lists the config groups; ``python -m cskd_lightning.app.train`` is the
+same program. A run is three steps: :func:`preflight` (every check and build; nothing written),
+:func:`run` (``config.yaml``, the teacher, fit, test) and :func:`record` (``student.pt``,
+``summary.json``, the table).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,49 +19,18 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app.checks import (
-    check_accelerator,
-    check_batch_for_loss,
-    check_cache_dir,
-    check_class_counts,
-    check_data,
-    check_logger_packages,
-    check_module_class,
-    check_output_dir,
-    check_per_process_batch,
-    check_tuning_selection,
-    check_world_size,
-    config_errors,
-    feature_layers,
-    selection_of,
+from cskd_lightning.app import checks, jobs, records, resume
+from cskd_lightning.app import run_dir as files
+from cskd_lightning.app.environment import (
+    ThreadChoice,
+    choose_threads,
+    environment_record,
+    log_threads,
 )
-from cskd_lightning.app.environment import choose_threads, environment_record, log_threads
-from cskd_lightning.app.jobs import (
-    checks_passed,
-    instantiate_group,
-    is_global_zero,
-    optional_instantiate,
-    run_task,
-    to_float,
-)
-from cskd_lightning.app.records import (
-    RUN_SUMMARY,
-    ExistingRun,
-    inspect_run_dir,
-    make_summary,
-    print_summary,
-    write_json,
-    write_run_config,
-)
-from cskd_lightning.app.resume import (
-    RunConfigRecorder,
-    relevant_config,
-    resolve_resume,
-    resume_if_requeued,
-)
-from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher, prepare_teacher
+from cskd_lightning.app.teacher_stage import prepare_teacher
 from cskd_lightning.callbacks import EpochSeed, RunClock
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
+from cskd_lightning.errors import config_keys
 from cskd_lightning.export import save_student
 from cskd_lightning.loggers import RunCSVLogger
 from cskd_lightning.module import DistillationModule
@@ -66,162 +38,187 @@ from cskd_lightning.module import DistillationModule
 log = logging.getLogger("cskd_lightning")
 
 
+@dataclass
+class Preflight:
+    """A run built and checked, with nothing written yet."""
+
+    output_dir: Path
+    threads: ThreadChoice
+    inputs: checks.Inputs
+    resume: resume.ResumeChoice | None
+    existing: records.ExistingRun
+    selection: str
+    clock: RunClock
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train a student as ``cfg`` says and return the metrics (a sweeper reads from them).
-
-    1. Checks, before anything is written or trained: the run directory is writable; every
-       object the config builds (datamodule, loss, models, teacher weights, loggers, trainer);
-       class counts and batch sizes; the data itself; the teacher cache; the checkpoint to
-       resume; what the run directory holds (the same settings, or nothing: a finished run is
-       reported, not redone, and an unfinished one only resumed); and that an optimising sweep
-       does not tune on the test set.
-    2. Then: ``config.yaml`` (a new run), the teacher (given, cached or trained), the student
-       run (fit, resuming ``ckpt_path``; see :mod:`cskd_lightning.app.resume`), the test of the
-       best checkpoint, ``student.pt`` (a :mod:`cskd_lightning.export` artifact) and
-       ``summary.json``, and a short table.
-    """
-    with config_errors():
-        return _train(cfg)
+    """Train a student as ``cfg`` says and return the metrics (a sweeper reads from them). A
+    finished run in the run directory is reported, not redone."""
+    with checks.config_errors():
+        ready = preflight(cfg)
+        if ready.existing.finished:
+            done = "%s holds this run, finished: nothing to do (its summary follows)."
+            log.info(done, ready.output_dir)
+            records.print_summary(ready.existing.summary)
+            return dict(ready.existing.summary.get("metrics", {}))
+        module, metrics, teacher_info = run(cfg, ready)
+        if ready.inputs.trainer.is_global_zero:
+            record(cfg, ready, module, metrics, teacher_info)
+        return metrics
 
 
-def _train(cfg: DictConfig) -> dict[str, Any]:
-    started = time.time()
+def preflight(cfg: DictConfig) -> Preflight:
+    """Every check, before anything is written or trained: the run directory is writable,
+    :func:`~cskd_lightning.app.checks.check_inputs`, the checkpoint to resume, what the run
+    directory holds, and that an optimising sweep does not tune on the test set."""
+    clock = RunClock(time.time())
     output_dir = Path(cfg.paths.output_dir)
-    # --- 1. checks: a bad input fails here, with the run directory as it was -----------------
-    check_output_dir(output_dir, "hydra.run.dir")
-    resume_if_requeued(cfg, output_dir)  # a SLURM requeue continues its run
+    checks.check_output_dir(output_dir, "hydra.run.dir")
+    resume.resume_if_requeued(cfg, output_dir)  # a SLURM requeue continues its run
     threads = choose_threads(cfg)
-    check_logger_packages(cfg)
-    check_module_class(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data.datamodule)
-    loss = hydra.utils.instantiate(cfg.distill.loss)
-    check_batch_for_loss(cfg, loss)
-    check_class_counts(cfg, datamodule, hydra.utils.instantiate(cfg.pair.student.model))
-    features = feature_layers(cfg, loss)  # a feature method: the pair's layers, checked
-    teacher = build_teacher(cfg)
-    logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
-    clock = RunClock(started)
-    loggers = instantiate_group(cfg.get("logger"))
-    check_accelerator(cfg)
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer,
-        callbacks=[
-            CommitCheckpointsAfterLogging(output_dir / "checkpoints"),
-            *instantiate_group(cfg.get("callbacks")),
-            RunConfigRecorder(relevant_config(cfg)),
-            EpochSeed(cfg.seed),  # dropout & co. resume exactly (no RNG state is saved)
-            clock,
-            *([logit_cache] if logit_cache is not None else []),
-        ],
-        logger=loggers or False,
-        plugins=[AtomicCheckpointIO()],
-    )
-    check_per_process_batch(cfg, loss, trainer.world_size)
-    check_world_size(datamodule, trainer.world_size)
-    check_data(datamodule)
-    check_cache_dir(cfg)
-    resume = resolve_resume(cfg, output_dir)
+
+    def make_trainer(loggers: list[Any], callbacks: list[Any]) -> L.Trainer:
+        return hydra.utils.instantiate(
+            cfg.trainer,
+            callbacks=[
+                CommitCheckpointsAfterLogging(files.checkpoint_dir(output_dir)),
+                *jobs.instantiate_group(cfg.get("callbacks")),
+                resume.RunConfigRecorder(resume.relevant_config(cfg)),
+                EpochSeed(cfg.seed),  # dropout & co. resume exactly (no RNG state is saved)
+                clock,
+                *callbacks,
+            ],
+            logger=loggers or False,
+            plugins=[AtomicCheckpointIO()],
+        )
+
+    inputs = checks.check_inputs(cfg, make_trainer)
+    resume_from = resume.resolve_resume(cfg, output_dir)
     # The other processes of a DDP run start after rank 0 has begun writing the run directory.
-    existing = inspect_run_dir(cfg, output_dir) if is_global_zero() else ExistingRun()
-    if existing.finished:
-        log.info("%s holds this run, finished: nothing to do (its summary follows).", output_dir)
-        print_summary(existing.summary)
-        return dict(existing.summary.get("metrics", {}))
-    selection = selection_of(datamodule)
-    check_tuning_selection(cfg, selection)
+    zero = jobs.is_global_zero()
+    existing = records.inspect_run_dir(cfg, output_dir) if zero else records.ExistingRun()
+    selection = checks.selection_of(inputs.datamodule)
+    if not existing.finished:
+        checks.check_tuning_selection(cfg, selection)
+    return Preflight(output_dir, threads, inputs, resume_from, existing, selection, clock)
 
-    # --- 2. the run ---------------------------------------------------------------------------
-    checks_passed()
-    log_threads(threads)
-    if is_global_zero() and existing.config is None:
-        write_run_config(cfg, output_dir)
-    for logger in loggers:
-        if isinstance(logger, RunCSVLogger):
-            kept = logger.keep_history(resume.epoch if resume else None)
-            if kept and resume:
-                log.info(
-                    "Kept %d rows of %s (epochs up to %s).", kept, logger.metrics_file, resume.epoch
-                )
-    log_run_hyperparams(loggers, cfg)
-    teacher_model, teacher_info = prepare_teacher(cfg, datamodule, output_dir, teacher)
 
+RUNTIME_KEYS = {"two_view": "data.datamodule.two_view", "num_samples": "distill.loss.num_samples"}
+"""The config keys of the library arguments whose errors can only show during the fit."""
+
+
+def run(cfg: DictConfig, ready: Preflight) -> tuple[DistillationModule, dict[str, Any], dict]:
+    """Write ``config.yaml`` (a new run), give the teacher its weights, fit the student
+    (resuming ``ckpt_path``) and test the best checkpoint. Returns the student's module, the
+    last value of every metric and the teacher's record."""
+    jobs.checks_passed()
+    log_threads(ready.threads)
+    if jobs.is_global_zero() and ready.existing.config is None:
+        records.write_run_config(cfg, ready.output_dir)
+    inputs, trainer = ready.inputs, ready.inputs.trainer
+    history = _open_logs(cfg, inputs.loggers, ready.resume)
+    teacher, teacher_info = prepare_teacher(
+        cfg, inputs.datamodule, ready.output_dir, inputs.teacher
+    )
     L.seed_everything(cfg.seed, workers=True)
-    student = hydra.utils.instantiate(cfg.pair.student.model)
     recipe = cfg.pair.student.recipe
-    # The module group (conf/module): DistillationModule or a subclass (module._target_).
-    module: DistillationModule = hydra.utils.instantiate(
+    module: DistillationModule = hydra.utils.instantiate(  # conf/module: a subclass, perhaps
         cfg.module,
-        student=student,
-        teacher=teacher_model if loss.requires_teacher else None,
-        loss=loss,
-        optimizer=optional_instantiate(recipe.get("optimizer")),
-        scheduler=optional_instantiate(recipe.get("scheduler")),
-        **({"features": features} if features is not None else {}),
+        student=hydra.utils.instantiate(cfg.pair.student.model),
+        teacher=teacher if inputs.loss.requires_teacher else None,
+        loss=inputs.loss,
+        optimizer=jobs.optional_instantiate(recipe.get("optimizer")),
+        scheduler=jobs.optional_instantiate(recipe.get("scheduler")),
+        **({"features": inputs.features} if inputs.features is not None else {}),
     )
     if cfg.get("train", True):
-        trainer.fit(
-            module,
-            datamodule=datamodule,
-            ckpt_path=str(resume.path) if resume else None,
-            weights_only=not cfg.get("resume_trust_checkpoint", False),
-        )
+        with config_keys(RUNTIME_KEYS):  # errors the library raises once the fit has begun
+            trainer.fit(
+                module,
+                datamodule=inputs.datamodule,
+                ckpt_path=str(ready.resume.path) if ready.resume else None,
+                weights_only=not cfg.get("resume_trust_checkpoint", False),
+            )
     # The last value of every metric: from the whole record (a run resumed at its very end
     # trains no further epoch, so Lightning's callback_metrics are empty), then this segment's.
-    history = next((lg for lg in loggers if isinstance(lg, RunCSVLogger)), None)
     metrics = history.last_values() if history is not None else {}
     if "val/acc_best" not in metrics:  # no CSV record: the best so far is in the module's state
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "compute before update" after a restore
-            metrics["val/acc_best"] = to_float(module.val_acc_best.compute())
-    metrics.update({k: to_float(v) for k, v in trainer.callback_metrics.items()})
-
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            metrics["val/acc_best"] = jobs.to_float(module.val_acc_best.compute())
+    metrics.update({k: jobs.to_float(v) for k, v in trainer.callback_metrics.items()})
     if cfg.get("test", True):
+        best = _best_checkpoint(trainer)
         if not best:
             log.warning("No best checkpoint was saved: testing the final weights.")
-        results = trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-        metrics.update({k: to_float(v) for k, v in (results[0] if results else {}).items()})
-
-    if trainer.is_global_zero:
-        save_student(
-            output_dir / "student.pt",
-            module.student,
-            OmegaConf.to_container(cfg.pair.student.model, resolve=True),
-            module.num_classes,
-            datamodule,
-            run={
-                "method": cfg.distill.name,
-                "seed": cfg.seed,
-                "data": cfg.data.name,
-                "teacher": cfg.pair.teacher.model.name,
-                "test_acc": metrics.get("test/acc"),
-                "val_acc_best": metrics.get("val/acc_best"),
-            },
+        test = trainer.test(
+            module, datamodule=inputs.datamodule, ckpt_path=best or None, verbose=False
         )
-        summary = make_summary(cfg, output_dir, metrics, teacher_info, best, selection, clock)
-        summary["environment"] = environment_record(cfg, threads)
-        write_json(output_dir / RUN_SUMMARY, summary)
-        print_summary(summary)
-    return metrics
+        metrics.update({k: jobs.to_float(v) for k, v in (test[0] if test else {}).items()})
+    return module, metrics, teacher_info
 
 
-def log_run_hyperparams(loggers: list[Any], cfg: DictConfig) -> None:
-    """Give every logger the run's resolved config as its hyperparameters (``hparams.yaml``
-    of the CSV log, TensorBoard's HPARAMS tab, the W&B run config, MLflow params)."""
-    if not loggers or not is_global_zero():
-        return
-    hparams = OmegaConf.to_container(cfg, resolve=True)
-    for logger in loggers:
-        logger.log_hyperparams(hparams)
+def _open_logs(
+    cfg: DictConfig, loggers: list[Any], resume_from: resume.ResumeChoice | None
+) -> RunCSVLogger | None:
+    """Keep the CSV rows of the epochs a resumed run has done, give every logger the resolved
+    config as its hyperparameters (``hparams.yaml``, TensorBoard, W&B, MLflow); return the CSV
+    log (the run's history)."""
+    csv_logs = [lg for lg in loggers if isinstance(lg, RunCSVLogger)]
+    for csv_log in csv_logs:
+        kept = csv_log.keep_history(resume_from.epoch if resume_from else None)
+        if kept and resume_from:
+            message = "Kept %d rows of %s (epochs up to %s)."
+            log.info(message, kept, csv_log.metrics_file, resume_from.epoch)
+    if loggers and jobs.is_global_zero():
+        hparams = OmegaConf.to_container(cfg, resolve=True)
+        for logger in loggers:
+            logger.log_hyperparams(hparams)
+    return csv_logs[0] if csv_logs else None
+
+
+def _best_checkpoint(trainer: L.Trainer) -> str:
+    return trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+
+
+def record(
+    cfg: DictConfig,
+    ready: Preflight,
+    module: DistillationModule,
+    metrics: dict[str, Any],
+    teacher_info: dict[str, Any],
+) -> None:
+    """Write ``student.pt`` (a :mod:`cskd_lightning.export` artifact) and ``summary.json``, and
+    print the summary's table."""
+    out, best = ready.output_dir, _best_checkpoint(ready.inputs.trainer)
+    run_info = {
+        "method": cfg.distill.name,
+        "seed": cfg.seed,
+        "data": cfg.data.name,
+        "teacher": cfg.pair.teacher.model.name,
+        "test_acc": metrics.get("test/acc"),
+        "val_acc_best": metrics.get("val/acc_best"),
+    }
+    model_cfg = OmegaConf.to_container(cfg.pair.student.model, resolve=True)
+    datamodule = ready.inputs.datamodule
+    save_student(
+        out / files.STUDENT, module.student, model_cfg, module.num_classes, datamodule, run=run_info
+    )
+    summary = records.make_summary(
+        cfg, out, metrics, teacher_info, best, ready.selection, ready.clock
+    )
+    summary["environment"] = environment_record(cfg, ready.threads)
+    records.write_json(out / files.SUMMARY, summary)
+    records.print_summary(summary)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cskd_lightning.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """The ``cskd-train`` console script."""
-    if is_global_zero():
+    if jobs.is_global_zero():
         log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
-    return run_task(train, cfg)
+    return jobs.run_task(train, cfg)
 
 
 if __name__ == "__main__":
