@@ -128,9 +128,9 @@ class Preprocess:
 
 def _normalizer(datamodule: Any) -> Any:
     source = getattr(datamodule, "source", None)  # a DeviceDataModule wraps the regular one
-    if source is not None and hasattr(source, "_normalize_transform"):
+    if source is not None and hasattr(source, "normalization"):
         datamodule = source
-    make = getattr(datamodule, "_normalize_transform", None)
+    make = getattr(datamodule, "normalization", None)
     if make is None:
         return None, datamodule
     try:
@@ -161,7 +161,7 @@ def preprocessing_of(datamodule: Any) -> dict[str, Any] | None:
         "std": [float(v) for v in torch.as_tensor(norm.std).flatten()],
         "scale": float(norm.scale) * float(getattr(holder, "raw_scale", 1.0)),
     }
-    geometry = getattr(holder, "_eval_geometry", lambda: None)()
+    geometry = getattr(holder, "eval_geometry", lambda: None)()
     if geometry is not None:  # e.g. ImageNet's resize + centre crop: recorded, not applied
         spec["eval_geometry"] = repr(geometry)
     return spec

@@ -303,7 +303,7 @@ def test_fmnist_real_data_sizes():
 def test_fmnist_normalised_training_images_have_zero_mean_and_unit_std():
     """The normalisation statistics are the training images': checked against the raw file."""
     images, _ = _raw_fmnist("train")
-    normalise = FashionMNISTDataModule()._normalize_transform()
+    normalise = FashionMNISTDataModule().normalization()
     x = normalise(torch.from_numpy(images.copy()).unsqueeze(1))  # (N, 1, 28, 28)
     mean, std = x.double().mean(dim=(0, 2, 3)), x.double().std(dim=(0, 2, 3))
     assert torch.all(mean.abs() < 2e-3) and torch.all((std - 1).abs() < 2e-3), (mean, std)
@@ -390,7 +390,7 @@ def test_cifar_normalised_training_images_have_zero_mean_and_unit_std(cls, folde
         with open(path, "rb") as f:
             raw.append(pickle.load(f, encoding="latin1")["data"])
     images = torch.from_numpy(np.concatenate(raw).reshape(-1, 3, 32, 32))
-    x = cls(data_dir=str(CIFAR_DIR))._normalize_transform()(images)
+    x = cls(data_dir=str(CIFAR_DIR)).normalization()(images)
     mean, std = x.double().mean(dim=(0, 2, 3)), x.double().std(dim=(0, 2, 3))
     assert torch.all(mean.abs() < 5e-3) and torch.all((std - 1).abs() < 5e-3), (mean, std)
 

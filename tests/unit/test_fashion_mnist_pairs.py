@@ -107,7 +107,7 @@ def test_pairs_depend_on_pair_seed_only() -> None:
         dm = FashionMNISTPairsDataModule(
             data_dir=str(FMNIST_DIR), num_train_pairs=3000, num_test_pairs=500, **kwargs
         )
-        train, train_labels, test = dm._load()
+        train, train_labels, test = dm.load_raw()
         return train.images, train_labels, test.images
 
     first, again, other_run_seed = load(pair_seed=3), load(pair_seed=3), load(pair_seed=3, seed=9)
