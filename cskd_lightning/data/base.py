@@ -41,6 +41,7 @@ from torch's generator; a transform of your own that draws from ``numpy.random``
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
@@ -251,6 +252,22 @@ def stratified_split(
     return np.sort(keep), np.sort(held)
 
 
+def signature_with_base_arguments(cls: type) -> inspect.Signature:
+    """``cls``'s constructor signature plus the arguments its ``**kwargs`` hands on to its base
+    classes (as keyword-only), so that ``inspect.signature(cls)`` and the argument hints built
+    on it list every argument the class takes."""
+    params: dict[str, inspect.Parameter] = {}
+    for depth, klass in enumerate(k for k in cls.__mro__ if "__init__" in k.__dict__):
+        own = list(inspect.signature(klass.__dict__["__init__"]).parameters.values())[1:]
+        for p in own:
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in params:
+                params[p.name] = p if depth == 0 else p.replace(kind=p.KEYWORD_ONLY)
+        if not any(p.kind is p.VAR_KEYWORD for p in own):
+            break
+    ordered = sorted(params.values(), key=lambda p: p.kind)
+    return inspect.Signature(ordered, return_annotation=None)
+
+
 class RawSplits(NamedTuple):
     """The raw samples of a datamodule's three splits (no transform applied).
 
@@ -310,6 +327,10 @@ class BaseDataModule(L.LightningDataModule):
     #: the dataset's defaults of the ``val_split`` and ``augment`` arguments.
     val_split: float | int = 0
     augment: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = signature_with_base_arguments(cls)
 
     def __init__(
         self,
