@@ -43,8 +43,9 @@ from torch import Tensor
 
 from cskd_lightning.errors import InputError
 
-from .base import BaseDataModule, TensorImageDataset, fit_epoch
+from .base import BaseDataModule, TensorImageDataset
 from .batch_augment import BatchAugment
+from .loading import fit_epoch
 from .sample_random import SampleRandom
 from .transforms import ToFloatNormalize
 

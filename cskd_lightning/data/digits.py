@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import BaseDataModule, TensorImageDataset, stratified_split
+from .base import BaseDataModule, TensorImageDataset
+from .loading import stratified_split
 
 __all__ = ["DigitsDataModule"]
 
