@@ -34,10 +34,8 @@ __all__ = [
     "batch_rand_augment",
 ]
 
-#: The strong view's per-sample ops (torchvision RandAugment's list minus ``Equalize``, which
-#: needs a per-image histogram and has no cheap batched form).
-RAND_AUGMENT_OPS: tuple[str, ...] = (
-    "identity",
+#: The colour ops of :func:`batch_rand_augment` (the others are geometric).
+_COLOUR_OPS = (
     "brightness",
     "color",
     "contrast",
@@ -45,6 +43,12 @@ RAND_AUGMENT_OPS: tuple[str, ...] = (
     "posterize",
     "solarize",
     "autocontrast",
+)
+#: The strong view's per-sample ops (torchvision RandAugment's list minus ``Equalize``, which
+#: needs a per-image histogram and has no cheap batched form).
+RAND_AUGMENT_OPS: tuple[str, ...] = (
+    "identity",
+    *_COLOUR_OPS,
     "rotate",
     "shear_x",
     "shear_y",
@@ -146,17 +150,6 @@ def _colour_op(name: str, x: Tensor, factor: Tensor, step: float, threshold: flo
         span = x.amax(dim=(2, 3), keepdim=True) - low
         return torch.where(span > 0, (x - low) / span.clamp_min(1e-12), x)
     raise ValueError(f"unknown colour op {name!r}")
-
-
-_COLOUR_OPS = (
-    "brightness",
-    "color",
-    "contrast",
-    "sharpness",
-    "posterize",
-    "solarize",
-    "autocontrast",
-)
 
 
 def batch_rand_augment(
