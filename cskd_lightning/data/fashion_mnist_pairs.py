@@ -117,9 +117,7 @@ class FashionMNISTPairsDataModule(FashionMNISTDataModule):
             ("num_test_pairs", num_test_pairs),
         ):
             if isinstance(value, bool) or int(value) != value or value < 1:
-                raise InputError(
-                    f"data.datamodule.{name} must be a positive integer, got {value!r}"
-                )
+                raise InputError(f"{name} must be a positive integer, got {value!r}", key=name)
         self.num_train_pairs = int(num_train_pairs)
         self.num_test_pairs = int(num_test_pairs)
         self.pair_seed = int(pair_seed)

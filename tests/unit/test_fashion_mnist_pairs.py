@@ -133,8 +133,9 @@ def test_missing_data_and_bad_counts_are_one_line_errors(tmp_path: Path) -> None
     message = str(info.value)
     assert "\n" not in message and str(tmp_path / "nope") in message
     assert "apt-get install dataset-fashion-mnist" in message
-    with pytest.raises(ValueError, match="data.datamodule.num_train_pairs"):
+    with pytest.raises(ValueError, match="^num_train_pairs must be a positive integer") as bad:
         FashionMNISTPairsDataModule(num_train_pairs=0)
+    assert bad.value.key == "num_train_pairs"  # the application names data.datamodule.<key>
 
 
 # ------------------------------------------------------------------------------ device variant
