@@ -177,8 +177,10 @@ def class_names_of(datamodule: Any) -> list[str] | None:
 
 
 def input_shape_of(datamodule: Any) -> list[int] | None:
-    """``[C, H, W]`` from the datamodule's ``in_channels`` and ``image_size``, else ``None``."""
-    channels, side = getattr(datamodule, "in_channels", 0), getattr(datamodule, "image_size", 0)
+    """``[C, H, W]`` from the datamodule's ``in_channels`` and ``image_shape`` (or square
+    ``image_size``), else ``None``."""
+    channels = getattr(datamodule, "in_channels", 0)
+    side = getattr(datamodule, "image_shape", None) or getattr(datamodule, "image_size", 0)
     if not channels or not side:
         return None
     if isinstance(side, (tuple, list)):

@@ -20,6 +20,7 @@ from helpers import FMNIST_DIR, needs_fmnist
 
 from cskd_lightning.data import DeviceDataModule, FashionMNISTPairsDataModule
 from cskd_lightning.data.fashion_mnist_pairs import draw_pair_indices
+from cskd_lightning.export import input_shape_of
 from cskd_lightning.models import count_parameters, create_model
 
 
@@ -124,6 +125,11 @@ def test_pair_indices_cover_each_image_evenly() -> None:
         assert counts.min() >= 17 // 7 and counts.max() <= -(-17 // 7)
     assert not np.array_equal(left, right)
     assert np.array_equal(draw_pair_indices(7, 17, seed=0)[1], right)
+
+
+def test_the_exported_input_shape_is_the_pairs_28_by_56() -> None:
+    for dm in (FashionMNISTPairsDataModule(), DeviceDataModule(FashionMNISTPairsDataModule())):
+        assert input_shape_of(dm) == [1, 28, 56]
 
 
 def test_missing_data_and_bad_counts_are_one_line_errors(tmp_path: Path) -> None:
