@@ -56,7 +56,7 @@ import torch
 from omegaconf import OmegaConf
 
 from cskd_lightning.data import DeviceDataModule, FashionMNISTDataModule
-from cskd_lightning.data.base import stratified_split
+from cskd_lightning.data.loading import stratified_split
 from cskd_lightning.losses import CELoss
 from cskd_lightning.models import create_model
 from cskd_lightning.module import DistillationModule

@@ -63,7 +63,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import cskd_lightning.data.device as device_data
+import cskd_lightning.data.batch_augment as batch_augment
 from cskd_lightning import DistillationModule
 from cskd_lightning.app.jobs import quiet_logs
 from cskd_lightning.callbacks import TemperatureMonitor
@@ -512,8 +512,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--steps must be >= 4 (the first step is not counted)")
     quiet_logs()
     # The strong view's ops as on an accelerator (on the CPU they index the drawn subsets).
-    device_data.batch_rand_augment = functools.partial(
-        device_data.batch_rand_augment, sync_free=True
+    batch_augment.batch_rand_augment = functools.partial(
+        batch_augment.batch_rand_augment, sync_free=True
     )
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     probe = Probe(args)

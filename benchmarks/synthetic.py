@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import Callback
 
 from cskd_lightning.data import CIFAR100DataModule
 from cskd_lightning.data.base import BaseDataModule, TensorImageDataset
-from cskd_lightning.data.transforms import ToFloatNormalize
 
 CIFAR100_MEAN, CIFAR100_STD = CIFAR100DataModule.mean, CIFAR100DataModule.std
 
@@ -30,12 +29,14 @@ class SyntheticCIFAR(BaseDataModule):
     image_size = 32
     crop_padding = 4
     flip = True
+    mean = CIFAR100_MEAN
+    std = CIFAR100_STD
 
     def __init__(self, n: int, n_test: int = 512, num_classes: int = 100, **kwargs: Any):
         super().__init__(**kwargs)
         self.n, self.n_test, self.num_classes = int(n), int(n_test), int(num_classes)
 
-    def _load(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
+    def load_raw(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
         g = torch.Generator().manual_seed(0)
         total = self.n + self.n_test
         images = torch.randint(0, 256, (total, 3, 32, 32), generator=g, dtype=torch.uint8)
@@ -43,9 +44,6 @@ class SyntheticCIFAR(BaseDataModule):
         train = TensorImageDataset(images[: self.n], labels[: self.n])
         test = TensorImageDataset(images[self.n :], labels[self.n :])
         return train, labels[: self.n], test
-
-    def _normalize_transform(self) -> ToFloatNormalize:
-        return ToFloatNormalize(CIFAR100_MEAN, CIFAR100_STD, scale=255.0)
 
 
 class EpochTimer(Callback):

@@ -61,7 +61,8 @@ from torch import Tensor
 
 from cskd_lightning import CSKDLoss, DistillationModule
 from cskd_lightning.data import CIFAR100DataModule
-from cskd_lightning.data.device import BatchAugment, DeviceBatchLoader, ShardedPermutation
+from cskd_lightning.data.batch_augment import BatchAugment
+from cskd_lightning.data.device import DeviceBatchLoader, ShardedPermutation
 from cskd_lightning.data.fashion_mnist import MEAN as FMNIST_MEAN
 from cskd_lightning.data.fashion_mnist import STD as FMNIST_STD
 from cskd_lightning.data.fashion_mnist import find_fashion_mnist_files, read_idx

@@ -128,9 +128,9 @@ class Preprocess:
 
 def _normalizer(datamodule: Any) -> Any:
     source = getattr(datamodule, "source", None)  # a DeviceDataModule wraps the regular one
-    if source is not None and hasattr(source, "_normalize_transform"):
+    if source is not None and hasattr(source, "normalization"):
         datamodule = source
-    make = getattr(datamodule, "_normalize_transform", None)
+    make = getattr(datamodule, "normalization", None)
     if make is None:
         return None, datamodule
     try:
@@ -161,7 +161,7 @@ def preprocessing_of(datamodule: Any) -> dict[str, Any] | None:
         "std": [float(v) for v in torch.as_tensor(norm.std).flatten()],
         "scale": float(norm.scale) * float(getattr(holder, "raw_scale", 1.0)),
     }
-    geometry = getattr(holder, "_eval_geometry", lambda: None)()
+    geometry = getattr(holder, "eval_geometry", lambda: None)()
     if geometry is not None:  # e.g. ImageNet's resize + centre crop: recorded, not applied
         spec["eval_geometry"] = repr(geometry)
     return spec
@@ -177,8 +177,10 @@ def class_names_of(datamodule: Any) -> list[str] | None:
 
 
 def input_shape_of(datamodule: Any) -> list[int] | None:
-    """``[C, H, W]`` from the datamodule's ``in_channels`` and ``image_size``, else ``None``."""
-    channels, side = getattr(datamodule, "in_channels", 0), getattr(datamodule, "image_size", 0)
+    """``[C, H, W]`` from the datamodule's ``in_channels`` and ``image_shape`` (or square
+    ``image_size``), else ``None``."""
+    channels = getattr(datamodule, "in_channels", 0)
+    side = getattr(datamodule, "image_shape", None) or getattr(datamodule, "image_size", 0)
     if not channels or not side:
         return None
     if isinstance(side, (tuple, list)):

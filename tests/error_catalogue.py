@@ -206,7 +206,8 @@ CASES: list[Case] = [
     Case("pairs_count", "a pair count that is not a positive integer",
          ["data=fashion_mnist_pairs", "pair=fashion_mnist_pairs",
           "data.datamodule.num_train_pairs=0"],
-         "data.datamodule.num_train_pairs must be a positive integer, got 0"),
+         "num_train_pairs must be a positive integer, got 0 "
+         "(config: data.datamodule.num_train_pairs)"),
     Case("ddp_odd_batch", "batch size not divisible by the process count",
          ["trainer=ddp_sim", "data.datamodule.batch_size=63"],
          "batch_size=63 is the GLOBAL batch and must be divisible by the number of processes (2)"),

@@ -41,8 +41,8 @@ def raw_digits_test_set() -> tuple[torch.Tensor, torch.Tensor]:
     the labels; selected with the datamodule's split constants, nothing else of it."""
     from sklearn.datasets import load_digits
 
-    from cskd_lightning.data.base import stratified_split
     from cskd_lightning.data.digits import TEST_FRACTION, TEST_SPLIT_SEED
+    from cskd_lightning.data.loading import stratified_split
 
     bunch = load_digits()
     labels = torch.as_tensor(bunch.target, dtype=torch.int64)

@@ -5,11 +5,13 @@ Every datamodule takes a GLOBAL ``batch_size`` (divided by the trainer's world s
 ``(B,)``) and, with ``two_view=True``, training batches ``((x_weak, x_strong), y)``.
 ``num_classes``, ``in_channels`` and ``image_size`` are available right after construction.
 ``DeviceDataModule(<any in-memory datamodule>)`` keeps the data on the training device and
-makes the batches there. The training data of every epoch is a function of the seed and the
-epoch alone, so resuming needs no data state in the checkpoint.
+makes the batches there (the batched augmentation kernels are in :mod:`.batch_augment`). A new
+dataset is one :class:`BaseDataModule` subclass: its ``load_raw`` and class attributes
+(README, "Your own data, model and teacher"). The training data of every epoch is a function
+of the seed and the epoch alone, so resuming needs no data state in the checkpoint.
 """
 
-from .base import BaseDataModule
+from .base import BaseDataModule, RawSplits
 from .cifar import CIFAR10DataModule, CIFAR100DataModule
 from .device import DeviceDataModule
 from .digits import DigitsDataModule
@@ -28,5 +30,6 @@ __all__ = [
     "FashionMNISTDataModule",
     "FashionMNISTPairsDataModule",
     "ImageNetDataModule",
+    "RawSplits",
     "TwoViewTransform",
 ]

@@ -17,8 +17,7 @@ import torch
 
 from cskd_lightning.errors import InputError, MissingInputError
 
-from .base import BaseDataModule, TensorImageDataset, Transform
-from .transforms import RandomCropTensor, RandomHorizontalFlipTensor, ToFloatNormalize
+from .base import BaseDataModule, TensorImageDataset
 
 __all__ = ["CIFAR10DataModule", "CIFAR100DataModule"]
 
@@ -43,8 +42,6 @@ class _CIFARDataModule(BaseDataModule):
     meta_file: str = ""
     label_key: str = ""
     names_key: str = ""
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     tv_name: str = ""
 
     in_channels: int = 3
@@ -52,29 +49,8 @@ class _CIFARDataModule(BaseDataModule):
     crop_padding: int = 4
     flip: bool = True
 
-    def __init__(
-        self,
-        data_dir: str = "data/",
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_split: float | int = 0,
-        two_view: bool = False,
-        seed: int = 0,
-        pin_memory: bool | None = None,
-        download: bool = False,
-        augment: bool = True,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_split=val_split,
-            two_view=two_view,
-            seed=seed,
-            pin_memory=pin_memory,
-            augment=augment,
-        )
+    def __init__(self, data_dir: str = "data/", download: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.data_dir = str(data_dir)
         self.download = bool(download)
         self.classes: list[str] = []
@@ -119,7 +95,7 @@ class _CIFARDataModule(BaseDataModule):
         images = torch.from_numpy(np.concatenate(datas).reshape(-1, 3, 32, 32))
         return TensorImageDataset(images, torch.from_numpy(np.concatenate(labels)))
 
-    def _load(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
+    def load_raw(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
         if self.download and self.world_size == 1:
             self.prepare_data()  # Lightning already called it on rank 0 otherwise
         missing = self._missing()
@@ -136,15 +112,6 @@ class _CIFARDataModule(BaseDataModule):
         train = self._read(self.train_files)
         test = self._read(self.test_files)
         return train, train.targets, test
-
-    def _augment_transform(self) -> Transform:
-        return self._compose(
-            RandomCropTensor(self.image_size, padding=self.crop_padding),
-            RandomHorizontalFlipTensor(),
-        )
-
-    def _normalize_transform(self) -> Transform:
-        return ToFloatNormalize(self.mean, self.std, scale=255.0)
 
 
 class CIFAR10DataModule(_CIFARDataModule):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import BaseDataModule, TensorImageDataset, Transform, stratified_split
-from .transforms import RandomCropTensor, ToFloatNormalize
+from .base import BaseDataModule, TensorImageDataset
+from .loading import stratified_split
 
 __all__ = ["DigitsDataModule"]
 
@@ -26,47 +26,30 @@ class DigitsDataModule(BaseDataModule):
     Everything lives in memory as tensors. ``augment`` (default False here: the images are
     tiny) adds a random shift of up to one pixel (zero pad 1 + random 8x8 crop).
 
-    Batches: ``x`` ``float32`` ``(B, 1, 8, 8)``, ``y`` ``int64`` ``(B,)``; see
-    :class:`~cskd_lightning.data.base.BaseDataModule` for the other arguments.
+    Batches: ``x`` ``float32`` ``(B, 1, 8, 8)``, ``y`` ``int64`` ``(B,)``. Arguments: those of
+    :class:`~cskd_lightning.data.base.BaseDataModule`.
     """
 
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 8
     crop_padding: int = 1
-    #: ``load_digits`` pixels are ``0..16``; ``_load`` divides them by 16 before the transforms.
+    #: the mean and std of the non-test pool, set by :meth:`load_raw`; the pixels are already
+    #: divided by ``raw_scale`` there, so the normalisation divides by 1.
+    mean: tuple[float, ...] = (0.0,)
+    std: tuple[float, ...] = (1.0,)
+    pixel_scale: float = 1.0
+    #: ``load_digits`` pixels are ``0..16``; ``load_raw`` divides them by 16 before the transforms.
     raw_scale: float = 16.0
     classes: tuple[str, ...] = tuple(str(d) for d in range(10))
+    val_split: float | int = 0.1
+    augment: bool = False
 
-    def __init__(
-        self,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_split: float | int = 0.1,
-        two_view: bool = False,
-        seed: int = 0,
-        pin_memory: bool | None = None,
-        augment: bool = False,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_split=val_split,
-            two_view=two_view,
-            seed=seed,
-            pin_memory=pin_memory,
-            augment=augment,
-        )
-        self.mean: tuple[float, ...] = (0.0,)
-        self.std: tuple[float, ...] = (1.0,)
-
-    def _load(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
+    def load_raw(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
-        images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / 16.0)
+        images = torch.from_numpy(np.asarray(bunch.images, dtype=np.float32) / self.raw_scale)
         images = images.unsqueeze(1).contiguous()  # (1797, 1, 8, 8) in [0, 1]
         labels = torch.from_numpy(np.asarray(bunch.target, dtype=np.int64))
         n_test = int(np.ceil(TEST_FRACTION * len(labels)))
@@ -77,9 +60,3 @@ class DigitsDataModule(BaseDataModule):
         train = TensorImageDataset(pool, labels[pool_idx])
         test = TensorImageDataset(images[test_idx], labels[test_idx])
         return train, train.targets, test
-
-    def _augment_transform(self) -> Transform:
-        return RandomCropTensor(self.image_size, padding=self.crop_padding)
-
-    def _normalize_transform(self) -> Transform:
-        return ToFloatNormalize(self.mean, self.std, scale=1.0)

@@ -6,14 +6,14 @@ import gzip
 import os
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from cskd_lightning.errors import InputError, MissingInputError
 
-from .base import BaseDataModule, TensorImageDataset, Transform
-from .transforms import RandomCropTensor, RandomHorizontalFlipTensor, ToFloatNormalize
+from .base import BaseDataModule, TensorImageDataset
 
 __all__ = ["FashionMNISTDataModule", "read_idx", "find_fashion_mnist_files"]
 
@@ -114,39 +114,22 @@ class FashionMNISTDataModule(BaseDataModule):
     zero padding 2 + horizontal flip, on tensors. ``val_split`` (default 5000) is held out of
     the training set, stratified by ``seed``; 0 validates on the test set.
 
-    Batches: ``x`` ``float32`` ``(B, 1, 28, 28)``, ``y`` ``int64`` ``(B,)``.
+    Batches: ``x`` ``float32`` ``(B, 1, 28, 28)``, ``y`` ``int64`` ``(B,)``. Other arguments:
+    those of :class:`~cskd_lightning.data.base.BaseDataModule`.
     """
 
-    num_classes: int = 10
+    num_classes: int = len(CLASSES)
     in_channels: int = 1
     image_size: int = 28
     crop_padding: int = 2
     flip: bool = True
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] = STD
     classes: tuple[str, ...] = CLASSES
+    val_split: float | int = 5000
 
-    def __init__(
-        self,
-        data_dir: str = DEFAULT_DIR,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_split: float | int = 5000,
-        two_view: bool = False,
-        seed: int = 0,
-        pin_memory: bool | None = None,
-        download: bool = False,
-        augment: bool = True,
-    ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_split=val_split,
-            two_view=two_view,
-            seed=seed,
-            pin_memory=pin_memory,
-            augment=augment,
-        )
+    def __init__(self, data_dir: str = DEFAULT_DIR, download: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.data_dir = str(data_dir)
         self.download = bool(download)
 
@@ -164,7 +147,7 @@ class FashionMNISTDataModule(BaseDataModule):
         for train in (True, False):
             FashionMNIST(self.data_dir, train=train, download=True)
 
-    def _load(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
+    def load_raw(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
         if self.download and self.world_size == 1:
             self.prepare_data()  # no-op when the files are there (Lightning calls it on rank 0)
         files = find_fashion_mnist_files(self.data_dir)
@@ -181,7 +164,7 @@ class FashionMNISTDataModule(BaseDataModule):
                 raise InputError(
                     f"{files[f'{part}_images']}: expected 28x28 images, got {images.shape[1:]}"
                 )
-            if labels.size and int(labels.max()) >= self.num_classes:
+            if labels.size and int(labels.max()) >= len(CLASSES):
                 raise InputError(f"{files[f'{part}_labels']}: label {int(labels.max())} >= 10")
             splits.append(
                 TensorImageDataset(
@@ -190,12 +173,3 @@ class FashionMNISTDataModule(BaseDataModule):
             )
         train, test = splits
         return train, train.targets, test
-
-    def _augment_transform(self) -> Transform:
-        return self._compose(
-            RandomCropTensor(self.image_size, padding=self.crop_padding),
-            RandomHorizontalFlipTensor(),
-        )
-
-    def _normalize_transform(self) -> Transform:
-        return ToFloatNormalize(MEAN, STD, scale=255.0)

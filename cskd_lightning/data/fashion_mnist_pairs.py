@@ -17,6 +17,7 @@ training image appears exactly once on the left and once on the right.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,9 +25,8 @@ from torch import Tensor
 
 from cskd_lightning.errors import InputError
 
-from .base import BaseDataModule, TensorImageDataset, Transform
-from .fashion_mnist import DEFAULT_DIR, MEAN, STD, FashionMNISTDataModule
-from .transforms import RandomCropTensor, ToFloatNormalize
+from .base import TensorImageDataset
+from .fashion_mnist import FashionMNISTDataModule
 
 __all__ = ["FashionMNISTPairsDataModule", "draw_pair_indices", "make_pairs"]
 
@@ -74,7 +74,7 @@ def make_pairs(
     return pair_images, pair_labels.to(torch.int64)
 
 
-class FashionMNISTPairsDataModule(BaseDataModule):
+class FashionMNISTPairsDataModule(FashionMNISTDataModule):
     """100 classes from real Fashion-MNIST: two images side by side, label ``10 * a + b``.
 
     Data: the four Fashion-MNIST idx files, found and checked exactly as
@@ -97,69 +97,36 @@ class FashionMNISTPairsDataModule(BaseDataModule):
     """
 
     num_classes: int = SINGLE_CLASSES * SINGLE_CLASSES
-    in_channels: int = 1
     #: the side of each half; the images are ``image_shape = (28, 56)``.
-    image_size: int = 28
     image_shape: tuple[int, int] = (28, 56)
     #: no flip: mirroring a pair swaps its halves, and so its label.
-    crop_padding: int = 2
     flip: bool = False
+    classes: tuple[str, ...] = ()
 
     def __init__(
         self,
-        data_dir: str = DEFAULT_DIR,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_split: float | int = 5000,
-        two_view: bool = False,
-        seed: int = 0,
-        pin_memory: bool | None = None,
-        download: bool = False,
-        augment: bool = True,
+        *,
         num_train_pairs: int = 60000,
         num_test_pairs: int = 10000,
         pair_seed: int = 0,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_split=val_split,
-            two_view=two_view,
-            seed=seed,
-            pin_memory=pin_memory,
-            augment=augment,
-        )
+        super().__init__(**kwargs)
         for name, value in (
             ("num_train_pairs", num_train_pairs),
             ("num_test_pairs", num_test_pairs),
         ):
             if isinstance(value, bool) or int(value) != value or value < 1:
-                raise InputError(
-                    f"data.datamodule.{name} must be a positive integer, got {value!r}"
-                )
-        self.data_dir = str(data_dir)
-        self.download = bool(download)
+                raise InputError(f"{name} must be a positive integer, got {value!r}", key=name)
         self.num_train_pairs = int(num_train_pairs)
         self.num_test_pairs = int(num_test_pairs)
         self.pair_seed = int(pair_seed)
         #: ``{"train": (left, right), "test": (left, right)}``: the source indices of every
-        #: pair into the official split's images (set by ``_load``).
+        #: pair into the official split's images (set by ``load_raw``).
         self.pair_indices: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def _single_images(self) -> FashionMNISTDataModule:
-        """The plain Fashion-MNIST datamodule that reads and checks the idx files."""
-        return FashionMNISTDataModule(data_dir=self.data_dir, download=self.download)
-
-    def prepare_data(self) -> None:
-        """Download with torchvision (rank 0 only) if ``download`` and the files are missing."""
-        self._single_images().prepare_data()
-
-    def _load(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
-        single = self._single_images()
-        single.trainer = self.trainer
-        train, _, test = single._load()
+    def load_raw(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
+        train, _, test = super().load_raw()
         splits = []
         for stream, (part, source, count) in enumerate(
             (("train", train, self.num_train_pairs), ("test", test, self.num_test_pairs))
@@ -171,9 +138,3 @@ class FashionMNISTPairsDataModule(BaseDataModule):
             )
         train_pairs, test_pairs = splits
         return train_pairs, train_pairs.targets, test_pairs
-
-    def _augment_transform(self) -> Transform:
-        return RandomCropTensor(self.image_shape, padding=self.crop_padding)
-
-    def _normalize_transform(self) -> Transform:
-        return ToFloatNormalize(MEAN, STD, scale=255.0)

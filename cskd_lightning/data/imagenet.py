@@ -19,10 +19,10 @@ STD = (0.229, 0.224, 0.225)
 
 
 class _PILToNormalizedTensor:
-    """PIL RGB image -> normalised ``float32`` tensor ``(3, H, W)``."""
+    """PIL RGB image -> normalised ``float32`` tensor ``(3, H, W)`` (``norm`` of its tensor)."""
 
-    def __init__(self) -> None:
-        self.norm = ToFloatNormalize(MEAN, STD, scale=255.0)
+    def __init__(self, norm: ToFloatNormalize) -> None:
+        self.norm = norm
 
     def __call__(self, img: Any) -> Tensor:
         from torchvision.transforms.functional import pil_to_tensor
@@ -30,7 +30,7 @@ class _PILToNormalizedTensor:
         return self.norm(pil_to_tensor(img))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(mean={MEAN}, std={STD})"
+        return f"{type(self).__name__}({self.norm!r})"
 
 
 class ImageNetDataModule(BaseDataModule):
@@ -47,31 +47,13 @@ class ImageNetDataModule(BaseDataModule):
     """
 
     in_channels: int = 3
+    mean: tuple[float, ...] = MEAN
+    std: tuple[float, ...] = STD
 
     def __init__(
-        self,
-        data_dir: str,
-        batch_size: int = 64,
-        eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        val_split: float | int = 0,
-        two_view: bool = False,
-        seed: int = 0,
-        pin_memory: bool | None = None,
-        augment: bool = True,
-        num_classes: int = 1000,
-        image_size: int = 224,
+        self, data_dir: str, num_classes: int = 1000, image_size: int = 224, **kwargs: Any
     ) -> None:
-        super().__init__(
-            batch_size=batch_size,
-            eval_batch_size=eval_batch_size,
-            num_workers=num_workers,
-            val_split=val_split,
-            two_view=two_view,
-            seed=seed,
-            pin_memory=pin_memory,
-            augment=augment,
-        )
+        super().__init__(**kwargs)
         if num_classes < 1 or image_size < 1:
             raise InputError(
                 f"num_classes and image_size must be >= 1, got {num_classes}, {image_size}"
@@ -81,7 +63,7 @@ class ImageNetDataModule(BaseDataModule):
         self.image_size = int(image_size)
         self.classes: list[str] = []
 
-    def _load(self) -> tuple[Any, list[int], Any]:
+    def load_raw(self) -> tuple[Any, list[int], Any]:
         from torchvision.datasets import ImageFolder
 
         root = Path(self.data_dir)
@@ -108,16 +90,16 @@ class ImageNetDataModule(BaseDataModule):
         self.classes = list(train.classes)
         return train, train.targets, val
 
-    def _augment_transform(self) -> Transform:
+    def augment_transform(self) -> Transform:
         from torchvision import transforms as T
 
         return T.Compose([T.RandomResizedCrop(self.image_size), T.RandomHorizontalFlip()])
 
-    def _eval_geometry(self) -> Transform:
+    def eval_geometry(self) -> Transform:
         from torchvision import transforms as T
 
         resize = round(self.image_size * 256 / 224)
         return T.Compose([T.Resize(resize), T.CenterCrop(self.image_size)])
 
     def _normalize_transform(self) -> Transform:
-        return _PILToNormalizedTensor()
+        return _PILToNormalizedTensor(self.normalization())

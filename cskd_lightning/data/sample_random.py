@@ -132,7 +132,7 @@ class SampleRandom:
     @classmethod
     def from_generator(cls, generator: torch.Generator, batch: int) -> SampleRandom:
         """Numbers for samples ``0..batch-1`` under a seed drawn from ``generator`` (the
-        functions of :mod:`cskd_lightning.data.device` accept a plain generator this way; one
+        kernels of :mod:`cskd_lightning.data.batch_augment` accept a plain generator this way; one
         host read of the drawn seed)."""
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         index = torch.arange(batch, device=generator.device)

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from cskd_lightning.data import DigitsDataModule, FashionMNISTDataModule
-from cskd_lightning.data.base import EpochSampler, tuple_collate
+from cskd_lightning.data.loading import EpochSampler, tuple_collate
 from cskd_lightning.models import create_model
 
 

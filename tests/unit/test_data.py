@@ -9,6 +9,7 @@ tiny fakes in the real on-disk formats under ``tmp_path``. Nothing is downloaded
 from __future__ import annotations
 
 import gzip
+import inspect
 import os
 import pickle
 import random
@@ -24,15 +25,18 @@ from helpers import FMNIST_DIR, needs_fmnist, write_cifar, write_image_folder
 from sklearn.datasets import load_digits
 
 from cskd_lightning.data import (
+    BaseDataModule,
     CIFAR10DataModule,
     CIFAR100DataModule,
     Cutout,
     DeviceDataModule,
     DigitsDataModule,
     FashionMNISTDataModule,
+    FashionMNISTPairsDataModule,
     ImageNetDataModule,
     TwoViewTransform,
 )
+from cskd_lightning.data.base import TensorImageDataset
 from cskd_lightning.data.fashion_mnist import read_idx
 from cskd_lightning.export import preprocessing_of
 
@@ -68,6 +72,75 @@ def test_cutout_zeroes_a_square_up_to_half_the_side():
 def test_two_view_transform():
     t = TwoViewTransform(lambda v: v + 1, lambda v: v * 10)
     assert t(torch.tensor(2.0)) == (torch.tensor(3.0), torch.tensor(20.0))
+
+
+# ---------------------------------------------------------------------------- a new dataset
+class _Squares(BaseDataModule):
+    """A dataset as README's recipe writes one: class attributes and ``load_raw``, nothing else."""
+
+    num_classes = 2
+    in_channels = 1
+    image_size = 6
+    crop_padding = 1
+    flip = True
+    mean = (0.5,)
+    std = (0.25,)
+    val_split = 4
+
+    def load_raw(self) -> tuple[TensorImageDataset, torch.Tensor, TensorImageDataset]:
+        g = torch.Generator().manual_seed(0)
+        images = torch.randint(0, 256, (40, 1, 6, 6), generator=g, dtype=torch.uint8)
+        labels = torch.arange(40) % 2
+        train = TensorImageDataset(images[:32], labels[:32])
+        return train, train.targets, TensorImageDataset(images[32:], labels[32:])
+
+
+def test_a_dataset_is_its_class_attributes_and_load_raw():
+    regular, device = _Squares(batch_size=8), DeviceDataModule(_Squares(batch_size=8))
+    regular.setup("fit")
+    # the default val_split of the class holds out 4 of the 32 training images in both pipelines
+    assert len(regular.val_set) == 4 and len(regular.train_set) == 28
+    assert device.split_tensors("val")[0].shape == (4, 1, 6, 6)
+    x, y = next(iter(regular.train_dataloader()))
+    _check_batch(x, y, 8, 1, 6)
+    # evaluation: (x / 255 - 0.5) / 0.25 of the raw test images, the same in both pipelines
+    raw = _Squares().load_raw()[2].images[:8].to(torch.float64)
+    expected = ((raw / 255.0 - 0.5) / 0.25).to(torch.float32)
+    regular_test = next(iter(regular.test_dataloader()))[0]
+    assert torch.allclose(regular_test, expected, atol=1e-6, rtol=0)
+    assert torch.equal(next(iter(device.test_dataloader()))[0], regular_test)
+    # training: crop with padding 1 and flip, described once by the class, in both pipelines
+    crop, flip = regular.augment_transform().transforms
+    assert (crop.height, crop.width, crop.padding, flip.p) == (6, 6, 1, 0.5)
+    settings = device.augmentation_settings()
+    assert (settings["crop_padding"], settings["flip"]) == (1, True)
+    assert (settings["mean"], settings["std"], settings["scale"]) == ([0.5], [0.25], 255.0)
+    # the base class's arguments are the subclass's, with its defaults
+    assert list(inspect.signature(_Squares).parameters)[:2] == ["batch_size", "eval_batch_size"]
+    assert _Squares(val_split=0, augment=False).val_split == 0
+
+
+def test_subclasses_take_the_base_arguments_and_state_only_their_defaults():
+    assert (DigitsDataModule().val_split, DigitsDataModule().augment) == (0.1, False)
+    assert (FashionMNISTPairsDataModule().val_split, FashionMNISTPairsDataModule().flip) == (
+        5000,
+        False,
+    )
+    pairs = FashionMNISTPairsDataModule(
+        data_dir="/x", batch_size=16, val_split=0.2, augment=False, seed=4, num_train_pairs=9
+    )
+    assert (pairs.data_dir, pairs.batch_size, pairs.val_split, pairs.augment, pairs.seed) == (
+        "/x",
+        16,
+        0.2,
+        False,
+        4,
+    )
+    assert pairs.num_train_pairs == 9 and pairs.crop_size == (28, 56)
+    takes = inspect.signature(FashionMNISTPairsDataModule).parameters
+    assert {"data_dir", "download", "batch_size", "val_split", "pair_seed"} <= set(takes)
+    with pytest.raises(TypeError, match="val_splt"):
+        FashionMNISTPairsDataModule(val_splt=3)
 
 
 # ---------------------------------------------------------------------------- digits
@@ -303,7 +376,7 @@ def test_fmnist_real_data_sizes():
 def test_fmnist_normalised_training_images_have_zero_mean_and_unit_std():
     """The normalisation statistics are the training images': checked against the raw file."""
     images, _ = _raw_fmnist("train")
-    normalise = FashionMNISTDataModule()._normalize_transform()
+    normalise = FashionMNISTDataModule().normalization()
     x = normalise(torch.from_numpy(images.copy()).unsqueeze(1))  # (N, 1, 28, 28)
     mean, std = x.double().mean(dim=(0, 2, 3)), x.double().std(dim=(0, 2, 3))
     assert torch.all(mean.abs() < 2e-3) and torch.all((std - 1).abs() < 2e-3), (mean, std)
@@ -390,7 +463,7 @@ def test_cifar_normalised_training_images_have_zero_mean_and_unit_std(cls, folde
         with open(path, "rb") as f:
             raw.append(pickle.load(f, encoding="latin1")["data"])
     images = torch.from_numpy(np.concatenate(raw).reshape(-1, 3, 32, 32))
-    x = cls(data_dir=str(CIFAR_DIR))._normalize_transform()(images)
+    x = cls(data_dir=str(CIFAR_DIR)).normalization()(images)
     mean, std = x.double().mean(dim=(0, 2, 3)), x.double().std(dim=(0, 2, 3))
     assert torch.all(mean.abs() < 5e-3) and torch.all((std - 1).abs() < 5e-3), (mean, std)
 

@@ -22,13 +22,8 @@ from cskd_lightning.data import (
     FashionMNISTDataModule,
     FashionMNISTPairsDataModule,
 )
-from cskd_lightning.data.device import (
-    DeviceBatchLoader,
-    ShardedPermutation,
-    batch_crop_flip,
-    batch_cutout,
-    batch_rand_augment,
-)
+from cskd_lightning.data.batch_augment import batch_crop_flip, batch_cutout, batch_rand_augment
+from cskd_lightning.data.device import DeviceBatchLoader, ShardedPermutation
 from cskd_lightning.data.transforms import RandomCropTensor, RandomHorizontalFlipTensor
 from cskd_lightning.errors import InputError
 from cskd_lightning.models import create_model
@@ -51,7 +46,7 @@ def _samples(x: torch.Tensor, y: torch.Tensor) -> Counter:
 # ---------------------------------------------------------------------------- the source
 def _regular_crop_and_flip(source) -> tuple[int, bool]:
     """The crop padding and flip of a datamodule's regular (DataLoader) augmentation."""
-    transform = source._augment_transform()
+    transform = source.augment_transform()
     ops = getattr(transform, "transforms", [transform])
     (crop,) = [op for op in ops if isinstance(op, RandomCropTensor)]
     return crop.padding, any(isinstance(op, RandomHorizontalFlipTensor) for op in ops)

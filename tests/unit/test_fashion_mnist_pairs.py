@@ -20,6 +20,7 @@ from helpers import FMNIST_DIR, needs_fmnist
 
 from cskd_lightning.data import DeviceDataModule, FashionMNISTPairsDataModule
 from cskd_lightning.data.fashion_mnist_pairs import draw_pair_indices
+from cskd_lightning.export import input_shape_of
 from cskd_lightning.models import count_parameters, create_model
 
 
@@ -107,7 +108,7 @@ def test_pairs_depend_on_pair_seed_only() -> None:
         dm = FashionMNISTPairsDataModule(
             data_dir=str(FMNIST_DIR), num_train_pairs=3000, num_test_pairs=500, **kwargs
         )
-        train, train_labels, test = dm._load()
+        train, train_labels, test = dm.load_raw()
         return train.images, train_labels, test.images
 
     first, again, other_run_seed = load(pair_seed=3), load(pair_seed=3), load(pair_seed=3, seed=9)
@@ -126,6 +127,11 @@ def test_pair_indices_cover_each_image_evenly() -> None:
     assert np.array_equal(draw_pair_indices(7, 17, seed=0)[1], right)
 
 
+def test_the_exported_input_shape_is_the_pairs_28_by_56() -> None:
+    for dm in (FashionMNISTPairsDataModule(), DeviceDataModule(FashionMNISTPairsDataModule())):
+        assert input_shape_of(dm) == [1, 28, 56]
+
+
 def test_missing_data_and_bad_counts_are_one_line_errors(tmp_path: Path) -> None:
     dm = FashionMNISTPairsDataModule(data_dir=str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError) as info:
@@ -133,8 +139,9 @@ def test_missing_data_and_bad_counts_are_one_line_errors(tmp_path: Path) -> None
     message = str(info.value)
     assert "\n" not in message and str(tmp_path / "nope") in message
     assert "apt-get install dataset-fashion-mnist" in message
-    with pytest.raises(ValueError, match="data.datamodule.num_train_pairs"):
+    with pytest.raises(ValueError, match="^num_train_pairs must be a positive integer") as bad:
         FashionMNISTPairsDataModule(num_train_pairs=0)
+    assert bad.value.key == "num_train_pairs"  # the application names data.datamodule.<key>
 
 
 # ------------------------------------------------------------------------------ device variant

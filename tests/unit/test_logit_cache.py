@@ -16,7 +16,8 @@ from app_helpers import compose_train, user_error
 from helpers import process_view, quiet_trainer
 
 from cskd_lightning.data import DeviceDataModule, DigitsDataModule
-from cskd_lightning.data.device import SampleBatch, batch_rand_augment
+from cskd_lightning.data.batch_augment import batch_rand_augment
+from cskd_lightning.data.device import SampleBatch
 from cskd_lightning.data.sample_random import SampleRandom, hash32, hash32_int
 from cskd_lightning.errors import InputError
 from cskd_lightning.logit_cache import TeacherLogitCache
