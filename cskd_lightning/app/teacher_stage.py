@@ -3,6 +3,7 @@ teacher-logit cache ``teacher.logit_cache=true`` attaches."""
 
 from __future__ import annotations
 
+import importlib.resources
 import logging
 import os
 import random
@@ -354,19 +355,19 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
         return TeacherLogitCache(root, name, dtype, topk)
 
 
-DEVICE_DATA = (
-    "digits_device",
-    "fashion_mnist_device",
-    "fashion_mnist_pairs_device",
-    "cifar100_device",
-)
+def _device_data() -> list[str]:
+    """The device-pipeline data configs shipped with the package (``conf/data/*_device.yaml``)."""
+    folder = importlib.resources.files("cskd_lightning.conf").joinpath("data")
+    names = (p.name for p in folder.iterdir())
+    return sorted(n.removesuffix(".yaml") for n in names if n.endswith("_device.yaml"))
 
 
 def _refusal(data_name: str, datamodule: Any) -> str:
     """The one-line refusal of a DataLoader datamodule, naming the device config to use."""
     fix = f"data={data_name}_device"
-    if f"{data_name}_device" not in DEVICE_DATA:
-        fix = "data=<name>_device (" + ", ".join(DEVICE_DATA) + ")"
+    shipped = _device_data()
+    if f"{data_name}_device" not in shipped:
+        fix = "data=<name>_device (" + ", ".join(shipped) + ")"
     return (
         "teacher.logit_cache=true needs the device-resident data pipeline, whose batches carry "
         "their sample indices (the cache's row numbers), but "
