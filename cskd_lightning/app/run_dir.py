@@ -99,3 +99,7 @@ def changes_result(key: str) -> bool:
     if key.startswith("callbacks.") and not key.startswith("callbacks.model_checkpoint"):
         return False
     return not any(key == k or key.startswith(k + ".") for k in NOT_A_RESULT)
+
+
+HYDRA_OVERRIDES = Path(".hydra") / "overrides.yaml"
+"""The run's command-line overrides, as Hydra records them."""
