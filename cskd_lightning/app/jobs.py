@@ -18,13 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from cskd_lightning.app.ddp import (
-    DDP_ENV_KEYS,
-    end_distributed_job,
-    is_global_zero,
-    is_multirun,
-    relaunch_this_job_in_ddp_children,
-)
+from cskd_lightning.app.ddp import is_global_zero, is_multirun, one_job
 from cskd_lightning.app.exit import exit_with_error
 from cskd_lightning.app.failed_jobs import (
     failed_job_value,
@@ -32,20 +26,9 @@ from cskd_lightning.app.failed_jobs import (
     retire_old_failure,
     write_exit_record,
 )
-from cskd_lightning.app.instantiate import instantiate_group, optional_instantiate
+from cskd_lightning.app.instantiate import instantiate_group, optional_instantiate  # noqa: F401
 from cskd_lightning.app.run_dir import ERROR
 from cskd_lightning.errors import InputError
-
-__all__ = [  # instantiate_group, optional_instantiate, is_global_zero: imported from here too
-    "checks_passed",
-    "exit_on_input_error",
-    "instantiate_group",
-    "is_global_zero",
-    "optional_instantiate",
-    "quiet_logs",
-    "run_task",
-    "to_float",
-]
 
 log = logging.getLogger("cskd_lightning")
 
@@ -135,49 +118,43 @@ def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> f
     then exits 1). ``HYDRA_FULL_ERROR=1``: the exception is raised."""
     global _run_log
     quiet_logs()
-    env_before = {k: os.environ[k] for k in DDP_ENV_KEYS if k in os.environ}
-    relaunch_this_job_in_ddp_children()
-    output_dir = Path(cfg.paths.output_dir)
-    multirun = is_multirun()
-    _run_log = DeferredRunLog()
-    attempt = uuid.uuid4().hex
-    if multirun:
-        write_exit_record(output_dir, attempt, "running")
-    try:
-        metrics = task(cfg)
-    except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
-        input_error = isinstance(err, InputError)
-        if input_error and not multirun:
-            _run_log.end(write=False)
-            if is_global_zero():
-                from cskd_lightning.app.checks import remove_created_dirs
-
-                remove_created_dirs()
-        else:
-            _run_log.end()
+    output_dir, multirun, attempt = Path(cfg.paths.output_dir), is_multirun(), uuid.uuid4().hex
+    with one_job():
+        _run_log = DeferredRunLog()
         if multirun:
-            record_failure(output_dir)
-            write_exit_record(output_dir, attempt, "failed", f"{type(err).__name__}: {err}")
-            log.error(
-                "Job failed: %s: %s (traceback in %s)", type(err).__name__, err, output_dir / ERROR
-            )
-            return failed_job_value()
-        if input_error:
-            exit_with_error(err)
-        record_failure(output_dir)
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        traceback.print_exc()  # a bug: the whole traceback (Hydra would print its last line)
-        print(f"(traceback also in {output_dir / ERROR})", file=sys.stderr)
-        sys.exit(1)
-    finally:
-        if _run_log is not None:
+            write_exit_record(output_dir, attempt, "running")
+        try:
+            metrics = task(cfg)
+        except Exception as err:  # noqa: BLE001 - every failure is recorded, then reported
+            return _failed(err, output_dir, multirun, attempt)
+        finally:
             _run_log.end()
             _run_log = None
-        if multirun:
-            end_distributed_job(env_before)
     retire_old_failure(output_dir)
     if multirun:
         write_exit_record(output_dir, attempt, "ok")
     metric = cfg.get("optimized_metric")
     return to_float(metrics.get(metric)) if metric else None
+
+
+def _failed(err: Exception, output_dir: Path, multirun: bool, attempt: str) -> float:
+    """Handle the failure ``err`` of :func:`run_task`'s task (called while handling it)."""
+    if isinstance(err, InputError) and not multirun:
+        _run_log.end(write=False)
+        if is_global_zero():
+            from cskd_lightning.app.checks import remove_created_dirs
+
+            remove_created_dirs()
+        exit_with_error(err)
+    _run_log.end()
+    record_failure(output_dir)
+    if multirun:
+        write_exit_record(output_dir, attempt, "failed", f"{type(err).__name__}: {err}")
+        name, where = type(err).__name__, output_dir / ERROR
+        log.error("Job failed: %s: %s (traceback in %s)", name, err, where)
+        return failed_job_value()
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise err
+    traceback.print_exc()  # a bug: the whole traceback (Hydra would print only its last line)
+    print(f"(traceback also in {output_dir / ERROR})", file=sys.stderr)
+    sys.exit(1)
