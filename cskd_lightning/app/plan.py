@@ -22,36 +22,27 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from cskd_lightning.app.exit import exit_with_error
 from cskd_lightning.app.sweep_check import BASIC_SWEEPER, sweep_jobs
 from cskd_lightning.files import stable_hash
-from cskd_lightning.logit_cache import STORAGE, cache_size_bytes
+from cskd_lightning.logit_cache import cache_size_bytes
 
 PLAN_KEY = "plan"
 
 
 @dataclass
-class TeacherNeed:
-    """A teacher some jobs of the sweep need."""
+class Need:
+    """A teacher or a teacher-logit cache some jobs of the sweep need."""
 
     label: str
-    status: str  # "cached", "to train", "given", "pretrained"
-    path: str
-    jobs: int = 0
-
-
-@dataclass
-class LogitCacheNeed:
-    """A teacher-logit cache some jobs of the sweep read or fill."""
-
-    label: str
-    size: int | None  # bytes when full (None: the data could not be read)
-    detail: str
+    where: str  # a teacher's file; a cache's epochs x samples x classes, or why not known
+    status: str = ""  # a teacher's: "cached", "to train", "given", "pretrained"
+    size: int | None = None  # a cache's bytes when full (None: not known)
     jobs: int = 0
 
 
 @dataclass
 class Plan:
     jobs: list[tuple[str, str, str]] = field(default_factory=list)  # (overrides, teacher, cache)
-    teachers: dict[str, TeacherNeed] = field(default_factory=dict)
-    caches: dict[str, LogitCacheNeed] = field(default_factory=dict)
+    teachers: dict[str, Need] = field(default_factory=dict)
+    caches: dict[str, Need] = field(default_factory=dict)
 
 
 class _Composer:
@@ -117,7 +108,7 @@ def _teacher(cfg: DictConfig, plan: Plan) -> tuple[str, str]:
     else:
         entry = teacher_cache_path(cfg)
         status, path = ("cached" if entry.is_file() else "to train"), str(entry)
-    plan.teachers.setdefault(path, TeacherNeed(label, status, path))
+    plan.teachers.setdefault(path, Need(label, path, status))
     return f"teacher {status}", path
 
 
@@ -151,31 +142,26 @@ def _logit_cache(cfg: DictConfig, teacher_path: str, plan: Plan) -> tuple[str, s
     size = _data_size(cfg)
     dtype = str(cfg.teacher.get("logit_cache_dtype", "float32"))
     topk = cfg.teacher.get("logit_cache_topk", 10) if dtype == "topk" else None
-    if topk is not None:
-        dtype = f"topk{topk}"  # a top-k cache of another k is another cache
-    epochs = int(cfg.pair.student.recipe.max_epochs)
-    views = 2 if cfg.data.datamodule.get("two_view", False) else 1
+    name = dtype if topk is None else f"topk{topk}"  # a top-k cache of another k is another
     if isinstance(size, str):
-        key, need = f"{teacher_path}|{cfg.data.name}|?", LogitCacheNeed(cfg.data.name, None, size)
-        need = plan.caches.setdefault(key, need)
+        key = f"{teacher_path}|{cfg.data.name}|?"
+        plan.caches.setdefault(key, Need(cfg.data.name, size))
     else:
         n, n_eval, augmentation = size
-        key = stable_hash([teacher_path, augmentation, dtype, cfg.trainer.get("precision")])
+        epochs, classes = int(cfg.pair.student.recipe.max_epochs), int(cfg.data.num_classes)
+        views = 2 if cfg.data.datamodule.get("two_view", False) else 1
+        key = stable_hash([teacher_path, augmentation, name, cfg.trainer.get("precision")])
         label = (
             f"{cfg.pair.teacher.model.name} on {cfg.data.name}, augment_seed "
-            f"{augmentation.get('augment_seed')}, {views} view(s), {dtype}"
+            f"{augmentation.get('augment_seed')}, {views} view(s), {name}"
         )
-        classes = int(cfg.data.num_classes)
-        full = None
-        if dtype in STORAGE or topk is not None:
-            try:
-                storage = "topk" if topk is not None else dtype
-                full = cache_size_bytes(epochs, n, views, classes, storage, n_eval, topk)
-            except ValueError:  # a bad k: the job's own check refuses it
-                full = None
-        need = plan.caches.setdefault(key, LogitCacheNeed(label, full, ""))
+        try:
+            full = cache_size_bytes(epochs, n, views, classes, dtype, n_eval, topk)
+        except (KeyError, ValueError):  # an unknown dtype, a bad k: the job's check says so
+            full = None
+        need = plan.caches.setdefault(key, Need(label, ""))
         if need.size is None or (full or 0) >= need.size:  # the longest run fills the most
-            need.size, need.detail = full, f"{epochs} epochs x {n} samples x {classes} classes"
+            need.size, need.where = full, f"{epochs} epochs x {n} samples x {classes} classes"
     return f"logit cache #{list(plan.caches).index(key)}", key
 
 
@@ -219,33 +205,29 @@ def make_plan(config: DictConfig) -> Plan:
 
 
 def print_plan(plan: Plan, out: Any = None) -> None:
-    out = out or sys.stdout
-    write = lambda line="": print(line, file=out)  # noqa: E731
-    write(f"Plan: {len(plan.jobs)} job(s); nothing is trained or written (plan=true).")
-    write()
-    counts = Counter(t.status for t in plan.teachers.values())
-    write(
-        f"Teachers: {len(plan.teachers)} ("
-        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        + ")"
-        if plan.teachers
-        else "Teachers: none (no job needs one)"
-    )
-    for need in sorted(plan.teachers.values(), key=lambda t: (t.status, t.label)):
-        write(f"  {need.status:<10} {need.label} ({need.jobs} job(s)): {need.path}")
+    lines = [f"Plan: {len(plan.jobs)} job(s); nothing is trained or written (plan=true).", ""]
+    if plan.teachers:
+        counts = sorted(Counter(t.status for t in plan.teachers.values()).items())
+        counted = ", ".join(f"{n} {status}" for status, n in counts)
+        lines.append(f"Teachers: {len(plan.teachers)} ({counted})")
+    else:
+        lines.append("Teachers: none (no job needs one)")
+    for t in sorted(plan.teachers.values(), key=lambda t: (t.status, t.label)):
+        lines.append(f"  {t.status:<10} {t.label} ({t.jobs} job(s)): {t.where}")
     if plan.caches:
-        total = sum(c.size or 0 for c in plan.caches.values())
-        write()
-        write(
-            f"Teacher-logit caches: {len(plan.caches)}, {_size(total)} on disk when full "
-            "(stored epochs are reused; the key includes the trained teacher's weights)"
-        )
-        for i, need in enumerate(plan.caches.values()):
-            write(f"  #{i} {need.label} ({need.jobs} job(s)): {_size(need.size)}, {need.detail}")
-    write()
-    write("Jobs:")
+        total = _size(sum(c.size or 0 for c in plan.caches.values()))
+        lines += [
+            "",
+            f"Teacher-logit caches: {len(plan.caches)}, {total} on disk when full (stored "
+            "epochs are reused; the key includes the trained teacher's weights)",
+        ]
+        for i, c in enumerate(plan.caches.values()):
+            lines.append(f"  #{i} {c.label} ({c.jobs} job(s)): {_size(c.size)}, {c.where}")
+    lines += ["", "Jobs:"]
     for i, (overrides, teacher, cache) in enumerate(plan.jobs):
-        write(f"  #{i} {overrides or '(defaults)'}: {teacher}" + (f", {cache}" if cache else ""))
+        cache = f", {cache}" if cache else ""
+        lines.append(f"  #{i} {overrides or '(defaults)'}: {teacher}{cache}")
+    print("\n".join(lines), file=out or sys.stdout)
 
 
 class SweepPlan(HydraCallback):
