@@ -22,20 +22,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app.checks import (
-    check_accelerator,
-    check_batch_for_loss,
-    check_cache_dir,
-    check_class_counts,
-    check_data,
-    check_logger_packages,
-    check_module_class,
-    check_per_process_batch,
-    check_tuning_selection,
-    check_world_size,
-    config_errors,
-    selection_of,
-)
+from cskd_lightning.app import checks
 from cskd_lightning.app.exit import exit_with_error
 from cskd_lightning.app.jobs import quiet_logs
 from cskd_lightning.errors import InputError
@@ -88,19 +75,19 @@ def check_job(cfg: DictConfig, direction: Any, memo: _Memo) -> None:
     def build(what: str, node: Any) -> Any:
         return memo.get(what, node, lambda: hydra.utils.instantiate(node))
 
-    with config_errors():
+    with checks.config_errors():
         if cfg.get("threads") is not None and int(cfg.threads) < 1:
             raise InputError(f"threads={cfg.threads}: give 1 or more (or null: auto).")
-        check_logger_packages(cfg)
-        check_module_class(cfg)
+        checks.check_logger_packages(cfg)
+        checks.check_module_class(cfg)
         datamodule = build("data", cfg.data.datamodule)
         loss = hydra.utils.instantiate(cfg.distill.loss)
-        check_batch_for_loss(cfg, loss)
-        check_class_counts(cfg, datamodule, build("student", cfg.pair.student.model))
+        checks.check_batch_for_loss(cfg, loss)
+        checks.check_class_counts(cfg, datamodule, build("student", cfg.pair.student.model))
         teacher = [cfg.pair.teacher.model, cfg.teacher.get("ckpt_path")]
         memo.get("teacher", teacher, lambda: build_teacher(cfg))
         build_logit_cache(cfg, datamodule, loss)
-        check_accelerator(cfg)
+        checks.check_accelerator(cfg)
         trainer = memo.get(
             "trainer",
             cfg.trainer,
@@ -108,11 +95,11 @@ def check_job(cfg: DictConfig, direction: Any, memo: _Memo) -> None:
                 cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False
             ),
         )
-        check_per_process_batch(cfg, loss, trainer.world_size)
-        check_world_size(datamodule, trainer.world_size)
-        memo.get("loaded", cfg.data.datamodule, lambda: check_data(datamodule) or True)
-        check_cache_dir(cfg)
-        check_tuning_selection(cfg, selection_of(datamodule), direction)
+        checks.check_per_process_batch(cfg, loss, trainer.world_size)
+        checks.check_world_size(datamodule, trainer.world_size)
+        memo.get("loaded", cfg.data.datamodule, lambda: checks.check_data(datamodule) or True)
+        checks.check_cache_dir(cfg)
+        checks.check_tuning_selection(cfg, checks.selection_of(datamodule), direction)
 
 
 class SweepCheck(HydraCallback):
