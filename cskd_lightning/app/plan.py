@@ -233,7 +233,7 @@ def print_plan(plan: Plan, out: Any = None) -> None:
 class SweepPlan(HydraCallback):
     """With ``plan=true``: print the plan (:func:`make_plan`) instead of running, exit 0."""
 
-    def _plan(self, config: DictConfig) -> None:
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.get(PLAN_KEY, False):
             return
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
@@ -247,8 +247,4 @@ class SweepPlan(HydraCallback):
         print_plan(make_plan(config))
         sys.exit(0)
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._plan(config)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._plan(config)
+    on_multirun_start = on_run_start

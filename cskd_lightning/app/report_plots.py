@@ -27,10 +27,6 @@ TEMPERATURES = {
 }
 """The CSWT temperature columns of ``metrics.csv``: the ``TemperatureMonitor``'s quantiles of
 the epoch's per-sample T_i (preferred), else the loss's own per-batch mean/min/max."""
-BANDS = {
-    "monitor": "10–90% quantiles of the epoch's T_i",
-    "loss": "per-batch min–max (t_low–t_high by construction: not drawn)",
-}
 
 
 def _figure(panels: int, sharey: bool = True):
@@ -118,9 +114,8 @@ def plot_temperatures(groups: dict[str, list[Run]], path: Path) -> bool:
     for ax, (name, runs, (source, t, n)) in zip(axes, panels, strict=True):
         x = t.index + 1
         if source == "monitor":  # the loss's min-max is t_low-t_high by construction: no band
-            ax.fill_between(
-                x, t["low"], t["high"], alpha=0.25, color="tab:orange", label=BANDS[source]
-            )
+            label = "10–90% quantiles of the epoch's T_i"
+            ax.fill_between(x, t["low"], t["high"], alpha=0.25, color="tab:orange", label=label)
         if "mid" in t:
             ax.plot(x, t["mid"], color="tab:red", marker="o", markersize=3, label="median")
         ax.plot(x, t["mean"], color="black", linestyle="--", label="mean")
