@@ -1,21 +1,12 @@
-"""``cskd-train ... plan=true``: the plan of a run or a sweep, without training or writing.
-
-For every job of the sweep (Hydra's basic sweeper's expansion of the command line and of
-``hydra.sweeper.params``): its overrides, the teacher it needs (given, pretrained, already in
-the teacher cache, or to be trained: shared teachers are counted once) and, with
-``teacher.logit_cache=true``, the teacher-logit cache it reads or fills and that cache's size
-on disk when full (:func:`~cskd_lightning.logit_cache.cache_size_bytes`). Nothing is trained,
-no directory is made; the program exits 0 after printing.
-
-Composing a config takes a fraction of a second, so the plan composes each distinct choice of
-config groups once (the ``distill`` group apart: its node is composed once per method and
-grafted in) and applies the ``key=value`` overrides of each job to a copy: a 440-job sweep is
-planned in seconds.
-"""
+"""``cskd-train ... plan=true``: the plan of a run or a sweep (its jobs, the teachers they need
+and the teacher-logit caches they fill, with their size), without training or writing
+anything (docs/scaling.md). Each distinct choice of config groups is composed once (the
+``distill`` group apart: composed once per method and grafted in) and each job's ``key=value``
+overrides are set in a copy: a 440-job sweep is planned in seconds."""
 
 from __future__ import annotations
 
-import json
+import functools
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,74 +19,40 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cskd_lightning.logit_cache import STORAGE, cache_size_bytes
+from cskd_lightning.app.exit import exit_with_error
+from cskd_lightning.app.sweep_check import BASIC_SWEEPER, sweep_jobs
+from cskd_lightning.files import stable_hash
+from cskd_lightning.logit_cache import cache_size_bytes
 
 PLAN_KEY = "plan"
 
 
 @dataclass
-class TeacherNeed:
-    """A teacher some jobs of the sweep need."""
+class Need:
+    """A teacher or a teacher-logit cache some jobs of the sweep need."""
 
     label: str
-    status: str  # "cached", "to train", "given", "pretrained"
-    path: str
-    jobs: int = 0
-
-
-@dataclass
-class LogitCacheNeed:
-    """A teacher-logit cache some jobs of the sweep read or fill."""
-
-    label: str
-    size: int | None  # bytes when full (None: the data could not be read)
-    detail: str
+    where: str  # a teacher's file; a cache's epochs x samples x classes, or why not known
+    status: str = ""  # a teacher's: "cached", "to train", "given", "pretrained"
+    size: int | None = None  # a cache's bytes when full (None: not known)
     jobs: int = 0
 
 
 @dataclass
 class Plan:
     jobs: list[tuple[str, str, str]] = field(default_factory=list)  # (overrides, teacher, cache)
-    teachers: dict[str, TeacherNeed] = field(default_factory=dict)
-    caches: dict[str, LogitCacheNeed] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------ the sweep
-def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The overrides of every job of the sweep, as Hydra's basic sweeper expands them (the
-    command line's, ``hydra.sweeper.params``'s); one job for a single run."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    task = [str(o) for o in config.hydra.overrides.task]
-    params = config.hydra.sweeper.get("params") or {}
-    arguments = [f"{k}={v}" for k, v in params.items()] + task
-    parsed = OverridesParser.create().parse_overrides(arguments)
-    if not any(o.is_sweep_override() for o in parsed):
-        return [task]
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    teachers: dict[str, Need] = field(default_factory=dict)
+    caches: dict[str, Need] = field(default_factory=dict)
 
 
 class _Composer:
     """Job configs, composed once per distinct choice of config groups (see the module)."""
 
     def __init__(self, config_name: str) -> None:
-        self.config_name = config_name
-        self.parser = OverridesParser.create()
-        self.parsed: dict[str, Any] = {}
-        self.composed: dict[tuple[str, ...], DictConfig] = {}
-        self.distill: dict[str, DictConfig] = {}
+        self.compose = functools.cache(lambda o: compose(config_name, overrides=list(o)))
+        self.parse = functools.cache(OverridesParser.create().parse_override)
         self.working: dict[tuple[tuple[str, ...], str], DictConfig] = {}
         self.groups = set(GlobalHydra.instance().config_loader().list_groups(""))
-
-    def _compose(self, overrides: tuple[str, ...]) -> DictConfig:
-        if overrides not in self.composed:
-            self.composed[overrides] = compose(self.config_name, overrides=list(overrides))
-        return self.composed[overrides]
-
-    def _parse(self, line: str) -> Any:
-        if line not in self.parsed:
-            self.parsed[line] = self.parser.parse_override(line)
-        return self.parsed[line]
 
     def _is_value(self, override: Any) -> bool:
         """A ``key=value`` override (set on a copy) rather than a config group choice, a
@@ -109,24 +66,21 @@ class _Composer:
         """The job's config, its group overrides (``distill`` aside), its ``distill`` choice
         and its ``key=value`` overrides. The config is shared by the jobs with the same
         groups (each job's values are set in it in turn): read it before the next call."""
-        parsed = [self._parse(line) for line in overrides]
+        parsed = [self.parse(line) for line in overrides]
         values = [o for o in parsed if self._is_value(o)]
         groups = [o for o in parsed if not self._is_value(o)]
         distill = next((o.input_line for o in reversed(groups) if o.key_or_group == "distill"), "")
         rest = tuple(sorted(o.input_line for o in groups if o.key_or_group != "distill"))
-        working = self.working.get((rest, distill))
-        if working is None:
-            working = self._compose(rest).copy()
+        if (rest, distill) not in self.working:
+            working = self.compose(rest).copy()
             if distill:
-                if distill not in self.distill:
-                    self.distill[distill] = compose(self.config_name, overrides=[distill]).distill
                 with open_dict(working):
-                    working.distill = self.distill[distill].copy()
+                    working.distill = self.compose((distill,)).distill.copy()
             self.working[(rest, distill)] = working
+        working = self.working[(rest, distill)]
         for o in values:
-            OmegaConf.update(
-                working, o.get_key_element().lstrip("+"), o.value(), merge=True, force_add=True
-            )
+            key = o.get_key_element().lstrip("+")
+            OmegaConf.update(working, key, o.value(), merge=True, force_add=True)
         return working, rest, distill, [o.input_line for o in values]
 
 
@@ -134,7 +88,6 @@ TEACHER_KEYS = ("data", "pair", "teacher", "trainer", "seed", "paths")
 """Where a ``key=value`` override can change the teacher or its logit cache."""
 
 
-# ------------------------------------------------------------------------------ one job
 def _needs_teacher(cfg: DictConfig) -> bool:
     try:
         return bool(getattr(hydra.utils.instantiate(cfg.distill.loss), "requires_teacher", True))
@@ -155,7 +108,7 @@ def _teacher(cfg: DictConfig, plan: Plan) -> tuple[str, str]:
     else:
         entry = teacher_cache_path(cfg)
         status, path = ("cached" if entry.is_file() else "to train"), str(entry)
-    plan.teachers.setdefault(path, TeacherNeed(label, status, path))
+    plan.teachers.setdefault(path, Need(label, path, status))
     return f"teacher {status}", path
 
 
@@ -165,8 +118,7 @@ _data_sizes: dict[str, tuple[int, int, dict[str, Any]] | str] = {}
 def _data_size(cfg: DictConfig) -> tuple[int, int, dict[str, Any]] | str:
     """``(N_train, N_eval, augmentation settings)`` of the job's device datamodule (loaded once
     per distinct data config), or why not."""
-    key = json.dumps(OmegaConf.to_container(cfg.data, resolve=True), sort_keys=True, default=str)
-    key += f"|{cfg.seed}"
+    key = stable_hash([OmegaConf.to_container(cfg.data, resolve=True), cfg.seed])
     if key not in _data_sizes:
         try:
             dm = hydra.utils.instantiate(cfg.data.datamodule)
@@ -190,36 +142,29 @@ def _logit_cache(cfg: DictConfig, teacher_path: str, plan: Plan) -> tuple[str, s
     size = _data_size(cfg)
     dtype = str(cfg.teacher.get("logit_cache_dtype", "float32"))
     topk = cfg.teacher.get("logit_cache_topk", 10) if dtype == "topk" else None
-    if topk is not None:
-        dtype = f"topk{topk}"  # a top-k cache of another k is another cache
-    epochs = int(cfg.pair.student.recipe.max_epochs)
-    views = 2 if cfg.data.datamodule.get("two_view", False) else 1
+    name = dtype if topk is None else f"topk{topk}"  # a top-k cache of another k is another
     if isinstance(size, str):
-        key, need = f"{teacher_path}|{cfg.data.name}|?", LogitCacheNeed(cfg.data.name, None, size)
-        need = plan.caches.setdefault(key, need)
+        key = f"{teacher_path}|{cfg.data.name}|?"
+        plan.caches.setdefault(key, Need(cfg.data.name, size))
     else:
         n, n_eval, augmentation = size
-        detail = json.dumps(augmentation, sort_keys=True, default=str)
-        key = f"{teacher_path}|{detail}|{dtype}|{cfg.trainer.get('precision')}"
+        epochs, classes = int(cfg.pair.student.recipe.max_epochs), int(cfg.data.num_classes)
+        views = 2 if cfg.data.datamodule.get("two_view", False) else 1
+        key = stable_hash([teacher_path, augmentation, name, cfg.trainer.get("precision")])
         label = (
             f"{cfg.pair.teacher.model.name} on {cfg.data.name}, augment_seed "
-            f"{augmentation.get('augment_seed')}, {views} view(s), {dtype}"
+            f"{augmentation.get('augment_seed')}, {views} view(s), {name}"
         )
-        classes = int(cfg.data.num_classes)
-        full = None
-        if dtype in STORAGE or topk is not None:
-            try:
-                storage = "topk" if topk is not None else dtype
-                full = cache_size_bytes(epochs, n, views, classes, storage, n_eval, topk)
-            except ValueError:  # a bad k: the job's own check refuses it
-                full = None
-        need = plan.caches.setdefault(key, LogitCacheNeed(label, full, ""))
+        try:
+            full = cache_size_bytes(epochs, n, views, classes, dtype, n_eval, topk)
+        except (KeyError, ValueError):  # an unknown dtype, a bad k: the job's check says so
+            full = None
+        need = plan.caches.setdefault(key, Need(label, ""))
         if need.size is None or (full or 0) >= need.size:  # the longest run fills the most
-            need.size, need.detail = full, f"{epochs} epochs x {n} samples x {classes} classes"
+            need.size, need.where = full, f"{epochs} epochs x {n} samples x {classes} classes"
     return f"logit cache #{list(plan.caches).index(key)}", key
 
 
-# ------------------------------------------------------------------------------ output
 def _size(value: int | None) -> str:
     if value is None:
         return "size unknown"
@@ -236,86 +181,70 @@ def _top_key(override: str) -> str:
 def make_plan(config: DictConfig) -> Plan:
     """The plan of the run or sweep that ``config`` (with its ``hydra`` node) describes."""
     composer = _Composer(str(config.hydra.job.config_name))
-    plan = Plan()
-    needs_teacher: dict[Any, bool] = {}
-    teachers: dict[Any, tuple[str, str | None]] = {}
-    caches: dict[Any, tuple[str, str]] = {}
+    plan, known = Plan(), {}
+
+    def once(key: tuple, work: Any, *args: Any) -> Any:  # a teacher's, a cache's: once a sweep
+        if key not in known:
+            known[key] = work(*args)
+        return known[key]
+
     for overrides in sweep_jobs(config):
         job = [o for o in overrides if o.split("=")[0].lstrip("+") != PLAN_KEY]
         cfg, groups, distill, values = composer.job(job)
-        # What the teacher and its logit cache depend on, to work them out once per sweep.
         relevant = tuple(v for v in values if _top_key(v) in TEACHER_KEYS)
-        if (groups, distill) not in needs_teacher:
-            needs_teacher[(groups, distill)] = _needs_teacher(cfg)
         teacher, cache = "no teacher", ""
-        if needs_teacher[(groups, distill)]:
-            if (groups, relevant) not in teachers:
-                teachers[(groups, relevant)] = _teacher(cfg, plan)
-            teacher, path = teachers[(groups, relevant)]
+        if once(("loss", groups, distill), _needs_teacher, cfg):
+            teacher, path = once(("teacher", groups, relevant), _teacher, cfg, plan)
             plan.teachers[path].jobs += 1
             if cfg.teacher.get("logit_cache", False):
-                if (groups, distill, relevant) not in caches:
-                    caches[(groups, distill, relevant)] = _logit_cache(cfg, path, plan)
-                cache, key = caches[(groups, distill, relevant)]
+                cache_of = ("cache", groups, distill, relevant)
+                cache, key = once(cache_of, _logit_cache, cfg, path, plan)
                 plan.caches[key].jobs += 1
         plan.jobs.append((" ".join(job), teacher, cache))
     return plan
 
 
 def print_plan(plan: Plan, out: Any = None) -> None:
-    out = out or sys.stdout
-    write = lambda line="": print(line, file=out)  # noqa: E731
-    write(f"Plan: {len(plan.jobs)} job(s); nothing is trained or written (plan=true).")
-    write()
-    counts = Counter(t.status for t in plan.teachers.values())
-    write(
-        f"Teachers: {len(plan.teachers)} ("
-        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        + ")"
-        if plan.teachers
-        else "Teachers: none (no job needs one)"
-    )
-    for need in sorted(plan.teachers.values(), key=lambda t: (t.status, t.label)):
-        write(f"  {need.status:<10} {need.label} ({need.jobs} job(s)): {need.path}")
+    lines = [f"Plan: {len(plan.jobs)} job(s); nothing is trained or written (plan=true).", ""]
+    if plan.teachers:
+        counts = sorted(Counter(t.status for t in plan.teachers.values()).items())
+        counted = ", ".join(f"{n} {status}" for status, n in counts)
+        lines.append(f"Teachers: {len(plan.teachers)} ({counted})")
+    else:
+        lines.append("Teachers: none (no job needs one)")
+    for t in sorted(plan.teachers.values(), key=lambda t: (t.status, t.label)):
+        lines.append(f"  {t.status:<10} {t.label} ({t.jobs} job(s)): {t.where}")
     if plan.caches:
-        total = sum(c.size or 0 for c in plan.caches.values())
-        write()
-        write(
-            f"Teacher-logit caches: {len(plan.caches)}, {_size(total)} on disk when full "
-            "(stored epochs are reused; the key includes the trained teacher's weights)"
-        )
-        for i, need in enumerate(plan.caches.values()):
-            write(f"  #{i} {need.label} ({need.jobs} job(s)): {_size(need.size)}, {need.detail}")
-    write()
-    write("Jobs:")
+        total = _size(sum(c.size or 0 for c in plan.caches.values()))
+        lines += [
+            "",
+            f"Teacher-logit caches: {len(plan.caches)}, {total} on disk when full (stored "
+            "epochs are reused; the key includes the trained teacher's weights)",
+        ]
+        for i, c in enumerate(plan.caches.values()):
+            lines.append(f"  #{i} {c.label} ({c.jobs} job(s)): {_size(c.size)}, {c.where}")
+    lines += ["", "Jobs:"]
     for i, (overrides, teacher, cache) in enumerate(plan.jobs):
-        write(f"  #{i} {overrides or '(defaults)'}: {teacher}" + (f", {cache}" if cache else ""))
+        cache = f", {cache}" if cache else ""
+        lines.append(f"  #{i} {overrides or '(defaults)'}: {teacher}{cache}")
+    print("\n".join(lines), file=out or sys.stdout)
 
 
 class SweepPlan(HydraCallback):
     """With ``plan=true``: print the plan (:func:`make_plan`) instead of running, exit 0."""
 
-    def _plan(self, config: DictConfig) -> None:
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not config.get(PLAN_KEY, False):
             return
         sweeper = str(config.hydra.sweeper.get("_target_", ""))
-        if not sweeper.endswith("BasicSweeper"):
-            print(
-                f"Error: plan=true lists the jobs of a sweep given as value lists (a=1,2 b=x,y), "
-                f"but this sweep's jobs are chosen while it runs ({sweeper.rsplit('.', 1)[-1]}, "
-                "e.g. hparams_search=optuna): plan one trial's settings without the search "
-                "(its teacher and logit cache are every trial's).",
-                file=sys.stderr,
+        if sweeper != BASIC_SWEEPER:
+            exit_with_error(
+                "plan=true lists the jobs of a sweep given as value lists (a=1,2 b=x,y), but "
+                f"this sweep's jobs are chosen while it runs ({sweeper.rsplit('.', 1)[-1]}, e.g. "
+                "hparams_search=optuna): plan one trial's settings without the search (its "
+                "teacher and logit cache are every trial's)."
             )
-            sys.exit(1)
         print_plan(make_plan(config))
         sys.exit(0)
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._plan(config)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._plan(config)
-
-
-__all__ = ["Plan", "SweepPlan", "make_plan", "print_plan", "sweep_jobs"]
+    on_multirun_start = on_run_start

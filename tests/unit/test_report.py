@@ -12,15 +12,9 @@ import pytest
 from helpers import quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
 
-from cskd_lightning.app.report import (
-    find_runs,
-    generate_report,
-    group_runs,
-    main,
-    published_section,
-    read_run,
-    runs_table,
-)
+from cskd_lightning.app.report import generate_report, main
+from cskd_lightning.app.report_runs import find_runs, group_runs, read_run
+from cskd_lightning.app.report_table import published_section, runs_table
 from cskd_lightning.callbacks import TemperatureMonitor
 from cskd_lightning.data import DigitsDataModule
 from cskd_lightning.losses import CSKDLoss
@@ -369,7 +363,7 @@ def test_cswt_temperatures_without_the_monitor_draw_the_mean_and_no_band(
     """Without ``callbacks=monitor`` only the loss's per-batch mean/min/max of T_i are logged;
     min-max is t_low-t_high by construction, so no band is drawn from it (the monitor's
     quantile band is)."""
-    from cskd_lightning.app import report
+    from cskd_lightning.app import report_plots as report
 
     figures = []
     figure = report._figure
