@@ -450,8 +450,3 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
                 f"which is not installed: {install} (or choose another logger, e.g. logger=csv)."
             ) from None
     return loggers
-
-
-def check_logger_packages(cfg: DictConfig) -> None:
-    """Every logger of ``cfg.logger`` can be built (:func:`build_loggers`)."""
-    build_loggers(cfg)

@@ -26,7 +26,6 @@ from cskd_lightning.app.failed_jobs import (
     retire_old_failure,
     write_exit_record,
 )
-from cskd_lightning.app.instantiate import instantiate_group, optional_instantiate  # noqa: F401
 from cskd_lightning.app.run_dir import ERROR
 from cskd_lightning.errors import InputError
 

@@ -68,38 +68,24 @@ class _Memo:
 
 
 def check_job(cfg: DictConfig, direction: Any, memo: _Memo) -> None:
-    """The checks ``cskd-train`` makes before a run trains, less those of its run directory
-    (not made yet) and of a resume; raises the first :class:`InputError`."""
-    from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher
+    """The checks ``cskd-train`` makes before a run trains (:func:`checks.check_inputs`), less
+    those of its run directory (not made yet) and of a resume; raises the first
+    :class:`InputError`. What several jobs build from the same config is built once."""
 
-    def build(what: str, node: Any) -> Any:
-        return memo.get(what, node, lambda: hydra.utils.instantiate(node))
-
-    with checks.config_errors():
-        if cfg.get("threads") is not None and int(cfg.threads) < 1:
-            raise InputError(f"threads={cfg.threads}: give 1 or more (or null: auto).")
-        checks.check_logger_packages(cfg)
-        checks.check_module_class(cfg)
-        datamodule = build("data", cfg.data.datamodule)
-        loss = hydra.utils.instantiate(cfg.distill.loss)
-        checks.check_batch_for_loss(cfg, loss)
-        checks.check_class_counts(cfg, datamodule, build("student", cfg.pair.student.model))
-        teacher = [cfg.pair.teacher.model, cfg.teacher.get("ckpt_path")]
-        memo.get("teacher", teacher, lambda: build_teacher(cfg))
-        build_logit_cache(cfg, datamodule, loss)
-        checks.check_accelerator(cfg)
-        trainer = memo.get(
+    def make_trainer(loggers: list[Any], callbacks: list[Any]) -> Any:
+        return memo.get(
             "trainer",
             cfg.trainer,
             lambda: hydra.utils.instantiate(
                 cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False
             ),
         )
-        checks.check_per_process_batch(cfg, loss, trainer.world_size)
-        checks.check_world_size(datamodule, trainer.world_size)
-        memo.get("loaded", cfg.data.datamodule, lambda: checks.check_data(datamodule) or True)
-        checks.check_cache_dir(cfg)
-        checks.check_tuning_selection(cfg, checks.selection_of(datamodule), direction)
+
+    with checks.config_errors():
+        if cfg.get("threads") is not None and int(cfg.threads) < 1:
+            raise InputError(f"threads={cfg.threads}: give 1 or more (or null: auto).")
+        inputs = checks.check_inputs(cfg, make_trainer, memo.get)
+        checks.check_tuning_selection(cfg, checks.selection_of(inputs.datamodule), direction)
 
 
 class SweepCheck(HydraCallback):

@@ -21,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app import checks, jobs, records, resume
 from cskd_lightning.app import run_dir as files
+from cskd_lightning.app.ddp import is_global_zero
 from cskd_lightning.app.environment import (
     ThreadChoice,
     choose_threads,
     environment_record,
     log_threads,
 )
+from cskd_lightning.app.instantiate import instantiate_group, optional_instantiate
 from cskd_lightning.app.teacher_stage import prepare_teacher
 from cskd_lightning.callbacks import EpochSeed, RunClock
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
@@ -83,7 +85,7 @@ def preflight(cfg: DictConfig) -> Preflight:
             cfg.trainer,
             callbacks=[
                 CommitCheckpointsAfterLogging(files.checkpoint_dir(output_dir)),
-                *jobs.instantiate_group(cfg.get("callbacks")),
+                *instantiate_group(cfg.get("callbacks")),
                 resume.RunConfigRecorder(resume.relevant_config(cfg)),
                 EpochSeed(cfg.seed),  # dropout & co. resume exactly (no RNG state is saved)
                 clock,
@@ -96,7 +98,7 @@ def preflight(cfg: DictConfig) -> Preflight:
     inputs = checks.check_inputs(cfg, make_trainer)
     resume_from = resume.resolve_resume(cfg, output_dir)
     # The other processes of a DDP run start after rank 0 has begun writing the run directory.
-    zero = jobs.is_global_zero()
+    zero = is_global_zero()
     existing = records.inspect_run_dir(cfg, output_dir) if zero else records.ExistingRun()
     selection = checks.selection_of(inputs.datamodule)
     if not existing.finished:
@@ -114,7 +116,7 @@ def run(cfg: DictConfig, ready: Preflight) -> tuple[DistillationModule, dict[str
     last value of every metric and the teacher's record."""
     jobs.checks_passed()
     log_threads(ready.threads)
-    if jobs.is_global_zero() and ready.existing.config is None:
+    if is_global_zero() and ready.existing.config is None:
         records.write_run_config(cfg, ready.output_dir)
     inputs, trainer = ready.inputs, ready.inputs.trainer
     history = _open_logs(cfg, inputs.loggers, ready.resume)
@@ -128,8 +130,8 @@ def run(cfg: DictConfig, ready: Preflight) -> tuple[DistillationModule, dict[str
         student=hydra.utils.instantiate(cfg.pair.student.model),
         teacher=teacher if inputs.loss.requires_teacher else None,
         loss=inputs.loss,
-        optimizer=jobs.optional_instantiate(recipe.get("optimizer")),
-        scheduler=jobs.optional_instantiate(recipe.get("scheduler")),
+        optimizer=optional_instantiate(recipe.get("optimizer")),
+        scheduler=optional_instantiate(recipe.get("scheduler")),
         **({"features": inputs.features} if inputs.features is not None else {}),
     )
     if cfg.get("train", True):
@@ -171,7 +173,7 @@ def _open_logs(
         if kept and resume_from:
             message = "Kept %d rows of %s (epochs up to %s)."
             log.info(message, kept, csv_log.metrics_file, resume_from.epoch)
-    if loggers and jobs.is_global_zero():
+    if loggers and is_global_zero():
         hparams = OmegaConf.to_container(cfg, resolve=True)
         for logger in loggers:
             logger.log_hyperparams(hparams)
@@ -216,7 +218,7 @@ def record(
 @hydra.main(version_base="1.3", config_path="pkg://cskd_lightning.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """The ``cskd-train`` console script."""
-    if jobs.is_global_zero():
+    if is_global_zero():
         log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
     return jobs.run_task(train, cfg)
 
