@@ -12,10 +12,9 @@ Total stride is 32, so a 32x32 input reaches the pool at 1x1.
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
+from .common import init_scaled_normal
 from .registry import register_model
 
 __all__ = ["InvertedResidual", "MobileNetV2"]
@@ -124,7 +123,7 @@ class MobileNetV2(nn.Module):
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, feature_dim))
         self.avgpool = nn.AvgPool2d(input_size // (32 // 2), ceil_mode=True)
         self.stage_channels = [int(c * width_mult) for c in (32, 24, 32, 96, 320)]
-        self._initialize_weights()
+        init_scaled_normal(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, 32, 32) -> (B, num_classes)`` logits."""
@@ -136,20 +135,6 @@ class MobileNetV2(nn.Module):
             out = self.avgpool(out)
         out = out.reshape(out.size(0), -1)
         return self.classifier(out)
-
-    def _initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / n))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
 
 
 @register_model("MobileNetV2")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .common import init_he_fan_out
 from .registry import register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
@@ -131,12 +132,7 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(num_filters[3] * block.expansion, num_classes)
         self.stage_channels = list(num_filters)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_he_fan_out(self)
 
     def _make_layer(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .common import init_he_fan_out
 from .registry import register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNetV2"]
@@ -101,12 +102,7 @@ class ResNetV2(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(512 * block.expansion, num_classes)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
+        init_he_fan_out(self)
         if zero_init_residual:
             for m in self.modules():
                 if isinstance(m, Bottleneck):

@@ -15,22 +15,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .common import ShuffleBlock
 from .registry import register_model
 
 __all__ = ["ShuffleBlock", "Bottleneck", "ShuffleNet"]
-
-
-class ShuffleBlock(nn.Module):
-    """Channel shuffle ``[N,C,H,W] -> [N,g,C/g,H,W] -> [N,C/g,g,H,W] -> [N,C,H,W]``."""
-
-    def __init__(self, groups: int) -> None:
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.size()
-        g = self.groups
-        return x.reshape(n, g, c // g, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
 
 
 class Bottleneck(nn.Module):

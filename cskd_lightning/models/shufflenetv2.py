@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .common import ShuffleBlock
 from .registry import register_model
 
 __all__ = ["ShuffleBlock", "SplitBlock", "BasicBlock", "DownBlock", "ShuffleNetV2", "CONFIGS"]
@@ -27,19 +28,6 @@ CONFIGS: dict[float, dict[str, tuple[int, ...]]] = {
     1.5: {"out_channels": (176, 352, 704, 1024), "num_blocks": (3, 7, 3)},
     2: {"out_channels": (224, 488, 976, 2048), "num_blocks": (3, 7, 3)},
 }
-
-
-class ShuffleBlock(nn.Module):
-    """Channel shuffle with ``groups`` groups."""
-
-    def __init__(self, groups: int = 2) -> None:
-        super().__init__()
-        self.groups = groups
-
-    def forward(self, x: Tensor) -> Tensor:
-        n, c, h, w = x.size()
-        g = self.groups
-        return x.reshape(n, g, c // g, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
 
 
 class SplitBlock(nn.Module):

@@ -13,11 +13,10 @@ other sizes work thanks to the adaptive ``pool4`` (any input >= 8x8).
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from .common import init_scaled_normal
 from .registry import register_model
 
 __all__ = ["VGG", "CFG"]
@@ -71,7 +70,7 @@ class VGG(nn.Module):
 
         self.classifier = nn.Linear(512, num_classes)
         self.stage_channels = [c[-1] for c in cfg]
-        self._initialize_weights()
+        init_scaled_normal(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, num_classes)`` logits."""
@@ -104,20 +103,6 @@ class VGG(nn.Module):
             in_channels = v
         # The reference drops each block's last ReLU (applied in forward instead).
         return nn.Sequential(*layers[:-1])
-
-    def _initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                m.weight.data.normal_(0, math.sqrt(2.0 / n))
-                if m.bias is not None:
-                    m.bias.data.zero_()
-            elif isinstance(m, nn.BatchNorm2d):
-                m.weight.data.fill_(1)
-                m.bias.data.zero_()
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                m.bias.data.zero_()
 
 
 def _vgg(cfg: str, num_classes: int, in_channels: int, **kwargs) -> VGG:
