@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The top-k teacher-logit cache against the float32 cache: final accuracy of KD and CSKD + CSWT
 # on the 100-class Fashion-MNIST pairs (pair=fashion_mnist_pairs, data=fashion_mnist_pairs_device,
-# the pair's 8-epoch recipe), 3 seeds, float32 vs top-5 vs top-10; then write the report.
+# the pair's 8-epoch recipe), 3 seeds, float32 vs top-5 vs top-10, and the label-only control
+# (distill=ce); then write the report and the table and plot of the comparison.
 #
 #   benchmarks/logit_cache_topk_study.sh                   # into outputs/logit_cache_topk/<time>
 #   OUT_DIR=/tmp/topk benchmarks/logit_cache_topk_study.sh # elsewhere
 #   benchmarks/logit_cache_topk_study.sh trainer=gpu       # extra overrides go to every job
+#   benchmarks/logit_cache_topk_study.sh +trainer.limit_train_batches=200   # the run in the docs
 #
 # Environment: OUT_DIR (output directory), SEEDS (default 0,1,2), TOPK (default 5,10), PYTHON
 # (default python), CSKD_CACHE_DIR (the teacher and logit caches), OMP_NUM_THREADS (default 1).
@@ -17,8 +19,9 @@
 # run, storing or reading), so the differences are paired by seed.
 #
 # Writes OUT_DIR/float32/<method>_seed<s>/, OUT_DIR/topk/<method>_k<k>_seed<s>/,
-# OUT_DIR/benchmark.txt (command, machine, date, wall time) and the report (report.md and
-# its plots) in OUT_DIR. Not run yet: see docs/benchmarks/logit_cache.md.
+# OUT_DIR/control/ce_seed<s>/, OUT_DIR/benchmark.txt (command, machine, date, wall time), the
+# report (report.md and its plots) and topk_accuracy.{md,png} in OUT_DIR. Results:
+# docs/benchmarks/logit_cache.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +49,10 @@ topk_cmd=("$PYTHON" -m cskd_lightning.app.train -m "${common[@]}"
   'hydra.sweep.subdir=${distill.name}_k${teacher.logit_cache_topk}_seed${seed}'
   "hydra.sweep.dir=$OUT_DIR/topk" "$@")
 
+control_cmd=("$PYTHON" -m cskd_lightning.app.train -m data=fashion_mnist_pairs_device
+  pair=fashion_mnist_pairs distill=ce "seed=$SEEDS" teacher.seed=0 callbacks.progress_bar=null
+  'hydra.sweep.subdir=${distill.name}_seed${seed}' "hydra.sweep.dir=$OUT_DIR/control" "$@")
+
 start=$(date +%s)
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -56,10 +63,12 @@ start=$(date +%s)
   echo "OMP_NUM_THREADS=$OMP_NUM_THREADS"
   echo "command 1: ${float32_cmd[*]}"
   echo "command 2: ${topk_cmd[*]}"
+  echo "command 3: ${control_cmd[*]}"
 } | tee "$OUT_DIR/benchmark.txt"
 
 "${float32_cmd[@]}"
 "${topk_cmd[@]}"
+"${control_cmd[@]}"
 
 wall=$(($(date +%s) - start))
 {
@@ -68,4 +77,5 @@ wall=$(($(date +%s) - start))
 } | tee -a "$OUT_DIR/benchmark.txt"
 
 "$PYTHON" -m cskd_lightning.app.report "$OUT_DIR"
+"$PYTHON" benchmarks/logit_cache_topk_plot.py "$OUT_DIR"
 echo "Report: $OUT_DIR/report.md"
