@@ -47,7 +47,7 @@ def table(runs: dict[str, dict[str, dict[int, float]]]) -> str:
     ]
     for method, arms in runs.items():
         exact = arms.get("float32", {})
-        for arm in sorted(arms, key=lambda a: (a != "float32", len(a), a)):
+        for arm in sorted(arms, key=_arm_order):
             seeds = sorted(arms[arm])
             values = [arms[arm][s] for s in seeds]
             spread = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
@@ -63,18 +63,29 @@ def table(runs: dict[str, dict[str, dict[int, float]]]) -> str:
     return "\n".join(lines)
 
 
+def _arm_order(arm: str) -> tuple[int, int]:
+    """float32 first, then top-k from the largest k down."""
+    return (0, 0) if not arm.startswith("top-") else (1, -int(arm[4:]))
+
+
 def plot(runs: dict[str, dict[str, dict[int, float]]], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.6), squeeze=False)
-    for ax, (method, arms) in zip(axes[0], runs.items(), strict=True):
-        order = sorted(arms, key=lambda a: (a != "float32", len(a), a))
+    """One panel per distillation method, one line per seed across the storage arms; a
+    control without the cache (``ce``) is drawn in every panel as a dashed line at its mean."""
+    controls = {m: arms["no cache"] for m, arms in runs.items() if set(arms) == {"no cache"}}
+    methods = {m: arms for m, arms in runs.items() if m not in controls}
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.8 * len(methods), 3.6), squeeze=False)
+    for ax, (method, arms) in zip(axes[0], methods.items(), strict=True):
+        order = sorted(arms, key=_arm_order)
         for seed in sorted({s for arm in arms.values() for s in arm}):
-            ax.plot(
-                order, [arms[a].get(seed, float("nan")) for a in order], "o-", label=f"seed {seed}"
-            )
-        ax.set_title(method)
+            values = [arms[a].get(seed, float("nan")) for a in order]
+            ax.plot(order, values, "o-", label=f"seed {seed}")
+        for name, seeds in controls.items():
+            mean = statistics.mean(seeds.values())
+            ax.axhline(mean, color="gray", ls="--", label=f"{name} (no teacher), mean")
+        ax.set_title(f"{method}: teacher logits stored as")
         ax.set_ylabel("student test accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][0].legend()
+    axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -87,6 +87,15 @@ def _disk_usage(path: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in path.glob("*") if p.is_file())
 
 
+TOPK_WARNING = (
+    "Top-%d storage trains on rebuilt teacher logits, and at the temperatures of the "
+    "distillation losses (T = 4) that costs accuracy: on the 100-class Fashion-MNIST pairs KD "
+    "lost 5 points with top-10 and 14 with top-5 (more than it gained over no teacher), CSKD + "
+    "CSWT 0.3 and 2.3 (docs/benchmarks/logit_cache.md). Use float16 storage where it fits."
+)
+"""Logged once by a run that uses a top-k cache (what the study measured)."""
+
+
 class TeacherLogitCache(Callback):
     """Store the teacher's logits per epoch, sample and view; serve them to later runs.
 
@@ -198,6 +207,8 @@ class TeacherLogitCache(Callback):
         self._enabled = True
         if self.directory is not None:
             return True
+        if self.dtype == "topk" and announce:
+            log.warning(TOPK_WARNING, self.topk)
         self._datamodule = dm
         self._views = 2 if dm.two_view else 1
         self._classes = int(module.num_classes)

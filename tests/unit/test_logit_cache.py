@@ -389,11 +389,15 @@ def test_a_topk_cache_never_answers_a_float32_run_and_vice_versa(tmp_path: Path)
     ]
 
 
-def test_a_topk_student_is_the_same_from_a_cold_or_a_warm_cache(tmp_path: Path):
+def test_a_topk_student_is_the_same_from_a_cold_or_a_warm_cache(tmp_path: Path, caplog):
     """The run that stores the top-k records trains on their reconstruction, as the runs that
-    read them do: the two students are bit-identical, and differ from the float32 student."""
+    read them do: the two students are bit-identical, and differ from the float32 student.
+    Each run says once that top-k storage costs accuracy, and where that was measured."""
     root = tmp_path / "cache"
-    cold, stored = _fit(_digits_teacher(0), root, 32, 3, dtype="topk", topk=2)
+    with caplog.at_level("WARNING", logger="cskd_lightning"):
+        cold, stored = _fit(_digits_teacher(0), root, 32, 3, dtype="topk", topk=2)
+    warned = [r.getMessage() for r in caplog.records if "Top-2 storage" in r.getMessage()]
+    assert len(warned) == 1 and "docs/benchmarks/logit_cache.md" in warned[0]
     warm, read = _fit(_digits_teacher(0), root, 32, 3, dtype="topk", topk=2)
     exact, _ = _fit(_digits_teacher(0), None, 32, 3)
     assert stored.stats["computed"] == 3 and read.stats["cached"] == 3
