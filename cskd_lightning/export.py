@@ -44,6 +44,7 @@ from cskd_lightning.checkpoints import (
     describe_mismatch,
     read_checkpoint,
 )
+from cskd_lightning.files import save_atomically
 
 __all__ = [
     "FORMAT",
@@ -247,8 +248,7 @@ def student_artifact(
 def save_student(path: str | Path, *args: Any, **kwargs: Any) -> Path:
     """Write :func:`student_artifact` ``(*args, **kwargs)`` to ``path``; return ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(student_artifact(*args, **kwargs), path)
+    save_atomically(student_artifact(*args, **kwargs), path)
     return path
 
 

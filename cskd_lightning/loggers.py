@@ -23,6 +23,8 @@ from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
+from cskd_lightning.files import write_text_atomically
+
 METRICS_FILE = "metrics.csv"
 HPARAMS_FILE = "hparams.yaml"
 
@@ -136,11 +138,7 @@ class RunCSVLogger(Logger):
         writer = csv.DictWriter(buffer, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
-        path = self.metrics_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(buffer.getvalue(), newline="")
-        os.replace(tmp, path)
+        write_text_atomically(self.metrics_file, buffer.getvalue())
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from torch import Tensor
 from cskd_lightning import locks
 from cskd_lightning.data.device import DeviceDataModule, SampleBatch, ShardedPermutation
 from cskd_lightning.errors import InputError
+from cskd_lightning.files import write_text_atomically
 from cskd_lightning.logit_store import (
     CACHE_FORMAT,
     STORAGE,
@@ -219,9 +219,7 @@ class TeacherLogitCache(Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         meta = self.directory / "meta.json"
         if not meta.is_file():
-            tmp = meta.with_name(f".meta.json.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-            os.replace(tmp, meta)
+            write_text_atomically(meta, json.dumps(payload, indent=2, sort_keys=True), shared=True)
         return True
 
     def end_epoch(self) -> None:

@@ -27,6 +27,7 @@ from cskd_lightning.feature_setup import (
     prepare_from_batch,
     train_size,
 )
+from cskd_lightning.files import save_atomically
 from cskd_lightning.losses.base import DistillationLoss
 from cskd_lightning.losses.feature_base import FeatureBatch, FeatureDistillationLoss
 from cskd_lightning.module_options import (
@@ -537,6 +538,5 @@ class DistillationModule(L.LightningModule):
     def export_student(self, path: str | Path) -> Path:
         """Write the student's weights alone (a plain ``state_dict``) to ``path``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(self.student.state_dict(), path)
+        save_atomically(self.student.state_dict(), path)
         return path

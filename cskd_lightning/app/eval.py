@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from cskd_lightning.app import run_dir as files
+from cskd_lightning.app import run_dir as run_files
 from cskd_lightning.app.checks import config_errors
 from cskd_lightning.app.environment import choose_threads, log_threads
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, to_float
@@ -32,7 +32,7 @@ def find_run_checkpoint(run_dir: Path) -> Path:
     """The checkpoint the run's own test used: the one ``summary.json`` names (relative to the
     run directory, which may have moved). Without a summary (an unfinished run): the best one
     recorded in ``last.ckpt``, else ``last.ckpt``, else ``student.pt``."""
-    summary_file = run_dir / files.SUMMARY
+    summary_file = run_dir / run_files.SUMMARY
     if summary_file.is_file():
         named = json.loads(summary_file.read_text()).get("student", {}).get("best_checkpoint")
         if named:
@@ -43,7 +43,7 @@ def find_run_checkpoint(run_dir: Path) -> Path:
                     "Give the file to test with ckpt_path=<file>."
                 )
             return path
-    last = files.last_checkpoint(run_dir)
+    last = run_files.last_checkpoint(run_dir)
     if last.is_file():
         for key, state in read_checkpoint(last).get("callbacks", {}).items():
             if "ModelCheckpoint" in key and isinstance(state, dict) and state.get("monitor"):
@@ -51,8 +51,8 @@ def find_run_checkpoint(run_dir: Path) -> Path:
                 if best and (last.parent / Path(str(best)).name).is_file():
                     return last.parent / Path(str(best)).name
         return last
-    if (run_dir / files.STUDENT).is_file():
-        return run_dir / files.STUDENT
+    if (run_dir / run_files.STUDENT).is_file():
+        return run_dir / run_files.STUDENT
     raise MissingInputError(
         f"No checkpoint in {run_dir} (looked for summary.json's best checkpoint, "
         "checkpoints/last.ckpt and student.pt). Is it a cskd-train run directory?"
@@ -62,9 +62,9 @@ def find_run_checkpoint(run_dir: Path) -> Path:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the student of ``cfg.run_dir``; return the test metrics."""
     run_dir = Path(cfg.run_dir)
-    saved = run_dir / files.CONFIG  # written once the run's checks pass; else Hydra's copy
+    saved = run_dir / run_files.CONFIG  # written once the run's checks pass; else Hydra's copy
     if not saved.is_file():
-        saved = run_dir / files.HYDRA_CONFIG
+        saved = run_dir / run_files.HYDRA_CONFIG
     if not saved.is_file():
         raise MissingInputError(
             f"No config.yaml in {run_dir}: run_dir must be a cskd-train run directory."
@@ -88,7 +88,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = DistillationModule(student, None, CELoss())
     results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
-    write_json(run_dir / files.EVAL_METRICS, {"checkpoint": str(ckpt), **metrics})
+    write_json(run_dir / run_files.EVAL_METRICS, {"checkpoint": str(ckpt), **metrics})
     print_eval_table(run_cfg.pair.student.model.name, ckpt, metrics)
     return metrics
 

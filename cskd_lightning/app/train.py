@@ -20,7 +20,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app import checks, jobs, records, resume
-from cskd_lightning.app import run_dir as files
+from cskd_lightning.app import run_dir as run_files
 from cskd_lightning.app.ddp import is_global_zero
 from cskd_lightning.app.environment import (
     ThreadChoice,
@@ -84,7 +84,7 @@ def preflight(cfg: DictConfig) -> Preflight:
         return hydra.utils.instantiate(
             cfg.trainer,
             callbacks=[
-                CommitCheckpointsAfterLogging(files.checkpoint_dir(output_dir)),
+                CommitCheckpointsAfterLogging(run_files.checkpoint_dir(output_dir)),
                 *instantiate_group(cfg.get("callbacks")),
                 resume.RunConfigRecorder(resume.relevant_config(cfg)),
                 EpochSeed(cfg.seed),  # dropout & co. resume exactly (no RNG state is saved)
@@ -205,13 +205,18 @@ def record(
     model_cfg = OmegaConf.to_container(cfg.pair.student.model, resolve=True)
     datamodule = ready.inputs.datamodule
     save_student(
-        out / files.STUDENT, module.student, model_cfg, module.num_classes, datamodule, run=run_info
+        out / run_files.STUDENT,
+        module.student,
+        model_cfg,
+        module.num_classes,
+        datamodule,
+        run=run_info,
     )
     summary = records.make_summary(
         cfg, out, metrics, teacher_info, best, ready.selection, ready.clock
     )
     summary["environment"] = environment_record(cfg, ready.threads)
-    records.write_json(out / files.SUMMARY, summary)
+    records.write_json(out / run_files.SUMMARY, summary)
     records.print_summary(summary)
 
 
