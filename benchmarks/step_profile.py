@@ -102,6 +102,8 @@ NO_KERNEL = {
     "aten::sym_size",
     "aten::sym_numel",
     "aten::sym_stride",
+    "profiler::_record_function_enter_new",  # Lightning's profiler marks: host-side only
+    "profiler::_record_function_exit",
 }
 SYNC_OPS = {
     "aten::_local_scalar_dense": "item",
@@ -162,6 +164,7 @@ class Counter(TorchDispatchMode):
         self.names: collections.Counter[str] = collections.Counter()
         self.phase = "data + hooks"
         self.phases: collections.Counter[str] = collections.Counter()
+        self.phase_launches: collections.Counter[tuple[str, str]] = collections.Counter()
         # Inside F.one_hot: ATen checks the class range with two host reads on the CPU only.
         self.cpu_only_checks = False
 
@@ -173,6 +176,7 @@ class Counter(TorchDispatchMode):
         self.phases[self.phase] += 1
         if not func.is_view and name not in NO_KERNEL:
             self.launches += 1
+            self.phase_launches[(self.phase, name)] += 1
         reason = sync_reason(name, args, kwargs)
         if reason is not None and not self.cpu_only_checks:
             self.syncs[(reason, _where())] += 1
@@ -185,6 +189,7 @@ class Counter(TorchDispatchMode):
             collections.Counter(self.syncs),
             collections.Counter(self.names),
             collections.Counter(self.phases),
+            collections.Counter(self.phase_launches),
         )
 
 
@@ -424,6 +429,7 @@ class Probe:
             "spread": f"{min(s[0] for s in steps)}-{max(s[0] for s in steps)}",
             "top": middle[3].most_common(8),
             "phases": dict(middle[4]),
+            "phase_launches": middle[5],
             "seconds": time.perf_counter() - started,
         }
 
@@ -475,6 +481,13 @@ class Probe:
                 print(f"      sync x{n}: {reason} at {where}")
             print(f"      most frequent ops: {row['top']}")
             print(f"      ops by part of the step: {row['phases']}")
+            by_part: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+            for (part, name), n in row.get("phase_launches", {}).items():
+                by_part[part][name.removeprefix("aten::")] += n
+            for part, names in by_part.items():
+                print(
+                    f"      launches in {part}: {sum(names.values())} {dict(names.most_common())}"
+                )
 
     def table(self) -> str:
         lines = [

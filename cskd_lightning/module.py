@@ -383,7 +383,8 @@ class DistillationModule(L.LightningModule):
         """The step's top-1 and top-k accuracy ``acc``, ``acc_top<k>`` (0-d, fractions of the
         batch); summed over the epoch with the loss terms, logged as ``train/acc`` ..."""
         hits = (logits.topk(self._top_k, dim=1).indices == y[:, None]).float()  # (B, k)
-        return {"acc": hits[:, 0].mean(), f"acc_top{self._top_k}": hits.sum(1).mean()}
+        rates = hits.mean(0)  # (k,): how often the label is the j-th guess
+        return {"acc": rates[0], f"acc_top{self._top_k}": rates.sum()}
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Read the deferred checks at the epoch's last training step (before validation)."""

@@ -17,6 +17,7 @@ batch), or from a plain ``torch.Generator``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -65,6 +66,12 @@ STREAM_WEAK_CROP, STREAM_STRONG_CROP, STREAM_RAND_AUGMENT, STREAM_CUTOUT = 1, 2,
 RandomSource = torch.Generator | SampleRandom
 
 
+@functools.lru_cache(maxsize=16)
+def _positions(n: int, device: torch.device) -> Tensor:
+    """``arange(n)`` on ``device``, made once (not a kernel launch per batch); never written to."""
+    return torch.arange(n, device=device)
+
+
 def _sample_random(source: RandomSource, batch: int) -> SampleRandom:
     """``source`` itself, or per-sample numbers under a seed drawn from a plain generator."""
     if isinstance(source, SampleRandom):
@@ -98,8 +105,8 @@ def batch_crop_flip(
     dev = images.device
     offsets = rand.randint(0, 2 * padding + 1, stream, 2)  # (B, 2)
     top, left = offsets[:, 0:1], offsets[:, 1:2]
-    rows = top + torch.arange(h, device=dev)  # (B, H)
-    cols = left + torch.arange(w, device=dev)  # (B, W)
+    rows = top + _positions(h, dev)  # (B, H)
+    cols = left + _positions(w, dev)  # (B, W)
     if flip:
         mirror = rand.uniform(stream, 3)[:, 2:3] < 0.5  # (B, 1): draw 2 of the stream
         cols = torch.where(mirror, cols.flip(1), cols)
@@ -276,8 +283,7 @@ def batch_cutout(
     side = 1 + ((draws[:, 0:1] * max_side) >> 32)  # (B, 1) in 1..max_side
     cy, cx = (draws[:, 1:2] * h) >> 32, (draws[:, 2:3] * w) >> 32
     y0, x0 = cy - side // 2, cx - side // 2
-    rows = torch.arange(h, device=x.device)
-    cols = torch.arange(w, device=x.device)
+    rows, cols = _positions(h, x.device), _positions(w, x.device)
     in_rows = (rows >= y0) & (rows < y0 + side)  # (B, H)
     in_cols = (cols >= x0) & (cols < x0 + side)  # (B, W)
     mask = in_rows[:, None, :, None] & in_cols[:, None, None, :]

@@ -10,13 +10,12 @@ from cskd_lightning.losses.base import (
     check_cswt_range,
     check_positive,
     check_weight,
+    weighted_sum,
 )
 from cskd_lightning.losses.functional import (
-    _batch_cosine_and_mean_t,
     cross_entropy,
-    cskd_loss_from_cosine,
+    cskd_losses,
     cswt_temperature,
-    per_class_batch_cosine,
     standardize_logits,
 )
 
@@ -77,17 +76,17 @@ class CSKDLoss(DistillationLoss):
         zs, zt = student_logits, teacher_logits
         if self.logit_standardization:
             zs, zt = standardize_logits(zs), standardize_logits(zt)
-        cos = per_class_batch_cosine(zs, zt, self.temperature)  # (C,), computed once
-        terms = {
-            "cs": cskd_loss_from_cosine(cos, self.temperature, self.alpha),
-            "cos_mean": cos.mean().detach(),
-        }
+        temperatures: list[float | Tensor] = [self.temperature]
         if self.cswt:
             # CSWT always ranks the samples on the raw logits (see the class docstring).
             temps = cswt_temperature(student_logits, teacher_logits, self.t_low, self.t_high)
-            # CSWT's temperatures lie in [t_low, t_high]: no positivity check (a host read).
-            cos_i, t_mean = _batch_cosine_and_mean_t(zs, zt, temps, check=False)
-            terms["cs_cswt"] = cskd_loss_from_cosine(cos_i, t_mean, self.alpha)
+            temperatures.append(temps)
+        # Both terms in one pass (one softmax, one cosine). CSWT's temperatures lie in
+        # [t_low, t_high]: no positivity check (a host read).
+        losses, mean_cos = cskd_losses(zs, zt, temperatures, self.alpha, check=False)
+        terms = {"cs": losses[0], "cos_mean": mean_cos[0].detach()}
+        if self.cswt:
+            terms["cs_cswt"] = losses[1]
             terms["cswt_t_mean"] = temps.mean()
             terms["cswt_t_min"], terms["cswt_t_max"] = torch.aminmax(temps)
         return terms
@@ -99,4 +98,4 @@ class CSKDLoss(DistillationLoss):
         student_logits, teacher_logits = self.gather_pair(student_logits, teacher_logits)
         terms = self.distillation_terms(student_logits, teacher_logits)
         kd = terms["cs"] + terms["cs_cswt"] if self.cswt else terms["cs"]
-        return {"loss": self.ce_weight * ce + self.kd_weight * kd, "ce": ce, **terms}
+        return {"loss": weighted_sum((self.ce_weight, ce), (self.kd_weight, kd)), "ce": ce, **terms}

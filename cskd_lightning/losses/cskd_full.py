@@ -7,10 +7,11 @@ from torch import Tensor
 
 from cskd_lightning.losses.base import check_cswt_range, check_positive
 from cskd_lightning.losses.functional import (
-    batch_correlation_loss,
-    class_correlation_loss,
-    cskd_loss,
+    batch_cosines,
+    correlation_losses,
+    cskd_from_mean_cosines,
     cswt_temperature,
+    softened_pairs,
 )
 from cskd_lightning.losses.two_view import TwoViewLoss, TwoViews
 
@@ -70,15 +71,17 @@ class CSKDFullLoss(TwoViewLoss):
         sw, ss, tw, ts, ce_weak, ce_strong = views
         terms: dict[str, Tensor] = {"ce_weak": ce_weak, "ce_strong": ce_strong}
         temps = cswt_temperature(sw, tw, self.t_low, self.t_high)  # weak view, reused
-        fixed = self.temperature
-        terms["cs_weak"] = cskd_loss(sw, tw, fixed, self.alpha)
-        terms["cs_cswt_weak"] = cskd_loss(sw, tw, temps, self.alpha)
-        terms["cc_weak"] = class_correlation_loss(sw, tw, fixed)
-        terms["cc_cswt_weak"] = class_correlation_loss(sw, tw, temps)
-        terms["bc_weak"] = batch_correlation_loss(sw, tw, fixed)
-        terms["bc_cswt_weak"] = batch_correlation_loss(sw, tw, temps)
-        terms["cs_strong"] = cskd_loss(ss, ts, fixed, self.alpha)
-        terms["cs_cswt_strong"] = cskd_loss(ss, ts, temps, self.alpha)
+        temperatures = [self.temperature, temps]  # CSWT's are positive: no check (a host read)
+        p_weak, t_means = softened_pairs(sw, tw, temperatures, check=False)  # (2, 2, B, C)
+        p_strong, _ = softened_pairs(ss, ts, temperatures, check=False)
+        mean_cos = torch.cat([batch_cosines(p_weak), batch_cosines(p_strong)]).mean(-1)  # (4,)
+        cs_weak = cskd_from_mean_cosines(mean_cos[:2], t_means, self.alpha)
+        cs_strong = cskd_from_mean_cosines(mean_cos[2:], t_means, self.alpha)
+        cc, bc = correlation_losses(p_weak)  # (2,) each: at T and at T_i
+        terms["cs_weak"], terms["cs_cswt_weak"] = cs_weak
+        terms["cc_weak"], terms["cc_cswt_weak"] = cc
+        terms["bc_weak"], terms["bc_cswt_weak"] = bc
+        terms["cs_strong"], terms["cs_cswt_strong"] = cs_strong
 
         weak = torch.stack([terms[k] for k in terms if k.endswith("_weak") and k != "ce_weak"])
         strong = terms["cs_strong"] + terms["cs_cswt_strong"]
@@ -87,7 +90,6 @@ class CSKDFullLoss(TwoViewLoss):
         return {
             "loss": loss,
             **terms,
-            "cswt_t_mean": temps.mean(),
-            "cswt_t_min": temps.min(),
-            "cswt_t_max": temps.max(),
+            "cswt_t_mean": t_means[1],
+            **dict(zip(("cswt_t_min", "cswt_t_max"), torch.aminmax(temps), strict=True)),
         }

@@ -10,6 +10,8 @@ prediction, a column ``P[:, j]`` a class's batch prediction.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -97,28 +99,72 @@ def per_class_batch_cosine(
 
     ``cos_j = cos(P_s[:, j], P_t[:, j])`` with ``P = softmax(z / T)``. Returns ``(C,)``.
     """
-    return _batch_cosine_and_mean_t(student_logits, teacher_logits, temperature)[0]
+    return batch_cosines(softened_pairs(student_logits, teacher_logits, [temperature])[0])[0]
 
 
-def _batch_cosine_and_mean_t(
+def softened_pairs(
     student_logits: Tensor,
     teacher_logits: Tensor,
-    temperature: Temperature,
+    temperatures: Sequence[Temperature],
     check: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """``(cos_j for every class (C,), mean(T))``: the temperature is checked once (``check``;
-    ``False`` for temperatures positive by construction, such as CSWT's)."""
+) -> tuple[Tensor, list[float | Tensor]]:
+    """The student's and the teacher's ``P = softmax(z / T_k)`` at K temperatures, in one softmax.
+
+    Returns ``(P, t_means)``: ``P`` is ``(2, K, B, C)`` (``P[0, k]`` the student's, ``P[1, k]``
+    the teacher's at ``T_k``) and ``t_means[k] = mean(T_k)`` (a float for a float ``T_k``). Each
+    ``T_k`` is a float or a ``(B,)`` tensor (no gradient flows through it); ``check=False``
+    skips the positivity check of tensor temperatures positive by construction (CSWT's). The
+    numbers are those of K separate :func:`softened_probs` calls; stacking makes one kernel of
+    each op on an accelerator, where the separate calls launch K times 2.
+    """
     _check_pair(student_logits, teacher_logits)
     s, t = upcast(student_logits, teacher_logits)
-    t_column, t_mean = _temperature_column(temperature, s, check)
+    pairs = [_temperature_column(temp, s, check) for temp in temperatures]
+    t_stack = torch.stack(
+        [c if isinstance(c, Tensor) else s.new_full((s.shape[0], 1), c) for c, _ in pairs]
+    )  # (K, B, 1)
     with no_autocast(s.device):
-        ps, pt = F.softmax(s / t_column, dim=1), F.softmax(t / t_column, dim=1)
-        return cosine(ps, pt, dim=0), t_mean
+        probs = F.softmax(torch.stack([s, t]).unsqueeze(1) / t_stack, dim=-1)
+    return probs, [t_mean for _, t_mean in pairs]
 
 
-def cskd_loss_from_cosine(cos: Tensor, t_mean: Tensor | float, alpha: float = 2.0) -> Tensor:
-    """``alpha * mean(T)^2 * (1 - mean_j cos_j)`` from the per-class cosines ``cos`` ``(C,)``."""
-    return alpha * t_mean**2 * (1.0 - cos.mean())
+def batch_cosines(probs: Tensor) -> Tensor:
+    """``cos(P_s[:, j], P_t[:, j])`` for every class at each temperature: ``(K, C)`` from the
+    ``(2, K, B, C)`` of :func:`softened_pairs`."""
+    ps, pt = probs.unbind(0)  # unbind, not two selects: one stack in backward, not two fills
+    norm_s, norm_t = probs.norm(dim=2).unbind(0)  # (K, C) each
+    return (ps * pt).sum(1) / (norm_s * norm_t + COS_EPS)
+
+
+def cskd_from_mean_cosines(
+    mean_cos: Tensor, t_means: Sequence[float | Tensor], alpha: float = 2.0
+) -> list[Tensor]:
+    """``L_cs(T_k) = alpha * mean(T_k)^2 * (1 - mean_j cos_kj)`` for each ``k``, from the
+    ``(K,)`` mean cosines of :func:`batch_cosines` and the ``t_means`` of :func:`softened_pairs`."""
+    return [alpha * tm**2 * (1.0 - m) for m, tm in zip(mean_cos.unbind(), t_means, strict=True)]
+
+
+def cskd_losses(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperatures: Sequence[Temperature],
+    alpha: float = 2.0,
+    check: bool = True,
+) -> tuple[list[Tensor], Tensor]:
+    """:func:`cskd_loss` at K temperatures in one pass: ``([L_cs(T_k) for each k], mean_j
+    cos_kj (K,))``. Inputs ``(B, C)``."""
+    probs, t_means = softened_pairs(student_logits, teacher_logits, temperatures, check)
+    mean_cos = batch_cosines(probs).mean(-1)
+    return cskd_from_mean_cosines(mean_cos, t_means, alpha), mean_cos
+
+
+def correlation_losses(probs: Tensor) -> tuple[Tensor, Tensor]:
+    """The class- and the batch-correlation terms at each temperature, ``(K,)`` each, from the
+    ``(2, K, B, C)`` of :func:`softened_pairs`: :func:`class_correlation_loss` and
+    :func:`batch_correlation_loss` in one matmul each."""
+    by_class = probs.transpose(-1, -2) @ probs  # (2, K, C, C)
+    by_sample = probs @ probs.transpose(-1, -2)  # (2, K, B, B)
+    return _correlation_cosine_loss(*by_class), _correlation_cosine_loss(*by_sample)
 
 
 def cskd_loss(
@@ -134,8 +180,7 @@ def cskd_loss(
     where ``P[i, :] = softmax(z[i, :] / T_i)``. ``temperature`` is a float (every sample) or a
     ``(B,)`` tensor (per sample; no gradient flows through it). Inputs ``(B, C)``; a scalar out.
     """
-    cos, t_mean = _batch_cosine_and_mean_t(student_logits, teacher_logits, temperature)
-    return cskd_loss_from_cosine(cos, t_mean, alpha)
+    return cskd_losses(student_logits, teacher_logits, [temperature], alpha)[0][0]
 
 
 @torch.no_grad()
@@ -166,7 +211,7 @@ def cswt_temperature(
     float32 (float64 for float64 inputs).
     """
     c = sample_cosine(student_logits, teacher_logits)
-    return cswt_from_similarity(c, c.min(), c.max(), t_low, t_high)
+    return cswt_from_similarity(c, *torch.aminmax(c), t_low, t_high)
 
 
 @torch.no_grad()
@@ -189,7 +234,7 @@ def cswt_from_similarity(
     c = similarity
     spread = c_max - c_min
     flat = spread <= CSWT_SPREAD_TOL  # decided on the device: no host sync in the step
-    weight = torch.where(flat, torch.full_like(c, 0.5), (c_max - c) / spread.clamp_min(1e-30))
+    weight = torch.where(flat, 0.5, (c_max - c) / spread.clamp_min(1e-30))
     return t_low + (t_high - t_low) * weight
 
 
@@ -210,7 +255,8 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: Tempera
 
 
 def _correlation_cosine_loss(g_student: Tensor, g_teacher: Tensor) -> Tensor:
-    return 1.0 - cosine(g_teacher, g_student, dim=1).mean()
+    """``1 - mean_r cos(G_t[r, :], G_s[r, :])`` over the last two axes of ``(..., R, R)``."""
+    return 1.0 - cosine(g_teacher, g_student, dim=-1).mean(-1)
 
 
 def class_correlation_loss(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from cskd_lightning.losses.base import DistillationLoss, check_positive, check_weight
+from cskd_lightning.losses.base import (
+    DistillationLoss,
+    check_positive,
+    check_weight,
+    weighted_sum,
+)
 from cskd_lightning.losses.functional import cross_entropy, kd_loss, standardize_logits
 
 
@@ -39,7 +44,8 @@ class KDLoss(DistillationLoss):
             student_logits = standardize_logits(student_logits)
             teacher_logits = standardize_logits(teacher_logits)
         kd = kd_loss(student_logits, teacher_logits, self.temperature)
-        return {"loss": self.ce_weight * ce + self.kd_weight * kd, "ce": ce, "kd": kd}
+        loss = weighted_sum((self.ce_weight, ce), (self.kd_weight, kd))
+        return {"loss": loss, "ce": ce, "kd": kd}
 
 
 class CELoss(DistillationLoss):
