@@ -367,24 +367,31 @@ class Probe:
             )
         )
 
-    def module(self, method: str, compiled: bool) -> DistillationModule:
+    def module(self, method: str, options: str = "default") -> DistillationModule:
         cfg = method_config(method)
         torch.manual_seed(1)
         student = create_model("resnet8x4", num_classes=100)
         loss = instantiate(cfg.loss)
         teacher = self.teacher if loss.requires_teacher else None
-        module = DistillationModule(student, teacher, loss, compile_models=compiled)
+        module = DistillationModule(
+            student,
+            teacher,
+            loss,
+            compile_models=options == "compiled",
+            fold_teacher_batchnorm=options == "folded",
+        )
         module.defer_checks = True  # what the module does on an accelerator
         return module
 
-    def fit(self, method: str, two_view: bool, teacher: str, compiled: bool) -> dict[str, Any]:
+    def fit(self, method: str, two_view: bool, teacher: str, options: str) -> dict[str, Any]:
         cache_root = self.tmp / f"cache-{method}-{two_view}"
         if teacher == "warm":  # a first fit stores the epoch's teacher logits
-            dm, module = self.datamodule(two_view), self.module(method, False)
+            dm, module = self.datamodule(two_view), self.module(method, options)
             make_trainer([TeacherLogitCache(cache_root, "probe")], self.args.steps).fit(
                 module, datamodule=dm
             )
-        dm, module = self.datamodule(two_view), self.module(method, compiled)
+        compiled = options == "compiled"
+        dm, module = self.datamodule(two_view), self.module(method, options)
         counter = Counter()
         windows = StepWindows(counter)
         callbacks: list = [windows]
@@ -420,7 +427,7 @@ class Probe:
             "method": method,
             "views": 2 if two_view else 1,
             "teacher": teacher,
-            "options": "compiled" if compiled else "default",
+            "options": options,
             "ops": int(ops),
             "launches": int(launches),
             "syncs": sum(syncs.values()),
@@ -462,11 +469,11 @@ class Probe:
             needs_teacher = method != "ce"
             for two_view in views if self.args.default else []:
                 for teacher in ("live", "warm") if needs_teacher else ("none",):
-                    row = self.fit(method, two_view, teacher, False)
-                    self.report(row)
+                    self.report(self.fit(method, two_view, teacher, "default"))
+                if self.args.folded and needs_teacher:
+                    self.report(self.fit(method, two_view, "live", "folded"))
             if self.args.compiled and method in COMPILED_METHODS:
-                row = self.fit(method, False, "live", True)
-                self.report(row)
+                self.report(self.fit(method, False, "live", "compiled"))
 
     def report(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -518,6 +525,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-compiled", dest="compiled", action="store_false")
     p.add_argument("--only-compiled", dest="default", action="store_false")
     p.add_argument("--where", action="store_true", help="print each sync's source line")
+    p.add_argument(
+        "--folded",
+        action="store_true",
+        help="also each method's live row with module.fold_teacher_batchnorm=true",
+    )
     p.add_argument("--monitor", action="store_true", help="with the TemperatureMonitor")
     p.add_argument("--out", default=None, help="also write the table (markdown) here")
     args = p.parse_args(argv)

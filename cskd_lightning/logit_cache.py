@@ -11,9 +11,9 @@ With the device pipeline (:mod:`cskd_lightning.data.device`) the views of traini
   :func:`cache_key`: a content hash of the teacher's weights (every tensor of its
   ``state_dict``), a content hash of the data of every split (images and labels, so the split
   is in it), the augmentation settings and ``augment_seed``, the number of views, the class
-  count, the precision, the accelerator type, ``channels_last`` / ``compile_models`` and the
-  storage dtype. Epochs are separate files, so the epoch count needs no key: a longer run
-  reads the epochs that exist and computes the rest.
+  count, the precision, the accelerator type, ``channels_last`` / ``compile_models`` /
+  ``fold_teacher_batchnorm`` and the storage dtype. Epochs are separate files, so the epoch
+  count needs no key: a longer run reads the epochs that exist and computes the rest.
 * **Storage.** Files, top-k format, atomic writes and disk size: :mod:`cskd_lightning.logit_store`.
 
 At run time (a Lightning :class:`~lightning.pytorch.callbacks.Callback`, attached by
@@ -159,6 +159,12 @@ class TeacherLogitCache(Callback):
             "dtype": self.dtype,
             # Only in a top-k key, so the keys of the full caches stay what they were.
             **({"topk": self.topk} if self.topk is not None else {}),
+            # Only when folded (the folded teacher's logits differ by rounding), likewise.
+            **(
+                {"fold_teacher_batchnorm": True}
+                if getattr(module, "fold_teacher_batchnorm", False)
+                else {}
+            ),
         }
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

@@ -5,6 +5,7 @@ once and sliced per batch."""
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import pytest
 import torch
@@ -13,7 +14,15 @@ from lightning.pytorch.callbacks import Callback
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cskd_lightning import CSKDLoss, DistillationLoss, DistillationModule, DKDLoss, KDLoss
+import cskd_lightning.data.batch_augment as batch_augment
+from cskd_lightning import (
+    CSKDFullLoss,
+    CSKDLoss,
+    DistillationLoss,
+    DistillationModule,
+    DKDLoss,
+    KDLoss,
+)
 from cskd_lightning.data import DeviceDataModule, DigitsDataModule
 from cskd_lightning.data.sample_random import SampleRandom
 from cskd_lightning.errors import NonFiniteLossError
@@ -186,3 +195,21 @@ def test_epoch_random_rows_equal_the_samples_own_numbers() -> None:
     assert set(epoch._drawn) == {("bits", 4, 3), ("uniform", 1, 3), ("randint", 0, 9, 2, 2)}
     with pytest.raises(ValueError, match="rows"):
         epoch.rows(slice(0, 4)).rows(slice(0, 2))
+
+
+def test_the_full_recipe_has_no_host_sync_either(monkeypatch) -> None:
+    """CSKD's full recipe (two views) reads nothing on the host in a step: its CSWT
+    temperatures are positive by construction and skip the positivity check, which reads the
+    host on the CPU (so this CPU count would see it). The strong view's colour ops take their
+    accelerator path (``sync_free=True``; the CPU's indexes the samples that drew each op)."""
+    sync_free = functools.partial(batch_augment.batch_rand_augment, sync_free=True)
+    monkeypatch.setattr(batch_augment, "batch_rand_augment", sync_free)
+    module = _module(CSKDFullLoss())
+    module.defer_checks = True
+    counter = SyncCounter()
+    steps = PerStep(counter)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, callbacks=[steps])
+    with counting(counter):
+        trainer.fit(module, datamodule=_digits_device(two_view=True))
+    per_step = [b - a for a, b in zip(steps.marks, steps.marks[1:], strict=False)]
+    assert per_step == [0, 0], counter.syncs

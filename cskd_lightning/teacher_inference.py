@@ -1,0 +1,58 @@
+"""The frozen teacher prepared once for its forward: BatchNorm folded, weights in low precision.
+
+A frozen teacher in eval mode computes ``BN(conv(x, W))`` with fixed statistics, which is one
+convolution with folded weights:
+
+``W' = W * gamma / sqrt(var + eps)`` (per output channel), ``b' = beta + (b - mean) * gamma /
+sqrt(var + eps)``
+
+so each BatchNorm after a convolution stops being a kernel launch of its own (34 of the 116
+launches of ``resnet32x4``'s forward). Under autocast the copy's weights are also stored in
+autocast's dtype once: a frozen weight does not enter autocast's cast cache (which keeps only
+leaves that require grad), so the plain teacher pays one cast per convolution per step. The
+folded logits differ from the plain ones by float rounding (about 3e-7 of their size in
+float32), so the option is off by default and part of the teacher-logit cache's key.
+
+The folding is ``torch.fx``'s (``torch.fx.experimental.optimization.fuse``): models that
+``torch.fx`` cannot trace (data-dependent control flow, such as ``vgg`` and ``ShuffleV2``)
+are refused in one line; a BatchNorm that does not follow a convolution (WRN's
+pre-activation blocks) stays as it is.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.fx.experimental.optimization import fuse
+
+from cskd_lightning.errors import InputError
+
+
+def fold_batchnorm(teacher: nn.Module) -> nn.Module:
+    """A copy of the eval-mode ``teacher`` with every ``Conv -> BatchNorm`` pair folded into one
+    convolution (the teacher is not changed). Refuses, in one line, a model ``torch.fx`` cannot
+    trace."""
+    try:
+        folded = fuse(teacher.eval(), inplace=False)
+    except Exception as error:  # torch.fx raises TraceError, TypeError, ... while tracing
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise InputError(
+            f"fold_teacher_batchnorm=True cannot fold {type(teacher).__name__}: torch.fx cannot "
+            f"trace it ({type(error).__name__}: {first_line}). Set fold_teacher_batchnorm=False.",
+            key="fold_teacher_batchnorm",
+        ) from None
+    return folded.requires_grad_(False).eval()
+
+
+def inference_teacher(
+    teacher: nn.Module, device: torch.device, dtype: torch.dtype | None
+) -> nn.Module:
+    """:func:`fold_batchnorm` of ``teacher`` on ``device``, the weights and biases of its
+    convolutions and linear layers in ``dtype`` (autocast's dtype, the one autocast would cast
+    them to at every step; ``None``: kept as they are). Any BatchNorm left stays float32."""
+    folded = fold_batchnorm(teacher).to(device)
+    if dtype is not None:
+        for module in folded.modules():
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                module.to(dtype)
+    return folded
