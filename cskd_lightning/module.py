@@ -178,14 +178,12 @@ class DistillationModule(L.LightningModule):
         self.feature_hooks = make_feature_hooks(
             loss, student, teacher, features, self.compile_models
         )
-        compile_in_place(self.compile_mode, student, teacher, loss)
         self.fold_teacher_batchnorm = bool(fold_teacher_batchnorm)
-        if self.fold_teacher_batchnorm and self.feature_hooks is not None:
-            raise InputError(
-                f"{type(loss).__name__} reads the teacher's features through hooks on its "
-                "layers, which a folded copy does not have. Set fold_teacher_batchnorm=False.",
-                key="fold_teacher_batchnorm",
-            )
+        if self.fold_teacher_batchnorm:
+            from cskd_lightning.teacher_inference import check_foldable
+
+            check_foldable(teacher, loss)
+        compile_in_place(self.compile_mode, student, teacher, loss)
         # The folded teacher, made at its first forward: ((device, dtype), module). Kept out of
         # the module tree: it is not saved, and it follows the teacher (see forward_teacher).
         self.__dict__["_folded_teacher"] = None

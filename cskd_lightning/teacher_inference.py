@@ -44,6 +44,22 @@ def fold_batchnorm(teacher: nn.Module) -> nn.Module:
     return folded.requires_grad_(False).eval()
 
 
+def check_foldable(teacher: nn.Module | None, loss: nn.Module) -> None:
+    """Refuse ``fold_teacher_batchnorm=True`` in one line where it cannot work: a loss that
+    reads the teacher's features (through hooks on its layers, which a folded copy has not) or
+    a teacher ``torch.fx`` cannot trace (:func:`fold_batchnorm` is tried once)."""
+    from cskd_lightning.losses.feature_base import FeatureDistillationLoss
+
+    if isinstance(loss, FeatureDistillationLoss):
+        raise InputError(
+            f"{type(loss).__name__} reads the teacher's features through hooks on its layers, "
+            "which a folded copy does not have. Set fold_teacher_batchnorm=False.",
+            key="fold_teacher_batchnorm",
+        )
+    if teacher is not None:
+        fold_batchnorm(teacher)
+
+
 def inference_teacher(
     teacher: nn.Module, device: torch.device, dtype: torch.dtype | None
 ) -> nn.Module:

@@ -73,6 +73,12 @@ def test_a_model_torch_fx_cannot_trace_is_refused_in_one_line():
     with pytest.raises(InputError, match="fold_teacher_batchnorm=False") as error:
         fold_batchnorm(create_model("vgg8", num_classes=100).eval())
     assert "\n" not in str(error.value) and "VGG" in str(error.value)
+    torch.manual_seed(0)
+    student = create_model("resnet8x4", num_classes=100)
+    with pytest.raises(InputError, match="cannot fold VGG"):  # at once, before any fit
+        DistillationModule(
+            student, create_model("vgg8", num_classes=100), KDLoss(), fold_teacher_batchnorm=True
+        )
 
 
 def test_weights_cast_once_give_what_autocast_gives_with_a_cast_every_step():
