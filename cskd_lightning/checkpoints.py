@@ -199,7 +199,7 @@ def _check_resumable(checkpoint: Any, path: Path) -> None:
     if "optimizer_states" not in checkpoint or "loops" not in checkpoint:
         raise CheckpointError(
             f"{path} holds weights only (no optimizer or loop state), so training cannot resume "
-            "from it. Use a checkpoint saved with save_weights_only=false."
+            "from it. Use a checkpoint saved with ModelCheckpoint(save_weights_only=False)."
         )
 
 

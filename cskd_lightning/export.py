@@ -252,19 +252,10 @@ def save_student(path: str | Path, *args: Any, **kwargs: Any) -> Path:
     return path
 
 
-def _import(target: str) -> Any:
-    module_name, _, attr = target.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as err:
-        raise CheckpointError(
-            f"The student's model factory {target!r} cannot be imported ({err}). Install or put "
-            "on PYTHONPATH the package that defines it."
-        ) from None
-
-
 def build_model(spec: Mapping[str, Any]) -> nn.Module:
-    """An untrained model from the artifact's ``model`` entry."""
+    """An untrained model from the artifact's ``model`` entry. A ``target`` is imported with
+    importlib, whose error fits in the one line of a :class:`CheckpointError` (Hydra's
+    ``get_object`` raises several lines and logs them too)."""
     kwargs = dict(spec.get("kwargs", {}))
     if spec.get("target") is None:
         from cskd_lightning.models import create_model
@@ -273,7 +264,16 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
             kwargs["weights"] = None
 
         return create_model(**kwargs)
-    return _import(str(spec["target"]))(**kwargs)
+    target = str(spec["target"])
+    module_name, _, name = target.rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise CheckpointError(
+            f"The student's model factory {target!r} cannot be imported ({err}). Install or put "
+            "on PYTHONPATH the package that defines it."
+        ) from None
+    return factory(**kwargs)
 
 
 class LoadedStudent(NamedTuple):

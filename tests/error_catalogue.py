@@ -24,6 +24,15 @@ BASE = [
 ]
 """The settings of the existing run every case is tried against (a few seconds on digits)."""
 
+FMNIST_MISSING = (
+    "Fashion-MNIST not found in /nonexistent (looked for train-images-idx3-ubyte, "
+    "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte [.gz] there and in "
+    "/nonexistent/FashionMNIST/raw). Get it with `apt-get install dataset-fashion-mnist` "
+    "(Debian; installs into /usr/share/datasets/fashion-mnist) and point data_dir at it, or let "
+    "torchvision download it with download=True. (config: data.datamodule.data_dir)"
+)
+"""The whole message of a missing Fashion-MNIST folder, the config key to fix at its end."""
+
 FMNIST_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -194,7 +203,7 @@ CASES: list[Case] = [
          "{files}/empty.pth is not a checkpoint: it is empty (0 bytes)", _write("empty.pth", b"")),
     Case("data_missing", "data directory missing",
          ["data=fashion_mnist", "pair=fashion_mnist", "data.datamodule.data_dir=/nonexistent"],
-         "Fashion-MNIST not found in /nonexistent (looked for "),
+         FMNIST_MISSING),
     Case("data_corrupt", "data directory corrupt",
          ["data=fashion_mnist", "pair=fashion_mnist", "data.datamodule.data_dir={files}/fmnist"],
          "cannot read Fashion-MNIST file {files}/fmnist/train-images-idx3-ubyte.gz",
@@ -202,7 +211,7 @@ CASES: list[Case] = [
     Case("pairs_data_missing", "data directory missing (the 100-class Fashion-MNIST pairs)",
          ["data=fashion_mnist_pairs", "pair=fashion_mnist_pairs",
           "data.datamodule.data_dir=/nonexistent"],
-         "Fashion-MNIST not found in /nonexistent (looked for "),
+         FMNIST_MISSING),
     Case("pairs_count", "a pair count that is not a positive integer",
          ["data=fashion_mnist_pairs", "pair=fashion_mnist_pairs",
           "data.datamodule.num_train_pairs=0"],
@@ -210,7 +219,9 @@ CASES: list[Case] = [
          "(config: data.datamodule.num_train_pairs)"),
     Case("ddp_odd_batch", "batch size not divisible by the process count",
          ["trainer=ddp_sim", "data.datamodule.batch_size=63"],
-         "batch_size=63 is the GLOBAL batch and must be divisible by the number of processes (2)"),
+         "batch_size=63 is the GLOBAL batch and must be divisible by the number of processes (2); "
+         "set batch_size to a multiple of 2 (e.g. 62 or 64) or change the number of "
+         "devices/nodes. (config: data.datamodule.batch_size)"),
     Case("batch_of_one", "batch size 1 with a batch-level method",
          ["data.datamodule.batch_size=1"],
          "data.datamodule.batch_size=1, but CSKDLoss (distill=cskd_cswt) has batch-level terms"),

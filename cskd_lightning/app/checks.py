@@ -26,7 +26,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app.exit import exit_with_error
-from cskd_lightning.errors import InputError, UnwritablePathError
+from cskd_lightning.errors import InputError, UnwritablePathError, config_keys
 
 TUNE_ON_TEST_FLAG = "tune_on_test_set=true"
 
@@ -374,19 +374,27 @@ def check_accelerator(cfg: DictConfig) -> None:
     )
 
 
+DATA_KEYS = {"num_classes": "data.num_classes"} | {
+    k: f"data.datamodule.{k}" for k in ("data_dir", "batch_size", "eval_batch_size", "val_split")
+}
+"""The config keys of the datamodule arguments its errors at setup name."""
+
+
 def check_data(datamodule: Any) -> None:
     """Load the data once, so a missing or corrupt dataset is found before anything is
     written; the datamodule keeps what it loaded."""
-    if hasattr(datamodule, "prepare_data"):
-        datamodule.prepare_data()
-    if hasattr(datamodule, "setup"):
-        datamodule.setup("fit")
+    with config_keys(DATA_KEYS):
+        if hasattr(datamodule, "prepare_data"):
+            datamodule.prepare_data()
+        if hasattr(datamodule, "setup"):
+            datamodule.setup("fit")
 
 
 def check_world_size(datamodule: Any, world_size: int) -> None:
     """The global batch sizes must divide by the trainer's process count."""
     if world_size > 1 and hasattr(datamodule, "check_world_size"):
-        datamodule.check_world_size(world_size)
+        with config_keys(DATA_KEYS):
+            datamodule.check_world_size(world_size)
 
 
 def selection_of(datamodule: Any) -> str:

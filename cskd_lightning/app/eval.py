@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.table import Table
 
 from cskd_lightning.app import run_dir as run_files
-from cskd_lightning.app.checks import config_errors
+from cskd_lightning.app.checks import DATA_KEYS, config_errors
 from cskd_lightning.app.environment import choose_threads, log_threads
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, to_float
 from cskd_lightning.app.records import write_json
 from cskd_lightning.checkpoints import load_weights, read_checkpoint
-from cskd_lightning.errors import MissingInputError
+from cskd_lightning.errors import MissingInputError, config_keys
 from cskd_lightning.losses import CELoss
 from cskd_lightning.module import DistillationModule
 
@@ -86,7 +86,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         enable_model_summary=False,
     )
     module = DistillationModule(student, None, CELoss())
-    results = trainer.test(module, datamodule=datamodule, verbose=False)
+    with config_keys(DATA_KEYS):  # the data is loaded here: a missing folder names its key
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
     write_json(run_dir / run_files.EVAL_METRICS, {"checkpoint": str(ckpt), **metrics})
     print_eval_table(run_cfg.pair.student.model.name, ckpt, metrics)

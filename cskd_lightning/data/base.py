@@ -167,15 +167,22 @@ class BaseDataModule(L.LightningDataModule):
         super().__init__()
         val_split = type(self).val_split if val_split is None else val_split
         if int(batch_size) != batch_size or batch_size < 1:
-            raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+            raise InputError(
+                f"batch_size must be a positive integer, got {batch_size!r}", key="batch_size"
+            )
         if eval_batch_size is not None and (
             int(eval_batch_size) != eval_batch_size or eval_batch_size < 1
         ):
-            raise InputError(f"eval_batch_size must be a positive integer, got {eval_batch_size!r}")
+            raise InputError(
+                f"eval_batch_size must be a positive integer, got {eval_batch_size!r}",
+                key="eval_batch_size",
+            )
         if num_workers < 0:
-            raise InputError(f"num_workers must be >= 0, got {num_workers}")
+            raise InputError(f"num_workers must be >= 0, got {num_workers}", key="num_workers")
         if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or val_split < 0:
-            raise InputError(f"val_split must be a fraction or count >= 0, got {val_split!r}")
+            raise InputError(
+                f"val_split must be a fraction or count >= 0, got {val_split!r}", key="val_split"
+            )
         self.batch_size = int(batch_size)
         self.eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
         self.num_workers = int(num_workers)
@@ -291,8 +298,9 @@ class BaseDataModule(L.LightningDataModule):
                 lower = max(world, value // world * world)
                 raise InputError(
                     f"{name}={value} is the GLOBAL batch and must be divisible by the number of "
-                    f"processes ({world}); set data.datamodule.{name} to a multiple of {world} "
-                    f"(e.g. {lower} or {lower + world}) or change the number of devices/nodes."
+                    f"processes ({world}); set {name} to a multiple of {world} "
+                    f"(e.g. {lower} or {lower + world}) or change the number of devices/nodes.",
+                    key=name,
                 )
 
     def _pin_memory(self) -> bool:

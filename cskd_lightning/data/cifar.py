@@ -102,10 +102,10 @@ class _CIFARDataModule(BaseDataModule):
         if missing:
             raise MissingInputError(
                 f"{type(self).__name__}: CIFAR data not found in {self.folder} (missing "
-                f"{', '.join(p.name for p in missing)}). Set data.datamodule.download=true to "
-                f"download it into {self.data_dir}, or point data.datamodule.data_dir at the "
-                "folder that contains "
-                f"{self.base_folder}/."
+                f"{', '.join(p.name for p in missing)}). Pass download=True to download it into "
+                f"{self.data_dir}, or point data_dir at the folder that contains "
+                f"{self.base_folder}/.",
+                key="data_dir",
             )
         meta = _load_pickle(self.folder / self.meta_file)
         self.classes = [str(c) for c in meta.get(self.names_key, [])]

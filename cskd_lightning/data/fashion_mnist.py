@@ -79,8 +79,8 @@ def _missing_message(data_dir: Path) -> str:
     return (
         f"Fashion-MNIST not found in {data_dir} (looked for {', '.join(FILES.values())} "
         f"[.gz] there and in {data_dir / 'FashionMNIST' / 'raw'}). Get it with "
-        "`apt-get install dataset-fashion-mnist` (Debian; installs into "
-        f"{DEFAULT_DIR}) or let torchvision download it with data.datamodule.download=true."
+        f"`apt-get install dataset-fashion-mnist` (Debian; installs into {DEFAULT_DIR}) and "
+        "point data_dir at it, or let torchvision download it with download=True."
     )
 
 
@@ -99,7 +99,7 @@ def find_fashion_mnist_files(data_dir: str | os.PathLike) -> dict[str, Path]:
                     break
         if len(found) == len(FILES):
             return found
-    raise MissingInputError(_missing_message(data_dir))
+    raise MissingInputError(_missing_message(data_dir), key="data_dir")
 
 
 class FashionMNISTDataModule(BaseDataModule):

@@ -70,17 +70,18 @@ class ImageNetDataModule(BaseDataModule):
         for sub in ("train", "val"):
             if not (root / sub).is_dir():
                 raise MissingInputError(
-                    f"ImageNet folder {root / sub} not found: "
-                    f"data.datamodule.data_dir={root} must contain "
-                    "train/ and val/ with one sub-folder of images per class"
+                    f"ImageNet folder {root / sub} not found: data_dir={root} must contain "
+                    "train/ and val/ with one sub-folder of images per class",
+                    key="data_dir",
                 )
         train = ImageFolder(str(root / "train"))
         val = ImageFolder(str(root / "val"))
         if len(train.classes) != self.num_classes:
             raise InputError(
                 f"found {len(train.classes)} class folders in {root / 'train'} but "
-                f"num_classes={self.num_classes}; set data.num_classes={len(train.classes)} "
-                "or fix the folder"
+                f"num_classes={self.num_classes}; set num_classes={len(train.classes)} "
+                "or fix the folder",
+                key="num_classes",
             )
         if val.classes != train.classes:
             raise InputError(

@@ -180,7 +180,10 @@ def resolve_val_count(val_split: float | int, n: int) -> int:
     ``5000.0`` from a config) counts as a count.
     """
     if isinstance(val_split, bool) or not isinstance(val_split, (int, float, np.integer)):
-        raise InputError(f"val_split must be a float fraction or an int count, got {val_split!r}")
+        raise InputError(
+            f"val_split must be a float fraction or an int count, got {val_split!r}",
+            key="val_split",
+        )
     if isinstance(val_split, (int, np.integer)):
         count = int(val_split)
     elif 0.0 <= val_split < 1.0:
@@ -189,11 +192,13 @@ def resolve_val_count(val_split: float | int, n: int) -> int:
         count = int(val_split)
     else:
         raise InputError(
-            f"val_split={val_split} is neither a fraction in [0, 1) nor an integer count"
+            f"val_split={val_split} is neither a fraction in [0, 1) nor an integer count",
+            key="val_split",
         )
     if count < 0 or count >= n:
         raise InputError(
-            f"val_split={val_split} must hold out between 0 and {n - 1} of {n} samples"
+            f"val_split={val_split} must hold out between 0 and {n - 1} of {n} samples",
+            key="val_split",
         )
     return count
 
@@ -216,6 +221,7 @@ def stratified_split(
         raise InputError(
             f"cannot hold out a stratified split of {count} of {len(y)} samples "
             f"({len(np.unique(y))} classes): {err}. Use a larger or smaller val_split "
-            "(0 uses the test set for validation)."
+            "(0 uses the test set for validation).",
+            key="val_split",
         ) from err
     return np.sort(keep), np.sort(held)

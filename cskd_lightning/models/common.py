@@ -1,5 +1,6 @@
 """Pieces several zoo architectures share, as the reference implementations write them: the
-channel shuffle of ShuffleNet V1/V2 and the two weight initialisations."""
+channel shuffle of ShuffleNet V1/V2, the convolution-and-BatchNorm pair and the two weight
+initialisations."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 
 from torch import Tensor, nn
 
-__all__ = ["ShuffleBlock", "init_he_fan_out", "init_scaled_normal"]
+__all__ = ["ShuffleBlock", "conv_bn", "init_he_fan_out", "init_scaled_normal"]
 
 
 class ShuffleBlock(nn.Module):
@@ -22,6 +23,25 @@ class ShuffleBlock(nn.Module):
         n, c, h, w = x.size()
         g = self.groups
         return x.reshape(n, g, c // g, h, w).permute(0, 2, 1, 3, 4).reshape(n, c, h, w)
+
+
+def conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1, groups: int = 1
+) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """A bias-free ``kernel_size x kernel_size`` convolution padded by ``kernel_size // 2``
+    (``(B, in_channels, H, W) -> (B, out_channels, H / stride, W / stride)``) and the
+    BatchNorm of its output, built in that order (the order the reference code draws the
+    convolution's initial weights in). ``groups = in_channels = out_channels``: depthwise."""
+    conv = nn.Conv2d(
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=stride,
+        padding=kernel_size // 2,
+        groups=groups,
+        bias=False,
+    )
+    return conv, nn.BatchNorm2d(out_channels)
 
 
 def init_he_fan_out(model: nn.Module) -> None:

@@ -14,10 +14,18 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .common import init_he_fan_out
+from .common import conv_bn, init_he_fan_out
 from .registry import register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNetV2"]
+
+
+def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
+    """The identity (an empty ``Sequential``) where a block keeps the shape, else
+    ``Sequential(conv1x1 with stride, bn)``."""
+    if stride == 1 and in_planes == out_planes:
+        return nn.Sequential()
+    return nn.Sequential(*conv_bn(in_planes, out_planes, 1, stride))
 
 
 class BasicBlock(nn.Module):
@@ -27,20 +35,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(
-            in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False
-        )
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != self.expansion * planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(
-                    in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False
-                ),
-                nn.BatchNorm2d(self.expansion * planes),
-            )
+        self.conv1, self.bn1 = conv_bn(in_planes, planes, 3, stride)
+        self.conv2, self.bn2 = conv_bn(planes, planes, 3)
+        self.shortcut = _shortcut(in_planes, self.expansion * planes, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -55,20 +52,10 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, self.expansion * planes, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(self.expansion * planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != self.expansion * planes:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(
-                    in_planes, self.expansion * planes, kernel_size=1, stride=stride, bias=False
-                ),
-                nn.BatchNorm2d(self.expansion * planes),
-            )
+        self.conv1, self.bn1 = conv_bn(in_planes, planes)
+        self.conv2, self.bn2 = conv_bn(planes, planes, 3, stride)
+        self.conv3, self.bn3 = conv_bn(planes, self.expansion * planes)
+        self.shortcut = _shortcut(in_planes, self.expansion * planes, stride)
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -93,8 +80,7 @@ class ResNetV2(nn.Module):
     ) -> None:
         super().__init__()
         self.in_planes = 64
-        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.conv1, self.bn1 = conv_bn(in_channels, 64, 3)
         self.layer1 = self._make_layer(block, 64, num_blocks[0], stride=1)
         self.layer2 = self._make_layer(block, 128, num_blocks[1], stride=2)
         self.layer3 = self._make_layer(block, 256, num_blocks[2], stride=2)
@@ -127,12 +113,8 @@ class ResNetV2(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, H, W) -> (B, num_classes)`` logits."""
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer1(out)
-        out = self.layer2(out)
-        out = self.layer3(out)
-        out = self.layer4(out)
-        out = self.avgpool(out)
-        return self.linear(out.reshape(out.size(0), -1))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(self.avgpool(out).flatten(1))
 
 
 @register_model("ResNet18")

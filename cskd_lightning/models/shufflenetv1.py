@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .common import ShuffleBlock
+from .common import ShuffleBlock, conv_bn
 from .registry import register_model
 
 __all__ = ["ShuffleBlock", "Bottleneck", "ShuffleNet"]
@@ -29,21 +29,10 @@ class Bottleneck(nn.Module):
         self.stride = stride
         mid_planes = int(out_planes / 4)
         g = 1 if in_planes == 24 else groups
-        self.conv1 = nn.Conv2d(in_planes, mid_planes, kernel_size=1, groups=g, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid_planes)
+        self.conv1, self.bn1 = conv_bn(in_planes, mid_planes, groups=g)
         self.shuffle1 = ShuffleBlock(groups=g)
-        self.conv2 = nn.Conv2d(
-            mid_planes,
-            mid_planes,
-            kernel_size=3,
-            stride=stride,
-            padding=1,
-            groups=mid_planes,
-            bias=False,
-        )
-        self.bn2 = nn.BatchNorm2d(mid_planes)
-        self.conv3 = nn.Conv2d(mid_planes, out_planes, kernel_size=1, groups=groups, bias=False)
-        self.bn3 = nn.BatchNorm2d(out_planes)
+        self.conv2, self.bn2 = conv_bn(mid_planes, mid_planes, 3, stride, groups=mid_planes)
+        self.conv3, self.bn3 = conv_bn(mid_planes, out_planes, groups=groups)
         self.shortcut = nn.Sequential()
         if stride == 2:
             self.shortcut = nn.Sequential(nn.AvgPool2d(3, stride=2, padding=1))
@@ -74,8 +63,7 @@ class ShuffleNet(nn.Module):
         out_planes = cfg["out_planes"]
         num_blocks = cfg["num_blocks"]
         groups = cfg["groups"]
-        self.conv1 = nn.Conv2d(in_channels, 24, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(24)
+        self.conv1, self.bn1 = conv_bn(in_channels, 24)
         self.in_planes = 24
         self.layer1 = self._make_layer(out_planes[0], num_blocks[0], groups)
         self.layer2 = self._make_layer(out_planes[1], num_blocks[1], groups)
@@ -96,12 +84,8 @@ class ShuffleNet(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, 32, 32) -> (B, num_classes)`` logits."""
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer1(out)
-        out = self.layer2(out)
-        out = self.layer3(out)
-        out = F.avg_pool2d(out, 4)
-        out = out.reshape(out.size(0), -1)
-        return self.linear(out)
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(F.avg_pool2d(out, 4).flatten(1))
 
 
 @register_model("ShuffleV1")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .common import ShuffleBlock
+from .common import ShuffleBlock, conv_bn
 from .registry import register_model
 
 __all__ = ["ShuffleBlock", "SplitBlock", "BasicBlock", "DownBlock", "ShuffleNetV2", "CONFIGS"]
@@ -49,20 +49,9 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.split = SplitBlock(split_ratio)
         in_channels = int(in_channels * split_ratio)
-        self.conv1 = nn.Conv2d(in_channels, in_channels, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv2 = nn.Conv2d(
-            in_channels,
-            in_channels,
-            kernel_size=3,
-            stride=1,
-            padding=1,
-            groups=in_channels,
-            bias=False,
-        )
-        self.bn2 = nn.BatchNorm2d(in_channels)
-        self.conv3 = nn.Conv2d(in_channels, in_channels, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(in_channels)
+        self.conv1, self.bn1 = conv_bn(in_channels, in_channels)
+        self.conv2, self.bn2 = conv_bn(in_channels, in_channels, 3, groups=in_channels)
+        self.conv3, self.bn3 = conv_bn(in_channels, in_channels)
         self.shuffle = ShuffleBlock()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -81,33 +70,12 @@ class DownBlock(nn.Module):
         super().__init__()
         mid_channels = out_channels // 2
         # left
-        self.conv1 = nn.Conv2d(
-            in_channels,
-            in_channels,
-            kernel_size=3,
-            stride=2,
-            padding=1,
-            groups=in_channels,
-            bias=False,
-        )
-        self.bn1 = nn.BatchNorm2d(in_channels)
-        self.conv2 = nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(mid_channels)
+        self.conv1, self.bn1 = conv_bn(in_channels, in_channels, 3, 2, groups=in_channels)
+        self.conv2, self.bn2 = conv_bn(in_channels, mid_channels)
         # right
-        self.conv3 = nn.Conv2d(in_channels, mid_channels, kernel_size=1, bias=False)
-        self.bn3 = nn.BatchNorm2d(mid_channels)
-        self.conv4 = nn.Conv2d(
-            mid_channels,
-            mid_channels,
-            kernel_size=3,
-            stride=2,
-            padding=1,
-            groups=mid_channels,
-            bias=False,
-        )
-        self.bn4 = nn.BatchNorm2d(mid_channels)
-        self.conv5 = nn.Conv2d(mid_channels, mid_channels, kernel_size=1, bias=False)
-        self.bn5 = nn.BatchNorm2d(mid_channels)
+        self.conv3, self.bn3 = conv_bn(in_channels, mid_channels)
+        self.conv4, self.bn4 = conv_bn(mid_channels, mid_channels, 3, 2, groups=mid_channels)
+        self.conv5, self.bn5 = conv_bn(mid_channels, mid_channels)
         self.shuffle = ShuffleBlock()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -135,16 +103,12 @@ class ShuffleNetV2(nn.Module):
         super().__init__()
         out_channels = CONFIGS[net_size]["out_channels"]
         num_blocks = CONFIGS[net_size]["num_blocks"]
-        self.conv1 = nn.Conv2d(in_channels, 24, kernel_size=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(24)
+        self.conv1, self.bn1 = conv_bn(in_channels, 24)
         self.in_channels = 24
         self.layer1 = self._make_layer(out_channels[0], num_blocks[0])
         self.layer2 = self._make_layer(out_channels[1], num_blocks[1])
         self.layer3 = self._make_layer(out_channels[2], num_blocks[2])
-        self.conv2 = nn.Conv2d(
-            out_channels[2], out_channels[3], kernel_size=1, stride=1, padding=0, bias=False
-        )
-        self.bn2 = nn.BatchNorm2d(out_channels[3])
+        self.conv2, self.bn2 = conv_bn(out_channels[2], out_channels[3])
         self.linear = nn.Linear(out_channels[3], num_classes)
         self.stage_channels = out_channels
 
@@ -158,13 +122,9 @@ class ShuffleNetV2(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(B, C, 32, 32) -> (B, num_classes)`` logits."""
         out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer1(out)
-        out = self.layer2(out)
-        out = self.layer3(out)
+        out = self.layer3(self.layer2(self.layer1(out)))
         out = F.relu(self.bn2(self.conv2(out)))
-        out = F.avg_pool2d(out, 4)
-        out = out.reshape(out.size(0), -1)
-        return self.linear(out)
+        return self.linear(F.avg_pool2d(out, 4).flatten(1))
 
 
 @register_model("ShuffleV2")

@@ -38,6 +38,7 @@ from cskd_lightning.data import (
 )
 from cskd_lightning.data.base import TensorImageDataset
 from cskd_lightning.data.fashion_mnist import read_idx
+from cskd_lightning.errors import InputError, MissingInputError
 from cskd_lightning.export import preprocessing_of
 
 
@@ -234,7 +235,8 @@ def test_batch_not_divisible_raises():
     dm.trainer = SimpleNamespace(world_size=2)
     with pytest.raises(ValueError, match=r"batch_size=7.*\(2\)") as info:
         dm.setup("fit")
-    assert "multiple of 2" in str(info.value)
+    assert "set batch_size to a multiple of 2" in str(info.value)
+    assert info.value.key == "batch_size"
 
 
 def test_drop_last_only_when_dataset_holds_a_batch():
@@ -311,7 +313,9 @@ def test_fmnist_missing_dir(tmp_path):
         dm.setup("fit")
     msg = str(info.value)
     assert str(missing) in msg
-    assert "apt-get install dataset-fashion-mnist" in msg and "data.datamodule.download=true" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+    assert "point data_dir at it, or let torchvision download it with download=True." in msg
+    assert info.value.key == "data_dir"  # the application names its config key
 
 
 def test_fmnist_bad_idx_files(tmp_path):
@@ -497,7 +501,8 @@ def test_cifar_missing_and_corrupt(tmp_path):
     dm = CIFAR10DataModule(data_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError) as info:
         dm.setup("fit")
-    assert str(tmp_path) in str(info.value) and "data.datamodule.download=true" in str(info.value)
+    assert str(tmp_path) in str(info.value) and "Pass download=True" in str(info.value)
+    assert "point data_dir at" in str(info.value) and info.value.key == "data_dir"
     folder = write_cifar(tmp_path, 10, n_train=100, n_test=30)
     (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
     with pytest.raises(ValueError, match="data_batch_3"):
@@ -533,11 +538,31 @@ def test_imagenet_tree(image_tree):
 
 def test_imagenet_errors(image_tree, tmp_path_factory):
     dm = ImageNetDataModule(str(image_tree), num_classes=5, image_size=32)
-    with pytest.raises(ValueError, match=r"3 class folders.*num_classes=5"):
+    with pytest.raises(
+        ValueError, match=r"3 class folders.*num_classes=5; set num_classes=3"
+    ) as info:
         dm.setup("fit")
+    assert info.value.key == "num_classes"
     empty = tmp_path_factory.mktemp("empty")
-    with pytest.raises(FileNotFoundError, match=str(empty / "train")):
+    with pytest.raises(FileNotFoundError, match=str(empty / "train")) as info:
         ImageNetDataModule(str(empty)).setup("fit")
+    assert f"data_dir={empty} must contain" in str(info.value) and info.value.key == "data_dir"
     shutil.rmtree(image_tree / "val" / "cat")
     with pytest.raises(ValueError, match="differ"):
         ImageNetDataModule(str(image_tree), num_classes=3).setup("fit")
+
+
+def test_setup_errors_name_the_config_key_in_the_application(image_tree, tmp_path):
+    """The datamodules name their Python arguments; ``cskd-train``'s data check appends the
+    config key the user sets."""
+    from cskd_lightning.app.checks import check_data
+
+    with pytest.raises(InputError) as info:
+        check_data(ImageNetDataModule(str(image_tree), num_classes=5, image_size=32))
+    assert str(info.value).endswith(
+        "set num_classes=3 or fix the folder (config: data.num_classes)"
+    )
+    with pytest.raises(FileNotFoundError) as info:
+        check_data(CIFAR100DataModule(data_dir=str(tmp_path)))
+    assert str(info.value).endswith(" (config: data.datamodule.data_dir)")
+    assert isinstance(info.value, MissingInputError)

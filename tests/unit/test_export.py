@@ -129,3 +129,30 @@ def test_the_device_pipeline_records_the_same_preprocessing() -> None:
     assert preprocessing_of(regular)["mean"] == [regular.mean[0]]
     assert class_names_of(device) == class_names_of(regular)
     assert input_shape_of(device) == [1, 8, 8]
+
+
+def test_a_model_named_by_its_dotted_path_is_imported_or_refused_in_one_line() -> None:
+    from cskd_lightning.export import build_model
+
+    kwargs = {"num_classes": 10, "in_channels": 1}
+    target = "cskd_lightning.models.small.digits_student"
+    torch.manual_seed(0)
+    built = build_model({"target": target, "kwargs": kwargs})
+    torch.manual_seed(0)
+    expected = create_model("digits_student", **kwargs)
+    assert type(built) is type(expected)
+    for (name, value), (other, reference) in zip(
+        built.state_dict().items(), expected.state_dict().items(), strict=True
+    ):
+        assert name == other and torch.equal(value, reference), name
+    for bad, reason in [
+        ("no_such_package.make_model", "No module named 'no_such_package'"),
+        ("cskd_lightning.models.small.no_such_factory", "no attribute 'no_such_factory'"),
+        ("no_dots", "Empty module name"),
+    ]:
+        with pytest.raises(CheckpointError) as info:
+            build_model({"target": bad, "kwargs": kwargs})
+        message = str(info.value)
+        assert message.startswith(f"The student's model factory {bad!r} cannot be imported (")
+        assert reason in message and "\n" not in message
+        assert message.endswith("Install or put on PYTHONPATH the package that defines it.")
