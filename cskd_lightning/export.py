@@ -252,10 +252,12 @@ def save_student(path: str | Path, *args: Any, **kwargs: Any) -> Path:
     return path
 
 
-def build_model(spec: Mapping[str, Any]) -> nn.Module:
+def build_model(spec: Mapping[str, Any], trust: bool = False) -> nn.Module:
     """An untrained model from the artifact's ``model`` entry. A ``target`` is imported with
     importlib, whose error fits in the one line of a :class:`CheckpointError` (Hydra's
-    ``get_object`` raises several lines and logs them too)."""
+    ``get_object`` raises several lines and logs them too). Unless ``trust``, the target must
+    be an ``nn.Module`` class or a factory of the model zoo: a file that names any other
+    callable (``subprocess.run``, ...) would run it, so it is refused."""
     kwargs = dict(spec.get("kwargs", {}))
     if spec.get("target") is None:
         from cskd_lightning.models import create_model
@@ -273,7 +275,22 @@ def build_model(spec: Mapping[str, Any]) -> nn.Module:
             f"The student's model factory {target!r} cannot be imported ({err}). Install or put "
             "on PYTHONPATH the package that defines it."
         ) from None
+    if not trust and not _is_model_constructor(factory):
+        raise CheckpointError(
+            f"The student's model factory {target!r} is neither an nn.Module class nor a model "
+            "of cskd_lightning.models, so it was not called: a file can name any function. If "
+            "you trust the file, pass trust=True."
+        )
     return factory(**kwargs)
+
+
+def _is_model_constructor(factory: Any) -> bool:
+    """An ``nn.Module`` subclass, or a factory registered in the model zoo."""
+    if isinstance(factory, type):
+        return issubclass(factory, nn.Module)
+    from cskd_lightning.models import get_model_factory, list_models
+
+    return any(get_model_factory(name) is factory for name in list_models())
 
 
 class LoadedStudent(NamedTuple):
@@ -294,12 +311,17 @@ class LoadedStudent(NamedTuple):
         return (out[0] if isinstance(out, (tuple, list)) else out).argmax(dim=-1)
 
 
-def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedStudent:
+def load_student(
+    path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False
+) -> LoadedStudent:
     """Read a ``student.pt`` written by ``cskd-train`` (with ``weights_only=True``).
 
     Returns ``(model, preprocess, info)``: the model rebuilt from its recorded constructor
     arguments with the weights loaded strictly, in eval mode on ``map_location``; the
     :class:`Preprocess` from raw images to its input; the rest of the file's record.
+
+    ``trust``: let the file name any model factory, not only an ``nn.Module`` class or a
+    model of the zoo (:func:`build_model`); calling it runs code the file chooses.
 
     Raises:
         CheckpointError: a file that is not a student artifact (e.g. the bare ``state_dict`` of
@@ -320,7 +342,7 @@ def load_student(path: str | Path, map_location: str | torch.device = "cpu") -> 
             f"{path} is a student artifact of format version {obj['format_version']}, newer than "
             f"this cskd-lightning reads ({FORMAT_VERSION}): upgrade cskd-lightning."
         )
-    model = build_model(obj["model"])
+    model = build_model(obj["model"], trust=trust)
     state = obj["state_dict"]
     problems = describe_mismatch(model, state)
     if problems:

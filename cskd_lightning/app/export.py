@@ -32,7 +32,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             "(e.g. format=onnx)."
         )
     source = Path(cfg.student) if cfg.get("student") else Path(cfg.run_dir) / run_dir.STUDENT
-    loaded = load_student(source)
+    loaded = load_student(source, trust=bool(cfg.get("trust", False)))
     shape = loaded.info.get("input_shape")
     if not shape:
         raise InputError(

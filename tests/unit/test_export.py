@@ -156,3 +156,27 @@ def test_a_model_named_by_its_dotted_path_is_imported_or_refused_in_one_line() -
         assert message.startswith(f"The student's model factory {bad!r} cannot be imported (")
         assert reason in message and "\n" not in message
         assert message.endswith("Install or put on PYTHONPATH the package that defines it.")
+
+
+def test_a_file_naming_a_callable_that_is_not_a_model_is_refused_unless_trusted(tmp_path) -> None:
+    """The artifact is read with ``weights_only=True``, but its ``model.target`` is imported and
+    called: a file naming ``os.system`` with its own arguments must not get it called."""
+    from cskd_lightning.export import build_model
+
+    marker = tmp_path / "pwned"
+    hostile = {"target": "os.system", "kwargs": {"command": f"touch {marker}"}}
+    with pytest.raises(CheckpointError) as info:
+        build_model(hostile)
+    message = str(info.value)
+    assert "'os.system' is neither an nn.Module class nor a model" in message
+    assert "pass trust=True" in message and "\n" not in message
+    assert not marker.exists()
+    # A user's own factory function runs when the file is trusted; a class always runs.
+    spec = {"target": "torchvision.models.resnet18", "kwargs": {"num_classes": 10}}
+    with pytest.raises(CheckpointError, match="neither an nn.Module class"):
+        build_model(spec)
+    assert isinstance(build_model(spec, trust=True), torch.nn.Module)
+    linear = build_model(
+        {"target": "torch.nn.Linear", "kwargs": {"in_features": 3, "out_features": 2}}
+    )
+    assert isinstance(linear, torch.nn.Linear)
