@@ -10,6 +10,7 @@ from cskd_lightning.losses.base import (
     check_count,
     check_positive,
     check_weight,
+    weighted_sum,
 )
 from cskd_lightning.losses.functional import cross_entropy, dkd_terms, standardize_logits
 
@@ -89,6 +90,7 @@ class DKDLoss(DistillationLoss):
             zs, zt = standardize_logits(zs), standardize_logits(zt)
         tckd, nckd = dkd_terms(zs, zt, targets, self.temperature)
         factor = self._warmup.to(ce.dtype)
-        kd = self.kd_weight * (self.alpha * tckd + self.beta * nckd)
-        loss = self.ce_weight * ce + factor * kd
+        kd = weighted_sum((self.alpha, tckd), (self.beta, nckd))
+        kd = kd if self.kd_weight == 1.0 else self.kd_weight * kd
+        loss = weighted_sum((self.ce_weight, ce)) + factor * kd
         return {"loss": loss, "ce": ce, "tckd": tckd, "nckd": nckd, "dkd_warmup": factor}
