@@ -409,7 +409,12 @@ class Probe:
         started = time.perf_counter()
         if compiled:
             # A dispatch mode on the stack turns compilation off, so the compiled fit is
-            # counted with the profiler instead, over one step after Dynamo's warm-up.
+            # counted with the profiler instead, over one step after Dynamo's warm-up. Inductor's
+            # C++ kernels show in the profiler only with its kernel profiling on (a CUDA run's
+            # Triton kernels show anyway); without it they were not counted at all.
+            import torch._inductor.config as inductor_config
+
+            inductor_config.cpp.enable_kernel_profile = True
             window = ProfiledStep(step=self.args.steps - 2)
             trainer.callbacks.append(window)
             trainer.fit(module, datamodule=dm)
