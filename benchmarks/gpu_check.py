@@ -12,9 +12,9 @@ finished. Checks, in order (each a ``checks`` entry: PASS / FAIL / SKIP with wha
    why.
 2. ``step time``: ``resnet32x4 -> resnet8x4`` (CSKD + CSWT, ``bf16-mixed``, batch 64,
    CIFAR-100-shaped data on the device pipeline), in a real ``trainer.fit``: ms per step after
-   warm-up, wall and process CPU time, for the default options and ``compile_models=true``
-   (and ``reduce-overhead``), one and two views, and the 240-epoch projection (782 steps per
-   epoch).
+   warm-up, wall and process CPU time, for the default options, ``fold_teacher_batchnorm=true``
+   and ``compile_models=true`` (and ``reduce-overhead``), one and two views, and the 240-epoch
+   projection (782 steps per epoch).
 3. ``host syncs``: the ops that make the host wait, counted per step over a real
    ``trainer.fit`` (``benchmarks/step_profile.py``'s counter) and, on CUDA, the warnings of
    ``torch.cuda.set_sync_debug_mode("warn")`` per step after the first.
@@ -246,7 +246,9 @@ class Check:
         return self.models(big=self.cuda)
 
     # ------------------------------------------------------------------ 2. step time
-    def _timed_fit(self, two_view: bool, compile_models: bool | str) -> dict[str, float]:
+    def _timed_fit(
+        self, two_view: bool, compile_models: bool | str, fold: bool = False
+    ) -> dict[str, float]:
         warmup = 10 if self.cuda else 1
         steps = warmup + self.args.steps
         teacher, student = self._pair()
@@ -256,6 +258,7 @@ class Check:
             CSKDFullLoss() if two_view else CSKDLoss(),
             channels_last=self.cuda,
             compile_models=compile_models,
+            fold_teacher_batchnorm=fold,
         )
         clock = StepClock(warmup)
         dm = self.data(64 * steps, 64, two_view=two_view)
@@ -274,16 +277,19 @@ class Check:
 
     def step_time(self) -> str:
         table: dict[str, Any] = {}
-        options: list[tuple[str, bool | str]] = [("default", False)]
+        options: list[tuple[str, bool | str, bool]] = [
+            ("default", False, False),
+            ("folded teacher", False, True),
+        ]
         if self.compile_skip is None:
-            options += [("compiled", True)]
+            options += [("compiled", True, False)]
             if self.cuda:
-                options += [("reduce-overhead", "reduce-overhead")]
+                options += [("reduce-overhead", "reduce-overhead", False)]
         for views in (1, 2):
-            for label, value in options:
+            for label, value, fold in options:
                 key = f"{label}, {views} view{'s' if views > 1 else ''}"
                 try:
-                    table[key] = self._timed_fit(views == 2, value)
+                    table[key] = self._timed_fit(views == 2, value, fold)
                 except Exception as err:  # noqa: BLE001 - one failed option is a row
                     table[key] = {"error": f"{type(err).__name__}: {err}"[:300]}
                 print(f"  {key}: {table[key]}", flush=True)

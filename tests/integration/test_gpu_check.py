@@ -47,8 +47,10 @@ def test_gpu_check_dry_run_passes_and_writes_its_record(tmp_path: Path) -> None:
     steps = checks["step time"]["steps"]
     assert set(steps) == {
         "default, 1 view",
+        "folded teacher, 1 view",
         "compiled, 1 view",
         "default, 2 views",
+        "folded teacher, 2 views",
         "compiled, 2 views",
     }
     for timing in steps.values():
