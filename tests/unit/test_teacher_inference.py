@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import quiet_trainer
+from test_feature_distillation import DIGITS as DIGITS_FEATURES
 from torch import nn
 
 from cskd_lightning import CSKDLoss, DistillationModule, KDLoss
@@ -19,20 +20,6 @@ from cskd_lightning.models import create_model
 from cskd_lightning.teacher_inference import fold_batchnorm, inference_teacher
 
 pytestmark = pytest.mark.timeout(300)
-
-# The digits pair's feature layers (as in conf/pair/digits.yaml's features block).
-DIGITS_FEATURES = {
-    "teacher": {
-        "feats": ["features.2", "features.5", "features.9"],
-        "preact_feats": ["features.2", "features.5", "features.9"],
-        "pooled_feat": ["classifier:input"],
-    },
-    "student": {
-        "feats": ["features.2", "features.5", "features.8"],
-        "preact_feats": ["features.2", "features.5", "features.8"],
-        "pooled_feat": ["classifier:input"],
-    },
-}
 
 
 def _teacher_with_moved_statistics(name: str = "resnet8x4") -> nn.Module:
