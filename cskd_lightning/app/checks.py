@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app.exit import exit_with_error
+from cskd_lightning.app.jobs import exit_with_error
 from cskd_lightning.errors import InputError, UnwritablePathError
 
 TUNE_ON_TEST_FLAG = "tune_on_test_set=true"

@@ -19,7 +19,7 @@ from cskd_lightning.app import run_dir as run_files
 from cskd_lightning.app.checks import config_errors
 from cskd_lightning.app.environment import choose_threads, log_threads
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, to_float
-from cskd_lightning.app.records import write_json
+from cskd_lightning.app.run_dir import write_json
 from cskd_lightning.checkpoints import load_weights, read_checkpoint
 from cskd_lightning.errors import MissingInputError
 from cskd_lightning.losses import CELoss

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from cskd_lightning.app import run_dir
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs
-from cskd_lightning.app.records import write_json
+from cskd_lightning.app.run_dir import write_json
 from cskd_lightning.errors import InputError
 from cskd_lightning.export import EXPORT_FORMATS, check_export, export_model, load_student
 

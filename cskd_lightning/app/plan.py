@@ -19,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cskd_lightning.app.exit import exit_with_error
+from cskd_lightning.app.jobs import exit_with_error
 from cskd_lightning.app.sweep_check import BASIC_SWEEPER, sweep_jobs
 from cskd_lightning.files import stable_hash
 from cskd_lightning.logit_cache import cache_size_bytes

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from cskd_lightning.app.failed_jobs import NOT_FINISHED, failure, read_exit_record
+from cskd_lightning.app.jobs import NOT_FINISHED, failure, read_exit_record
 from cskd_lightning.app.run_dir import (
     CLASS_COSINE_CSV,
     ERROR,

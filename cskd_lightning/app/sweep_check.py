@@ -23,8 +23,7 @@ from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.app import checks
-from cskd_lightning.app.exit import exit_with_error
-from cskd_lightning.app.jobs import quiet_logs
+from cskd_lightning.app.jobs import exit_with_error, quiet_logs
 from cskd_lightning.errors import InputError
 from cskd_lightning.files import stable_hash
 

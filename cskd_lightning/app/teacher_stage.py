@@ -18,10 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cskd_lightning import locks
-from cskd_lightning.app.ddp import is_global_zero
 from cskd_lightning.app.environment import environment_record
-from cskd_lightning.app.instantiate import instantiate_group, optional_instantiate
-from cskd_lightning.app.jobs import to_float
+from cskd_lightning.app.jobs import (
+    instantiate_group,
+    is_global_zero,
+    optional_instantiate,
+    to_float,
+)
 from cskd_lightning.app.run_dir import NOT_A_RESULT
 from cskd_lightning.callbacks import ProgressLog
 from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint

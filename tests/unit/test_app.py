@@ -15,7 +15,7 @@ from app_helpers import FAST, compose_app, compose_train, read_summary
 from helpers import REPO
 from omegaconf import OmegaConf
 
-from cskd_lightning.app.instantiate import instantiate_group
+from cskd_lightning.app.jobs import instantiate_group
 from cskd_lightning.app.train import train
 from cskd_lightning.losses import DistillationLoss
 
@@ -192,7 +192,7 @@ def test_a_failed_sweep_job_returns_the_worst_value(
 ) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from cskd_lightning.app.failed_jobs import failed_job_value
+    from cskd_lightning.app.jobs import failed_job_value
 
     hydra_cfg = OmegaConf.create({"sweeper": {"direction": direction}})
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg))
