@@ -242,13 +242,18 @@ def failure(record: dict[str, Any]) -> str | None:
     return lines[-1] if lines else NOT_FINISHED
 
 
+def sweep_direction() -> Any:
+    """The running sweep's ``hydra.sweeper.direction`` (``None``: none, or not in Hydra)."""
+    try:
+        return HydraConfig.get().sweeper.get("direction")
+    except ValueError:  # not inside a Hydra app
+        return None
+
+
 def failed_job_value() -> float:
     """What a failed sweep job returns: the worst value for the sweeper's direction (-inf to
     maximize, +inf to minimize, the first objective's; NaN for a grid): Optuna refuses NaN."""
-    try:
-        direction = HydraConfig.get().sweeper.get("direction")
-    except ValueError:  # not inside a Hydra app
-        direction = None
+    direction = sweep_direction()
     if OmegaConf.is_list(direction):
         direction = direction[0] if len(direction) else None
     if direction is None:
