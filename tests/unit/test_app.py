@@ -238,7 +238,7 @@ def test_the_sweep_check_knows_every_job_of_a_grid_and_the_choices_of_an_optuna_
     Optuna the command line's discrete choices, the search space left to the trials."""
     from app_helpers import compose_app
 
-    from cskd_lightning.app.sweep_check import sweep_jobs
+    from cskd_lightning.app.sweep import sweep_jobs
 
     def jobs(overrides: list[str]) -> list[list[str]]:
         sweeper = [o for o in overrides if o.startswith("hparams_search=")]
