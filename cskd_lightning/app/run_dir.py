@@ -34,32 +34,13 @@ PREVIOUS_ERROR = "error.previous.txt"  # an earlier attempt's error, kept when r
 EXIT = "exit.json"  # how a sweep job ended, read by the failed-jobs report
 ALLOW_CHANGE_FLAG = "resume_allow_config_change=true"
 
-NOT_A_RESULT = (
-    "hydra",
-    "paths",
-    "task_name",
-    "threads",
-    "ckpt_path",
-    "resume_allow_config_change",
-    "resume_trust_checkpoint",
-    "resume_from_sibling",
-    "teacher.logit_cache",
-    "teacher.trust_checkpoint",
-    "tune_on_test_set",
-    "train",
-    "test",
-    "optimized_metric",
-    "plan",
-    "logger",
-    "trainer.default_root_dir",
-    "trainer.enable_progress_bar",
-    "trainer.enable_model_summary",
-    "trainer.log_every_n_steps",
-    "data.datamodule.data_dir",
-    "data.datamodule.download",
-    "data.datamodule.num_workers",
-    "data.datamodule.pin_memory",
-    "callbacks.model_checkpoint.dirpath",
+NOT_A_RESULT = tuple(
+    """hydra paths task_name threads ckpt_path resume_allow_config_change resume_trust_checkpoint
+    resume_from_sibling teacher.logit_cache teacher.trust_checkpoint tune_on_test_set train test
+    optimized_metric plan logger trainer.default_root_dir trainer.enable_progress_bar
+    trainer.enable_model_summary trainer.log_every_n_steps data.datamodule.data_dir
+    data.datamodule.download data.datamodule.num_workers data.datamodule.pin_memory
+    callbacks.model_checkpoint.dirpath""".split()
 )
 """Config keys (and everything under them) that change where files go, what is logged or how
 data is loaded, never a number a run computes; so do the ``callbacks.*`` other than

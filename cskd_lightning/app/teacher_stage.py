@@ -47,14 +47,9 @@ IRRELEVANT_DATA_KEYS = (
 )
 # Trainer settings that change what a teacher learns (part of its cache key); Lightning's
 # debugging limits only when set, so other keys stay as they were.
-TEACHER_TRAINER_KEYS = (
-    "precision",
-    "limit_train_batches",
-    "max_steps",
-    "accumulate_grad_batches",
-    "gradient_clip_val",
-    "devices",
-    "num_nodes",
+TEACHER_TRAINER_KEYS = tuple(
+    "precision limit_train_batches max_steps accumulate_grad_batches gradient_clip_val devices "
+    "num_nodes".split()
 )
 DEBUG_TRAINER_KEYS = ("fast_dev_run", "overfit_batches")
 # How far (points of top-1) a teacher may score from its published accuracy before the run
