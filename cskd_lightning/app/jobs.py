@@ -6,6 +6,7 @@ end-of-multirun list and ``cskd-report`` (never file times: clocks differ across
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -198,11 +199,7 @@ def _failed(err: Exception, output_dir: Path, multirun: bool, attempt: str) -> f
             remove_created_dirs()
         exit_with_error(err)
     _run_log.end()
-    if is_global_zero():
-        try:
-            write_text_atomically(output_dir / ERROR, traceback.format_exc())
-        except OSError:  # e.g. the unwritable output directory the error is about
-            pass
+    _write(output_dir / ERROR, traceback.format_exc())
     if multirun:
         write_exit_record(output_dir, attempt, "failed", f"{type(err).__name__}: {err}")
         name, where = type(err).__name__, output_dir / ERROR
@@ -215,14 +212,18 @@ def _failed(err: Exception, output_dir: Path, multirun: bool, attempt: str) -> f
     sys.exit(1)
 
 
-def write_exit_record(output_dir: Path, attempt: str, status: str, error: str = "") -> None:
-    """Write the job's exit record (rank 0); ``status``: ``running``, ``ok`` or ``failed``."""
+def _write(path: Path, text: str, shared: bool = False) -> None:
+    """Rank 0 writes ``path``; failing to (e.g. the unwritable directory the error is about)
+    is not the job's failure."""
     if is_global_zero():
-        record = json.dumps({"attempt": attempt, "status": status, "error": error})
-        try:
-            write_text_atomically(output_dir / EXIT, record + "\n", shared=True)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            write_text_atomically(path, text, shared=shared)
+
+
+def write_exit_record(output_dir: Path, attempt: str, status: str, error: str = "") -> None:
+    """Write the job's exit record; ``status``: ``running``, ``ok`` or ``failed``."""
+    record = json.dumps({"attempt": attempt, "status": status, "error": error})
+    _write(output_dir / EXIT, record + "\n", shared=True)
 
 
 def read_exit_record(output_dir: Path) -> dict[str, Any] | None:

@@ -5,6 +5,7 @@ by the resume check, the report's grouping and the teacher's cache key)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -132,10 +133,8 @@ def inspect_run_dir(cfg: DictConfig, output_dir: Path) -> ExistingRun:
         )
     summary = None
     if (output_dir / SUMMARY).is_file() and not diff:
-        try:
+        with contextlib.suppress(ValueError):  # a damaged summary: an unfinished run
             summary = json.loads((output_dir / SUMMARY).read_text())
-        except ValueError:
-            summary = None
     if summary is None and not cfg.get("ckpt_path"):
         raise InputError(
             f"{output_dir} holds an unfinished run (config.yaml, no summary.json). Resume it "

@@ -176,8 +176,8 @@ class _Composer:
         return working, rest, distill, [o.input_line for o in values]
 
 
-TEACHER_KEYS = ("data", "pair", "teacher", "trainer", "seed", "paths")  # where an override
-# can change the teacher or its logit cache
+# Where a key=value override can change the teacher or its logit cache.
+TEACHER_KEYS = ("data", "pair", "teacher", "trainer", "seed", "paths")
 
 
 def _needs_teacher(cfg: DictConfig) -> bool:
