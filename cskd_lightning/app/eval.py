@@ -62,10 +62,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Test the student of ``cfg.run_dir``; print and return the test metrics (accuracies as
     ``97.22%``)."""
     run_dir = Path(cfg.run_dir)
-    saved = run_dir / run_files.CONFIG  # written once the run's checks pass; else Hydra's copy
-    if not saved.is_file():
-        saved = run_dir / run_files.HYDRA_CONFIG
-    if not saved.is_file():
+    saved = (run_dir / run_files.CONFIG, run_dir / run_files.HYDRA_CONFIG)  # else Hydra's copy
+    saved = next((path for path in saved if path.is_file()), None)
+    if saved is None:
         raise MissingInputError(
             f"No config.yaml in {run_dir}: run_dir must be a cskd-train run directory."
         )

@@ -1,13 +1,8 @@
-"""Resuming a ``cskd-train`` run: which checkpoint, made with which config.
-
-A checkpoint holds the run's relevant config (``cskd_run``, :class:`RunConfigRecorder`), so a
-resume with other settings is caught. No RNG state is stored: the data order and augmentation
-follow from the seed and the epoch, and ``EpochSeed`` reseeds dropout & co. each epoch, so a run
-resumed at an epoch's end is bit-identical on the CPU with ``trainer.deterministic=true``.
-``ckpt_path=last`` takes the checkpoint furthest into training by its recorded step and epoch
-(never file time); with none, a new run, or with ``resume_from_sibling=true`` the furthest
-checkpoint of a sibling run directory with the same config.
-"""
+"""Resuming a ``cskd-train`` run: which checkpoint (``ckpt_path=last``: the one furthest into
+training by its recorded step and epoch, never file time; with ``resume_from_sibling=true`` a
+sibling run's), made with which config (stored in it as ``cskd_run``). No RNG state is stored:
+data order and augmentation follow from seed and epoch, and ``EpochSeed`` reseeds dropout & co.,
+so a run resumed at an epoch's end is bit-identical on the CPU with deterministic algorithms."""
 
 from __future__ import annotations
 
