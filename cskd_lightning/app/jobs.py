@@ -74,11 +74,9 @@ def is_global_zero() -> bool:
 
 @contextmanager
 def one_job() -> Iterator[None]:
-    """One job of the application, in DDP too. Lightning starts the other local ranks by
-    re-running the command line with ``hydra.run.dir=<run.dir>``: in a multirun that would be
-    the whole sweep, so the command line becomes this job's overrides and ``run.dir`` its
-    directory. After a multirun's job the process group is closed and the launcher's DDP
-    variables restored, so that the next job launches its own processes."""
+    """One job, in DDP too: Lightning re-runs the command line for the other local ranks, so it
+    becomes this job's overrides and ``run.dir`` its directory (not the sweep's); after a
+    multirun's job the process group is closed and the DDP variables restored."""
     env_before = {k: os.environ[k] for k in DDP_ENV_KEYS if k in os.environ}
     if HydraConfig.initialized() and "LOCAL_RANK" not in os.environ:
         hydra_cfg = HydraConfig.get()
@@ -160,13 +158,10 @@ def exit_on_input_error(task: Callable[[DictConfig], Any], cfg: DictConfig) -> A
 
 
 def run_task(task: Callable[[DictConfig], dict[str, Any]], cfg: DictConfig) -> float | None:
-    """Run ``task(cfg)`` and return its ``optimized_metric`` for a sweeper.
-
-    In a single run an :class:`InputError` ends the program with one ``Error:`` line, status 1
-    and nothing in the run directory changed; any other exception is a bug: its traceback goes
-    to ``error.txt`` and stderr. In a multirun every failure is recorded (``error.txt``,
-    ``exit.json``), the job returns the worst value for the sweeper and the sweep goes on
-    (:class:`FailedJobsReport` then exits 1). ``HYDRA_FULL_ERROR=1``: the exception is raised."""
+    """Run ``task(cfg)``; its ``optimized_metric`` for a sweeper. A single run's
+    :class:`InputError` is one ``Error:`` line, nothing in the run directory changed; a bug's
+    traceback goes to ``error.txt`` and stderr; in a multirun every failure is recorded and the
+    job returns the worst value (the sweep goes on). ``HYDRA_FULL_ERROR=1`` raises."""
     global _run_log
     quiet_logs()
     output_dir, multirun, attempt = Path(cfg.paths.output_dir), is_multirun(), uuid.uuid4().hex

@@ -141,10 +141,8 @@ class ResumeChoice:
 
 
 def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
-    """The checkpoint ``cfg.ckpt_path`` resumes from, checked; ``None``: start afresh.
-
-    Raises :class:`MissingInputError` (a named file that is not there), :class:`CheckpointError`
-    (unreadable, or not a training checkpoint) or :class:`InputError` (another config)."""
+    """The checkpoint ``cfg.ckpt_path`` resumes from, checked (a missing, unreadable or other
+    config's checkpoint refused); ``None``: start afresh."""
     given = cfg.get("ckpt_path")
     if not given:
         return None
