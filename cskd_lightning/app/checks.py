@@ -1,15 +1,12 @@
-"""Checks run before anything is trained or written, so a bad input fails in one clear line.
-
-Each raises an :class:`~cskd_lightning.errors.InputError` saying what is wrong, where (the
-config key) and how to fix it; ``docs/errors.md`` lists them all.
-"""
+"""Checks run before anything is trained or written: a bad input fails in one clear line, an
+:class:`~cskd_lightning.errors.InputError` naming the config key and the fix (docs/errors.md)."""
 
 from __future__ import annotations
 
 import contextlib
 import difflib
-import importlib
 import inspect
+import logging
 import os
 import re
 import tempfile
@@ -25,19 +22,10 @@ from hydra.experimental.callback import Callback as HydraCallback
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app.exit import exit_with_error
+from cskd_lightning.app.jobs import exit_with_error, sweep_direction
 from cskd_lightning.errors import InputError, UnwritablePathError, config_keys
 
 TUNE_ON_TEST_FLAG = "tune_on_test_set=true"
-
-
-def import_object(path: str) -> Any:
-    """The object ``package.module.Name`` names; ``ImportError``/``AttributeError`` as raised,
-    ``ValueError`` for a path without a module."""
-    module_name, _, name = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"{path!r} is not a dotted path")
-    return getattr(importlib.import_module(module_name), name)
 
 
 @dataclass
@@ -58,11 +46,7 @@ def check_inputs(
     make_trainer: Callable[[list[Any], list[Any]], Any],
     build: Callable[[str, Any, Callable[[], Any]], Any] | None = None,
 ) -> Inputs:
-    """Build and check what ``cfg`` describes, before anything is written or trained: the
-    loggers, the module class, the data (loaded once), the loss, the models and the teacher's
-    weights, class counts, batch sizes and feature layers, the teacher-logit cache, the
-    accelerator, the process count and the teacher cache directory.
-
+    """Build and check what ``cfg`` describes, before anything is written or trained.
     ``make_trainer(loggers, callbacks)`` builds the trainer; ``build(what, node, make)`` may
     share what is built from the same config ``node`` between the jobs of a sweep."""
     from cskd_lightning.app.teacher_stage import build_logit_cache, build_teacher
@@ -81,29 +65,69 @@ def check_inputs(
     features = feature_layers(cfg, loss)  # a feature method: the pair's layers, checked
     teacher_node = [models.teacher.model, cfg.teacher.get("ckpt_path")]
     teacher = build("teacher", teacher_node, lambda: build_teacher(cfg))
+    if (cfg.get("module") or {}).get("fold_teacher_batchnorm", False):
+        from cskd_lightning.teacher_inference import check_foldable
+
+        with config_keys({"fold_teacher_batchnorm": "module.fold_teacher_batchnorm"}):
+            check_foldable(teacher[0], loss)  # before the teacher trains
     logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
-    check_accelerator(cfg)
+    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "cpu")).lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise InputError(
+            f"trainer.accelerator={accelerator}, but this machine has no GPU that PyTorch can "
+            "use (torch.cuda.is_available() is False). Add trainer=cpu to the command to train "
+            "on the CPU (e.g. cskd-train experiment=cifar100_standard pair=<pair> trainer=cpu), "
+            "or run it where a GPU is."
+        )
     trainer = make_trainer(loggers, [logit_cache] if logit_cache is not None else [])
     check_per_process_batch(cfg, loss, trainer.world_size)
-    check_world_size(datamodule, trainer.world_size)
-    build("loaded", data, lambda: check_data(datamodule) or True)
-    check_cache_dir(cfg)
+    if trainer.world_size > 1 and hasattr(datamodule, "check_world_size"):
+        with config_keys(DATA_KEYS):  # the global batches divide by it
+            datamodule.check_world_size(trainer.world_size)
+    build("loaded", data, lambda: check_data(datamodule))  # a missing or corrupt dataset, now
+    if not (cfg.teacher.get("ckpt_path") or cfg.pair.teacher.get("pretrained", False)):
+        cache = Path(str(cfg.paths.cache_dir)).expanduser()  # a teacher will be cached there
+        problem = output_dir_problem(cache / "teachers")
+        if problem is not None:
+            raise UnwritablePathError(
+                f"The teacher cache {cache} cannot be used: {problem}. Point CSKD_CACHE_DIR (or "
+                "paths.cache_dir=<dir>) at a writable directory."
+            )
     return Inputs(loggers, datamodule, loss, features, teacher, logit_cache, trainer)
 
 
-# --------------------------------------------------------------------------- output dir
-def output_dir_problem(path: Path) -> str | None:
+DATA_KEYS = {"num_classes": "data.num_classes"} | {
+    k: f"data.datamodule.{k}" for k in ("data_dir", "batch_size", "eval_batch_size", "val_split")
+}
+"""The config keys of the datamodule arguments its errors at setup name."""
+
+
+def check_data(datamodule: Any) -> bool:
+    """Load the data once (the datamodule keeps it); its errors name their config keys."""
+    with config_keys(DATA_KEYS):
+        if hasattr(datamodule, "prepare_data"):
+            datamodule.prepare_data()
+        if hasattr(datamodule, "setup"):
+            datamodule.setup("fit")
+    return True
+
+
+def output_dir_problem(path: Path, note: bool = False) -> str | None:
     """Why ``path`` cannot be a run directory (``None`` if it can), without creating it: its
-    nearest existing ancestor must be a writable directory."""
-    probe = Path(os.path.abspath(path))
+    nearest existing ancestor must be a writable directory. ``note``: remember the missing
+    directories, to be removed if the command fails (:func:`remove_created_dirs`)."""
+    probe, missing = Path(os.path.abspath(path)), []
     while not probe.exists():
         if probe.parent == probe:
             return f"none of its parent directories exist ({probe})"
+        missing.append(probe)
         probe = probe.parent
     if not probe.is_dir():
         return f"{probe} is a file, not a directory"
     if not os.access(probe, os.W_OK | os.X_OK):
         return f"{probe} is not writable by this user"
+    if note and missing:
+        _created_dirs[:] = missing
     return None
 
 
@@ -118,8 +142,7 @@ _created_dirs: list[Path] = []  # made for this command (deepest first): removed
 
 
 def remove_created_dirs() -> None:
-    """Remove the directories this command created, if still empty: a command that fails its
-    checks leaves no empty run directory behind."""
+    """Remove the directories this command created, if still empty."""
     while _created_dirs:
         try:
             _created_dirs.pop(0).rmdir()
@@ -127,22 +150,10 @@ def remove_created_dirs() -> None:
             _created_dirs.clear()
 
 
-def note_missing_dirs(path: Path) -> None:
-    """Remember the directories of ``path`` that do not exist yet, for
-    :func:`remove_created_dirs`."""
-    missing, probe = [], Path(os.path.abspath(path))
-    while not probe.exists():
-        missing.append(probe)
-        probe = probe.parent
-    if missing:
-        _created_dirs[:] = missing
-
-
 def check_output_dir(path: Path, key: str = "hydra.run.dir") -> None:
     """Create ``path`` if needed and prove it writable (a temporary file)."""
-    problem = output_dir_problem(path)
+    problem = output_dir_problem(path, note=True)
     if problem is None:
-        note_missing_dirs(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=path):
@@ -165,11 +176,9 @@ class OutputDirCheck(HydraCallback):
         if not value:
             return
         path = Path(str(value))
-        problem = output_dir_problem(path)
+        problem = output_dir_problem(path, note=key == "hydra.run.dir")  # Hydra creates it next
         if problem is not None:
             exit_with_error(_dir_error(path, problem, key))
-        if key == "hydra.run.dir":
-            note_missing_dirs(path)  # Hydra creates it next; removed if the checks fail
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
@@ -178,7 +187,6 @@ class OutputDirCheck(HydraCallback):
         self._check(config, "hydra.sweep.dir")
 
 
-# --------------------------------------------------------------------------- instantiate
 @contextlib.contextmanager
 def config_errors() -> Iterator[None]:
     """Turn Hydra's ``InstantiationException`` around an :class:`InputError` (unknown model, bad
@@ -241,24 +249,22 @@ def _known_instantiation_mistake(
     )
 
 
-# --------------------------------------------------------------------------- models and loss
 def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
-    """``data.num_classes``, the datamodule's, the teacher's (from its config: nothing is
-    trained before the check) and the built student's must agree."""
+    """``data.num_classes``, the datamodule's, the teacher's (its config's) and the student's
+    must agree."""
     from cskd_lightning.module import infer_num_classes
 
-    teacher = cfg.pair.teacher.model.get("num_classes")
+    teacher, pair = cfg.pair.teacher.model.get("num_classes"), cfg.pair
     counts = {
         "data.num_classes": int(cfg.data.num_classes),
-        f"the datamodule ({type(datamodule).__name__}).num_classes": getattr(
-            datamodule, "num_classes", None
-        )
-        or None,
-        f"the teacher (pair.teacher.model: {cfg.pair.teacher.model.get('name')})": (
+        f"the datamodule ({type(datamodule).__name__}).num_classes": (
+            getattr(datamodule, "num_classes", None) or None
+        ),
+        f"the teacher (pair.teacher.model: {pair.teacher.model.get('name')})": (
             teacher if isinstance(teacher, int) else None
         ),
-        f"the student (pair.student.model: {cfg.pair.student.model.get('name')})": (
-            infer_num_classes(student)
+        f"the student (pair.student.model: {pair.student.model.get('name')})": infer_num_classes(
+            student
         ),
     }
     known = {k: v for k, v in counts.items() if v is not None}
@@ -271,33 +277,33 @@ def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
         )
 
 
-def _batch_level_error(loss: Any, where: str, cfg: DictConfig) -> InputError:
-    return InputError(
+def check_batch_for_loss(cfg: DictConfig, loss: Any) -> None:
+    """A batch-level loss needs a global batch of at least 2 samples."""
+    check_per_process_batch(cfg, loss, 1)
+
+
+def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int) -> None:
+    """A batch-level loss needs 2 samples a batch; without gathering (``gather=false``) in each
+    process's own batch."""
+    batch = int(cfg.data.datamodule.batch_size)
+    if not getattr(loss, "batch_level", False):
+        return
+    if batch < 2:
+        where = "data.datamodule.batch_size=1"
+    elif world_size > 1 and not getattr(loss, "gather", True) and batch // world_size < 2:
+        where = (
+            f"data.datamodule.batch_size={batch} over {world_size} processes is "
+            f"{batch // world_size} sample per process and distill.loss.gather=false"
+        )
+    else:
+        return
+    raise InputError(
         f"{where}, but {type(loss).__name__} (distill={cfg.distill.get('name')}) has batch-level "
         "terms (batch_level=True): it compares predictions across the samples of a batch, and "
         "with one sample per batch those terms are constant and teach nothing. Use "
         "data.datamodule.batch_size=2 or more (the recipes use 64), or a per-sample method "
         "such as distill=kd."
     )
-
-
-def check_batch_for_loss(cfg: DictConfig, loss: Any) -> None:
-    """A batch-level loss needs a global batch of at least 2 samples."""
-    if getattr(loss, "batch_level", False) and int(cfg.data.datamodule.batch_size) < 2:
-        raise _batch_level_error(loss, "data.datamodule.batch_size=1", cfg)
-
-
-def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int) -> None:
-    """Without gathering (``gather=false``) each process's own batch must hold 2 samples."""
-    batch = int(cfg.data.datamodule.batch_size)
-    if getattr(loss, "batch_level", False) and not getattr(loss, "gather", True):
-        if world_size > 1 and batch // world_size < 2:
-            raise _batch_level_error(
-                loss,
-                f"data.datamodule.batch_size={batch} over {world_size} processes is "
-                f"{batch // world_size} sample per process and distill.loss.gather=false",
-                cfg,
-            )
 
 
 def feature_layers(cfg: DictConfig, loss: Any) -> dict[str, Any] | None:
@@ -334,88 +340,36 @@ def check_module_class(cfg: DictConfig) -> type:
         "cskd_lightning.DistillationModule whose package is importable (PYTHONPATH=. for one "
         "in the current directory), or leave the default module=default."
     )
-    try:
-        cls = import_object(target)
-    except ValueError:
+    if "." not in target:
         target = target or "(not set)"
-        raise InputError(f"module._target_={target} is not a class path. {fix}") from None
-    except (ImportError, AttributeError) as err:
+        raise InputError(f"module._target_={target} is not a class path. {fix}")
+    hydra_log = logging.getLogger("hydra.utils")
+    level = hydra_log.level
+    hydra_log.setLevel(logging.CRITICAL)  # it logs the error we say in one line
+    try:
+        cls = get_object(target)
+    except ImportError as err:
+        while err.__cause__ is not None:
+            err = err.__cause__
         raise InputError(f"module._target_={target} cannot be imported ({err}). {fix}") from err
+    finally:
+        hydra_log.setLevel(level)
     if not (isinstance(cls, type) and issubclass(cls, DistillationModule)):
         raise InputError(f"module._target_={target} is not a DistillationModule subclass. {fix}")
     return cls
-
-
-# --------------------------------------------------------------------------- machine and data
-def check_cache_dir(cfg: DictConfig) -> None:
-    """The teacher cache (``paths.cache_dir``) must be usable before a teacher trains (its file
-    is written after training)."""
-    if cfg.teacher.get("ckpt_path") or cfg.pair.teacher.get("pretrained", False):
-        return  # nothing will be cached
-    cache = Path(str(cfg.paths.cache_dir)).expanduser()
-    problem = output_dir_problem(cache / "teachers")
-    if problem is not None:
-        raise UnwritablePathError(
-            f"The teacher cache {cache} cannot be used: {problem}. Point CSKD_CACHE_DIR (or "
-            "paths.cache_dir=<dir>) at a writable directory."
-        )
-
-
-def check_accelerator(cfg: DictConfig) -> None:
-    """A GPU trainer on a machine without a usable GPU (Lightning's failure is a traceback)."""
-    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "cpu")).lower()
-    if accelerator not in ("gpu", "cuda") or torch.cuda.is_available():
-        return
-    raise InputError(
-        f"trainer.accelerator={accelerator}, but this machine has no GPU that PyTorch can use "
-        "(torch.cuda.is_available() is False). Add trainer=cpu to the command to train on the "
-        "CPU (e.g. cskd-train experiment=cifar100_standard pair=<pair> trainer=cpu), or run it "
-        "where a GPU is."
-    )
-
-
-DATA_KEYS = {"num_classes": "data.num_classes"} | {
-    k: f"data.datamodule.{k}" for k in ("data_dir", "batch_size", "eval_batch_size", "val_split")
-}
-"""The config keys of the datamodule arguments its errors at setup name."""
-
-
-def check_data(datamodule: Any) -> None:
-    """Load the data once, so a missing or corrupt dataset is found before anything is
-    written; the datamodule keeps what it loaded."""
-    with config_keys(DATA_KEYS):
-        if hasattr(datamodule, "prepare_data"):
-            datamodule.prepare_data()
-        if hasattr(datamodule, "setup"):
-            datamodule.setup("fit")
-
-
-def check_world_size(datamodule: Any, world_size: int) -> None:
-    """The global batch sizes must divide by the trainer's process count."""
-    if world_size > 1 and hasattr(datamodule, "check_world_size"):
-        with config_keys(DATA_KEYS):
-            datamodule.check_world_size(world_size)
 
 
 def selection_of(datamodule: Any) -> str:
     """The split ``val/*`` (hence the best checkpoint) is measured on: ``"validation"``,
     ``"test"`` (``val_split: 0``, the published tables' convention) or ``"unknown"``."""
     val_is_test = getattr(datamodule, "val_is_test", None)
-    if val_is_test is None:
-        return "unknown"
-    return "test" if val_is_test else "validation"
+    return "unknown" if val_is_test is None else "test" if val_is_test else "validation"
 
 
 def check_tuning_selection(cfg: DictConfig, selection: str, direction: Any = None) -> None:
-    """An optimising sweeper (``direction``: given by the sweep-wide check, else read from the
-    running job's Hydra config) must not tune on the test set unless the user says so."""
-    if direction is None:
-        from hydra.core.hydra_config import HydraConfig
-
-        try:
-            direction = HydraConfig.get().sweeper.get("direction")
-        except ValueError:  # not inside a Hydra app
-            direction = None
+    """An optimising sweeper (``direction``, else the running job's) must not tune on the test
+    set unless the user says so."""
+    direction = sweep_direction() if direction is None else direction
     if selection != "test" or direction is None or cfg.get("tune_on_test_set"):
         return
     raise InputError(
@@ -427,11 +381,9 @@ def check_tuning_selection(cfg: DictConfig, selection: str, direction: Any = Non
     )
 
 
-# --------------------------------------------------------------------------- loggers
 def build_loggers(cfg: DictConfig) -> list[Any]:
-    """The loggers of ``cfg.logger``, built before anything trains. A logger whose package is
-    missing raises ``ImportError`` when built (Lightning's check); that becomes one line naming
-    the package and the extra of this package that installs it."""
+    """The loggers of ``cfg.logger``; a missing package (Lightning's ``ImportError`` when a
+    logger is built) becomes one line naming it and the extra that installs it."""
     from importlib.metadata import PackageNotFoundError, metadata
 
     loggers = []
@@ -447,12 +399,12 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
             names = re.findall(r"Requirement '([\w.-]+?)[<>=!~ ']", str(missing))
             packages = names or [missing.name or key]
             try:
-                extras = metadata("cskd-lightning").get_all("Provides-Extra") or []
+                extra = key in (metadata("cskd-lightning").get_all("Provides-Extra") or [])
             except PackageNotFoundError:
-                extras = []
-            install = f"pip install {packages[0]}"
-            if key in extras:
-                install = f'pip install "cskd-lightning[{key}]"'
+                extra = False
+            install = (
+                f'pip install "cskd-lightning[{key}]"' if extra else f"pip install {packages[0]}"
+            )
             raise InputError(
                 f"logger.{key} ({entry._target_}) needs the {' or '.join(packages)} package, "
                 f"which is not installed: {install} (or choose another logger, e.g. logger=csv)."

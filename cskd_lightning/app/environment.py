@@ -1,12 +1,7 @@
-"""What a run's numbers depend on beyond its config: the CPU threads it uses (chosen here) and
-the software and device it ran on (in ``summary.json`` and the cached teacher).
-
-PyTorch's one intra-op thread per core suits one process on an idle machine and is very wrong
-for several: OpenMP threads spin while they wait, so a run sharing its cores (a sweep's parallel
-jobs, DDP processes on one host, other users) runs several times slower than with one thread
-(``docs/benchmarks/threads.md``). So ``cskd-train`` chooses the count (:func:`choose_threads`)
-unless told, and says what it chose and why.
-"""
+"""What a run's numbers depend on beyond its config: the CPU threads it uses and the software
+and device it ran on (in ``summary.json`` and the cached teacher). PyTorch's thread per core is
+very wrong for processes sharing cores (OpenMP threads spin while they wait: several times
+slower, docs/benchmarks/threads.md), so the count is chosen here unless given."""
 
 from __future__ import annotations
 
@@ -18,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from cskd_lightning.errors import InputError
@@ -47,21 +43,14 @@ def busy_cores() -> float:
     return max(load, float(running))
 
 
-def local_processes(cfg: DictConfig) -> int:
-    """The processes of this run on this machine: the trainer's DDP processes (``devices``)."""
+def sharing_processes(cfg: DictConfig) -> int:
+    """The processes of this run or sweep on this machine: the trainer's DDP processes
+    (``devices``) times the jobs a parallel launcher (``n_jobs``) runs at once."""
     devices = (cfg.get("trainer") or {}).get("devices", 1)
-    return devices if isinstance(devices, int) and devices > 0 else 1
-
-
-def parallel_jobs() -> int:
-    """The sweep jobs a parallel launcher (``n_jobs``) runs at once on this machine, else 1."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return 1
-    launcher = HydraConfig.get().get("launcher") or {}
+    devices = devices if isinstance(devices, int) and devices > 0 else 1
+    launcher = HydraConfig.get().get("launcher") or {} if HydraConfig.initialized() else {}
     n_jobs = launcher.get("n_jobs") if hasattr(launcher, "get") else None
-    return min(n_jobs, usable_cores()) if isinstance(n_jobs, int) and n_jobs > 1 else 1
+    return devices * (min(n_jobs, usable_cores()) if isinstance(n_jobs, int) and n_jobs > 1 else 1)
 
 
 @dataclass
@@ -79,14 +68,10 @@ _chosen: ThreadChoice | None = None
 
 
 def choose_threads(cfg: DictConfig) -> ThreadChoice:
-    """Set and return this process's intra-op thread count (``torch.set_num_threads``).
-
-    ``threads=N``, else ``OMP_NUM_THREADS`` (PyTorch already uses it), else
-    ``max(1, min(cores // sharing, cores - busy))``: ``cores`` this process may use,
-    ``sharing`` = :func:`local_processes` x :func:`parallel_jobs`, ``busy`` = :func:`busy_cores`
-    rounded (0 with ``trainer.deterministic=true``, whose result must not depend on the load).
-    Chosen once per process: the jobs of a sequential sweep keep the first job's choice (a job
-    would otherwise count the previous job's load as another's)."""
+    """Set and return this process's intra-op thread count: ``threads=N``, else
+    ``OMP_NUM_THREADS``, else ``max(1, min(cores // sharing, cores - busy))`` (:func:`busy_cores`
+    rounded; 0 with ``trainer.deterministic=true``, whose result must not depend on the load).
+    Chosen once per process: a sequential sweep's jobs keep the first job's choice."""
     global _chosen
     given = cfg.get("threads")
     if given is not None:
@@ -100,12 +85,14 @@ def choose_threads(cfg: DictConfig) -> ThreadChoice:
         choice = _chosen
     else:
         cores = usable_cores()
-        sharing = local_processes(cfg) * parallel_jobs()
+        sharing = sharing_processes(cfg)
         deterministic = bool((cfg.get("trainer") or {}).get("deterministic", False))
         busy = 0 if deterministic else round(busy_cores())
-        load = f"{busy} busy with other work"
-        if deterministic:
-            load = "deterministic: the load not counted"
+        load = (
+            "deterministic: the load not counted"
+            if deterministic
+            else f"{busy} busy with other work"
+        )
         choice = ThreadChoice(
             max(1, min(cores // sharing, cores - busy)),
             f"auto: {cores} usable core(s), {sharing} process(es) of this run or sweep on "
@@ -119,8 +106,7 @@ def choose_threads(cfg: DictConfig) -> ThreadChoice:
 
 def environment_record(cfg: DictConfig, threads: ThreadChoice | None = None) -> dict[str, Any]:
     """What a result depends on besides its config: the CPU threads (float sums split
-    differently, so weights differ in the last bits and then drift), the library versions, the
-    device and whether deterministic algorithms were enforced."""
+    differently), the library versions, the device, deterministic algorithms or not."""
     import lightning
 
     trainer = cfg.get("trainer") or {}

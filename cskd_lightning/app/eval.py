@@ -1,6 +1,5 @@
-"""``cskd-eval run_dir=<run>``: rebuild the data and the student from the run's saved config,
-load its best checkpoint (or ``ckpt_path=``: a ``.ckpt`` or ``student.pt``), print the test
-metrics and write them to ``<run_dir>/eval/metrics.json``."""
+"""``cskd-eval run_dir=<run>``: the run's student (its best checkpoint, or ``ckpt_path=``: a
+``.ckpt`` or ``student.pt``) tested on its data; the metrics in ``<run_dir>/eval/metrics.json``."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from cskd_lightning.app import run_dir as run_files
 from cskd_lightning.app.checks import DATA_KEYS, config_errors
 from cskd_lightning.app.environment import choose_threads, log_threads
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs, to_float
-from cskd_lightning.app.records import write_json
+from cskd_lightning.app.run_dir import write_json
 from cskd_lightning.checkpoints import load_weights, read_checkpoint
 from cskd_lightning.errors import MissingInputError, config_keys
 from cskd_lightning.losses import CELoss
@@ -29,9 +28,9 @@ log = logging.getLogger("cskd_lightning")
 
 
 def find_run_checkpoint(run_dir: Path) -> Path:
-    """The checkpoint the run's own test used: the one ``summary.json`` names (relative to the
-    run directory, which may have moved). Without a summary (an unfinished run): the best one
-    recorded in ``last.ckpt``, else ``last.ckpt``, else ``student.pt``."""
+    """The checkpoint the run's own test used (``summary.json``'s, relative to the run
+    directory); without a summary the best one ``last.ckpt`` records, ``last.ckpt``, or
+    ``student.pt``."""
     summary_file = run_dir / run_files.SUMMARY
     if summary_file.is_file():
         named = json.loads(summary_file.read_text()).get("student", {}).get("best_checkpoint")
@@ -43,7 +42,7 @@ def find_run_checkpoint(run_dir: Path) -> Path:
                     "Give the file to test with ckpt_path=<file>."
                 )
             return path
-    last = run_files.last_checkpoint(run_dir)
+    last = run_dir / run_files.CHECKPOINTS / "last.ckpt"
     if last.is_file():
         for key, state in read_checkpoint(last).get("callbacks", {}).items():
             if "ModelCheckpoint" in key and isinstance(state, dict) and state.get("monitor"):
@@ -60,12 +59,12 @@ def find_run_checkpoint(run_dir: Path) -> Path:
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Test the student of ``cfg.run_dir``; return the test metrics."""
+    """Test the student of ``cfg.run_dir``; print and return the test metrics (accuracies as
+    ``97.22%``)."""
     run_dir = Path(cfg.run_dir)
-    saved = run_dir / run_files.CONFIG  # written once the run's checks pass; else Hydra's copy
-    if not saved.is_file():
-        saved = run_dir / run_files.HYDRA_CONFIG
-    if not saved.is_file():
+    saved = (run_dir / run_files.CONFIG, run_dir / run_files.HYDRA_CONFIG)  # else Hydra's copy
+    saved = next((path for path in saved if path.is_file()), None)
+    if saved is None:
         raise MissingInputError(
             f"No config.yaml in {run_dir}: run_dir must be a cskd-train run directory."
         )
@@ -90,13 +89,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
     write_json(run_dir / run_files.EVAL_METRICS, {"checkpoint": str(ckpt), **metrics})
-    print_eval_table(run_cfg.pair.student.model.name, ckpt, metrics)
-    return metrics
-
-
-def print_eval_table(model: str, ckpt: Path, metrics: dict[str, Any]) -> None:
-    """The test metrics like ``cskd-train``'s table: accuracies as ``97.22%``, others plain."""
-    table = Table(title=f"{model} on the test set", min_width=40)
+    table = Table(title=f"{run_cfg.pair.student.model.name} on the test set", min_width=40)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
@@ -105,6 +98,7 @@ def print_eval_table(model: str, ckpt: Path, metrics: dict[str, Any]) -> None:
     console = Console()
     console.print(table)
     console.print(f"checkpoint: {ckpt}")
+    return metrics
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cskd_lightning.conf", config_name="eval")

@@ -1,7 +1,6 @@
-"""``cskd-export run_dir=<run> format=onnx``: write the run's ``student.pt`` as TorchScript (the
-default) or ONNX under ``<run_dir>/export/``, compare its logits with PyTorch's on a batch, and
-record the result in ``export.json``. The exported model takes *preprocessed* input
-(``export.json`` records the normalisation)."""
+"""``cskd-export run_dir=<run> format=onnx``: the run's ``student.pt`` as TorchScript (the
+default) or ONNX under ``<run_dir>/export/``, its logits checked against PyTorch's, recorded in
+``export.json`` (with the normalisation: the exported model takes *preprocessed* input)."""
 
 from __future__ import annotations
 
@@ -13,9 +12,8 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from cskd_lightning.app import run_dir
 from cskd_lightning.app.jobs import exit_on_input_error, quiet_logs
-from cskd_lightning.app.records import write_json
+from cskd_lightning.app.run_dir import STUDENT, write_json
 from cskd_lightning.errors import InputError
 from cskd_lightning.export import EXPORT_FORMATS, check_export, export_model, load_student
 
@@ -31,7 +29,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
             f"format={fmt} is not an export format: choose one of {', '.join(EXPORT_FORMATS)} "
             "(e.g. format=onnx)."
         )
-    source = Path(cfg.student) if cfg.get("student") else Path(cfg.run_dir) / run_dir.STUDENT
+    source = Path(cfg.student) if cfg.get("student") else Path(cfg.run_dir) / STUDENT
     loaded = load_student(source, trust=bool(cfg.get("trust", False)))
     shape = loaded.info.get("input_shape")
     if not shape:
@@ -46,16 +44,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     diff = check_export(loaded.model, output, fmt, shape, batch, atol=float(cfg.atol))
     message = "Wrote %s (%s); its logits match PyTorch's to %.2g on a batch of %d."
     log.info(message, output, fmt, diff, batch)
-    record = {
-        "source": str(source),
-        "output": str(output),
-        "format": fmt,
-        "input_shape": shape,
-        "max_abs_diff": diff,
-        "check_batch_size": batch,
-        "preprocessing": loaded.info.get("preprocessing"),
-        "class_names": loaded.info.get("class_names"),
-    }
+    record = {"source": str(source), "output": str(output), "format": fmt, "input_shape": shape}
+    record |= {"max_abs_diff": diff, "check_batch_size": batch}
+    record |= {k: loaded.info.get(k) for k in ("preprocessing", "class_names")}
     write_json(output.parent / "export.json", record)
     return record
 

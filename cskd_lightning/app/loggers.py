@@ -1,6 +1,5 @@
-"""The ``logger=wandb`` and ``logger=mlflow`` factories: Lightning's own loggers, with defaults
-that work without an account or a server. Each imports its package when built (Lightning checks
-only that the distribution is installed), so a missing one fails before anything trains."""
+"""The ``logger=wandb`` and ``logger=mlflow`` factories: Lightning's loggers with defaults that
+need no account or server; each imports its package when built, so a missing one fails first."""
 
 from __future__ import annotations
 
@@ -10,22 +9,19 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 
 
-def wandb_offline_by_default() -> bool:
-    """Offline unless ``WANDB_API_KEY`` is set; ``WANDB_MODE``, when set, decides."""
-    mode = os.environ.get("WANDB_MODE", "").strip().lower()
-    if mode:
-        return mode in ("offline", "dryrun", "disabled")
-    return not os.environ.get("WANDB_API_KEY")
-
-
 def wandb_logger(offline: bool | None = None, **kwargs: Any) -> Logger:
-    """``WandbLogger``, offline by default (:func:`wandb_offline_by_default`); an offline run
-    lands in ``<save_dir>/wandb/`` for a later ``wandb sync``."""
+    """``WandbLogger``, offline (in ``<save_dir>/wandb/`` for a later ``wandb sync``) unless
+    ``WANDB_API_KEY`` is set; ``WANDB_MODE``, when set, decides."""
     import wandb  # noqa: F401
     from lightning.pytorch.loggers import WandbLogger
 
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if offline is None:
-        offline = wandb_offline_by_default()
+        offline = (
+            mode in ("offline", "dryrun", "disabled")
+            if mode
+            else not os.environ.get("WANDB_API_KEY")
+        )
     return WandbLogger(offline=bool(offline), **kwargs)
 
 

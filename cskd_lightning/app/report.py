@@ -1,21 +1,445 @@
-"""``cskd-report DIR``: one Markdown report (``report.md``) and a few plots for a run or a
-multirun (README, "Results and reports"). The runs are found, read and grouped by
-:mod:`~cskd_lightning.app.report_runs`, tabled by :mod:`~cskd_lightning.app.report_table` and
-drawn by :mod:`~cskd_lightning.app.report_plots`."""
+"""``cskd-report DIR``: one Markdown report (``report.md``) and a few plots
+(:mod:`~cskd_lightning.app.report_plots`) for a run or a multirun. A directory with a
+``summary.json`` is a run; one with an ``error.txt``, or an exit record of a job that failed or
+never ended, and no summary is a failed job. Runs are grouped so that a group's runs differ by
+their seed alone; a group shows the mean ± sample standard deviation over its seeds."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cskd_lightning.app.report_plots import draw_plots
-from cskd_lightning.app.report_runs import FailedJob, Run, find_runs, group_runs
-from cskd_lightning.app.report_table import render_markdown, runs_table
+import numpy as np
+import pandas as pd
+from omegaconf import OmegaConf
+
+from cskd_lightning.app.jobs import NOT_FINISHED, failure, read_exit_record
+from cskd_lightning.app.run_dir import (
+    CLASS_COSINE_CSV,
+    ERROR,
+    EXIT,
+    METRICS_FILE,
+    OVERRIDES,
+    SUMMARY,
+    changes_result,
+)
 from cskd_lightning.errors import InputError, MissingInputError
+from cskd_lightning.published import SOURCES, published_top1
 
-REPORT = "report.md"
+CLASS_COS_PREFIX = "monitor/class_cos/"
+SUMMARY_KEYS = ("method", "data", "pair", "selection")  # --group-by names from summary.json
+# Overrides that split no group besides those that change no result: the seed is what a group
+# averages over, callbacks only log; ``distill`` (the method) is in the label already.
+NEVER_GROUPED = ("seed", "callbacks")
+
+
+@dataclass
+class Run:
+    """One finished run: its summary, per-epoch metrics, overrides and per-class cosines."""
+
+    path: Path
+    summary: dict[str, Any]
+    metrics: pd.DataFrame  # index the epoch, one column per metric
+    overrides: dict[str, str]
+    class_cosine: pd.DataFrame | None  # index the epoch, columns the class
+
+    @property
+    def method(self) -> str:
+        return str(self.summary.get("method", "?"))
+
+    @property
+    def seed(self) -> Any:
+        return self.summary.get("seed")
+
+    def series(self, column: str) -> pd.Series:
+        """One ``metrics.csv`` column by epoch, the epochs that did not log it left out."""
+        return self.metrics[column].dropna() if column in self.metrics else pd.Series(dtype=float)
+
+
+@dataclass
+class FailedJob:
+    path: Path
+    error: str  # the last line of its error
+    overrides: dict[str, str]
+
+
+def find_runs(root: Path) -> tuple[list[Run], list[FailedJob]]:
+    """Every run and failed job under ``root``, sorted by directory."""
+    root = Path(root)
+    runs = [read_run(p.parent) for p in sorted(root.rglob(SUMMARY))]
+    failed = {r.path: None for r in runs}
+    for path in sorted(root.rglob(ERROR)):
+        if path.parent not in failed:
+            lines = path.read_text(errors="replace").strip().splitlines()
+            failed[path.parent] = lines[-1].strip() if lines else "(empty error.txt)"
+    # A job killed before its end (SIGKILL, out of memory, a time limit) left no error.txt.
+    for path in sorted(root.rglob(EXIT)):
+        reason = failure(read_exit_record(path.parent) or {"status": "ok"})
+        if path.parent not in failed and reason is not None:
+            if reason == NOT_FINISHED:
+                reason += ": no summary.json, no error.txt"
+            failed[path.parent] = reason
+    jobs = [FailedJob(p, e, read_overrides(p)) for p, e in failed.items() if e is not None]
+    return runs, sorted(jobs, key=lambda job: job.path)
+
+
+def read_run(path: Path) -> Run:
+    """Read one run directory: ``summary.json``, ``metrics.csv`` and the per-class cosines."""
+    summary = json.loads((path / SUMMARY).read_text())
+    metrics = read_metrics(path / METRICS_FILE)
+    overrides = summary.get("overrides")
+    overrides = read_overrides(path, overrides if isinstance(overrides, list) else None)
+    return Run(path, summary, metrics, overrides, read_class_cosine(path, metrics))
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """Lightning's ``metrics.csv`` as one row per epoch (the index), one column per metric: an
+    epoch's last non-empty value wins (a resumed run may repeat an epoch; test metrics land on
+    the epoch after the last); text and non-finite values count as missing."""
+    try:
+        frame = pd.read_csv(path)
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return pd.DataFrame()
+    if "epoch" not in frame:
+        return pd.DataFrame()
+    frame = frame.apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
+    frame = frame.dropna(subset=["epoch"]).astype({"epoch": int})
+    return frame.drop(columns="step", errors="ignore").groupby("epoch").last()
+
+
+def read_class_cosine(path: Path, metrics: pd.DataFrame) -> pd.DataFrame | None:
+    """The monitor's per-class cosines, epochs x classes (NaN where not logged): the
+    ``monitor/class_cos/<j>`` columns, else the ``class_cosine.csv`` written for many classes."""
+    found = metrics.filter(regex=rf"^{CLASS_COS_PREFIX}\d+$").columns
+    columns = {c: int(c[len(CLASS_COS_PREFIX) :]) for c in found}
+    cosine = metrics[list(columns)].rename(columns=columns).dropna(how="all")
+    if cosine.empty:
+        files = [path / CLASS_COSINE_CSV, *sorted(path.rglob(CLASS_COSINE_CSV))]
+        file = next((f for f in files if f.is_file()), None)
+        if file is None:
+            return None
+        table = pd.read_csv(file)
+        cosine = table.pivot_table(index="epoch", columns="class", values="cos", aggfunc="last")
+        if cosine.empty:  # a header and no row yet
+            return None
+    return cosine.reindex(
+        index=range(cosine.index.max() + 1), columns=range(cosine.columns.max() + 1)
+    )
+
+
+def read_overrides(path: Path, items: list[Any] | None = None) -> dict[str, str]:
+    """The run's overrides (``items``, else ``.hydra/overrides.yaml``): ``+a.b=1`` -> ``{"a.b":
+    "1"}``."""
+    if items is None:
+        try:
+            items = OmegaConf.to_container(OmegaConf.load(path / OVERRIDES))
+        except Exception:  # noqa: BLE001 - none, or damaged: only the label's detail is lost
+            items = []
+    pairs = (str(item).partition("=") for item in (items if isinstance(items, list) else []))
+    return {key.lstrip("+~"): value for key, _, value in pairs}
+
+
+def never_grouped(key: str) -> bool:
+    prefixes = (key == p or key.startswith(p + ".") for p in NEVER_GROUPED)
+    return key == "distill" or not changes_result(key) or any(prefixes)
+
+
+def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> dict[str, list[Run]]:
+    """``{label: runs}``: by method, data and pair (when they differ) and every override that
+    differs between the runs and is not :func:`never_grouped`; or by the keys ``group_by``
+    (overrides or :data:`SUMMARY_KEYS`). Groups in the order found, runs sorted by seed."""
+    known = {k for r in runs for k in r.overrides}
+    if group_by:
+        keys = list(group_by)
+        for key in keys:
+            if key not in SUMMARY_KEYS and key not in known:
+                raise InputError(
+                    f"--group-by {key}: no run has this override and it is none of "
+                    f"{', '.join(SUMMARY_KEYS)}; the runs' overrides are "
+                    f"{', '.join(sorted(known)) or '(none)'}."
+                )
+    else:
+        several_data = len({(r.summary.get("data"), r.summary.get("pair")) for r in runs}) > 1
+        keys = ["method", *(["data", "pair"] if several_data else [])]
+        varying = (k for k in sorted(known) if len({r.overrides.get(k) for r in runs}) > 1)
+        keys += [k for k in varying if not never_grouped(k)]
+
+    def part(run: Run, key: str) -> str:
+        if key == "method":
+            return run.method
+        value = run.summary.get(key) if key in SUMMARY_KEYS else run.overrides.get(key, "(default)")
+        return f"{key}={value}"
+
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(" ".join(part(run, k) for k in keys) or "all runs", []).append(run)
+    return {name: sorted(rs, key=lambda r: str(r.seed)) for name, rs in groups.items()}
+
+
+# The numeric columns and the decimals of a mean (0: integers; their mean has one decimal).
+DIGITS = {
+    "teacher test acc (%)": 2,
+    "student test acc (%)": 2,
+    "best val acc (%)": 2,
+    "last-epoch val acc (%)": 2,
+    "best epoch": 0,
+    "epochs": 0,
+    "wall time (s)": 1,
+}
+ACCURACIES = [column for column in DIGITS if column.endswith("(%)")]
+PUBLISHED = ("published student (%)", "published source", "published teacher (%)")
+
+INTRO = (
+    "Each cell is the mean ± the sample standard deviation (n − 1) over the group's "
+    "seeds; a single seed shows its value alone, and `(n=k)` marks a value only k of "
+    "the seeds have. Accuracies are top-1 in percent. *best val acc* is the highest "
+    "validation accuracy over the epochs, *last-epoch val acc* the final epoch's; "
+    "*best epoch* is the (1-based) epoch where the validation accuracy peaked; the "
+    "student's test accuracy is measured with the best checkpoint. *selected on* is "
+    "the split the best epoch was chosen on: `validation` (a held-out split) or `test` "
+    "(`val_split=0`: the published tables' best-test-epoch convention, which flatters "
+    "the accuracy)."
+)
+PUBLISHED_INTRO = (
+    "Each group's student test accuracy beside the published number for its method on its "
+    "pair, and the difference (yours minus published, in points). The published numbers are "
+    "the best test-epoch top-1 of the standard 240-epoch protocol (MLKD: its own two-view "
+    "recipe); compare runs made the same way (`experiment=cifar100_standard`, or "
+    "`experiment=imagenet`), and a mean over seeds with a mean. The CSKD methods have no "
+    "published per-pair number."
+)
+CAPTIONS = {
+    "val_acc.png": "Student validation accuracy per epoch (mean over seeds, ± 1 std).",
+    "cswt_temperature.png": "CSWT per-sample temperatures over training.",
+    "class_cosine.png": "Per-class student-teacher batch cosine, epoch x class.",
+}
+NOT_DRAWN = {
+    "val_acc.png": "no run has a `val/acc` column in metrics.csv",
+    "cswt_temperature.png": "no run logged CSWT temperatures (a CSWT loss or `callbacks=monitor`)",
+    "class_cosine.png": "no run logged per-class cosines (`callbacks=monitor`)",
+}
+
+
+def run_values(run: Run) -> dict[str, Any]:
+    """One run's :data:`DIGITS` (accuracies as fractions: the summary's, else ``metrics.csv``'s;
+    the 1-based epoch of the first highest ``val/acc``) and :data:`PUBLISHED` values."""
+    student, teacher = run.summary.get("student", {}), run.summary.get("teacher", {})
+    val = run.series("val/acc")
+    best = last = best_epoch = epochs = None
+    if not val.empty:
+        best, last = val.max(), val.iloc[-1]
+        best_epoch, epochs = val.idxmax() + 1, val.index[-1] + 1
+    found = published_top1(str(run.summary.get("data")), str(run.summary.get("pair")), run.method)
+    return {
+        "teacher test acc (%)": teacher.get("test_acc"),
+        "student test acc (%)": student.get("test_acc"),
+        "best val acc (%)": best
+        if student.get("val_acc_best") is None
+        else student["val_acc_best"],
+        "last-epoch val acc (%)": last
+        if student.get("val_acc_last") is None
+        else student["val_acc_last"],
+        "best epoch": best_epoch,
+        "epochs": epochs,
+        "wall time (s)": run.summary.get("wall_time_s"),
+        "published student (%)": found.top1 if found else np.nan,
+        "published source": found.source if found else "",
+        "published teacher (%)": (teacher.get("published") or {}).get("published_acc", np.nan),
+    }
+
+
+def runs_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
+    """One row per run: group, seed, selection, data (and pair), path, :data:`DIGITS` in display
+    units (NaN where unknown), :data:`PUBLISHED`."""
+    rows = [
+        {
+            "group": name,
+            "seed": str(run.seed),
+            "selection": str(run.summary.get("selection", "unknown")),
+            "data": f"{run.summary.get('data')} ({run.summary.get('pair')})",
+            "path": run.path,
+            **run_values(run),
+        }
+        for name, runs in groups.items()
+        for run in runs
+    ]
+    columns = ["group", "seed", "selection", "data", "path", *DIGITS, *PUBLISHED]
+    table = pd.DataFrame(rows, columns=columns)
+    numbers = table[list(DIGITS)].apply(pd.to_numeric, errors="coerce")
+    table[list(DIGITS)] = numbers.replace([np.inf, -np.inf], np.nan).astype(float)
+    table[ACCURACIES] *= 100
+    return table
+
+
+def number(value: float, digits: int) -> str:
+    return "–" if pd.isna(value) else f"{value:.{digits}f}"
+
+
+def mean_std(values: pd.Series, digits: int) -> str:
+    """``"mean ± std"`` (n − 1) of the known values (one alone; ``"–"``: none), ``(n=k)`` when
+    only k of the group's runs have one."""
+    known = values.dropna()
+    if len(known) <= 1:
+        text = number(known.iloc[0] if len(known) else np.nan, digits)
+    else:
+        text = f"{known.mean():.{digits or 1}f} ± {known.std():.{digits or 1}f}"
+    return text if len(known) in (0, len(values)) else f"{text} (n={len(known)})"
+
+
+def markdown_table(frame: pd.DataFrame) -> list[str]:
+    """A DataFrame of text as the lines of a Markdown table (``|`` in a cell escaped)."""
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    return lines
+
+
+def _one(values: pd.Series) -> Any:
+    """The group's single value of a column, NaN when its runs disagree or have none."""
+    known = values[values != ""].dropna()
+    return known.iloc[0] if known.nunique() == 1 else np.nan
+
+
+def _difference(ours: pd.Series, published: Any) -> str:
+    return "–" if pd.isna(published) or ours.isna().all() else f"{ours.mean() - published:+.2f}"
+
+
+def published_section(table: pd.DataFrame) -> list[str]:
+    """The "Against the published numbers" lines: a row per group with a published number."""
+    rows = []
+    for name, runs in table.groupby("group", sort=False):
+        student, teacher = _one(runs["published student (%)"]), _one(runs["published teacher (%)"])
+        if pd.isna(student) and pd.isna(teacher):
+            continue
+        source = _one(runs["published source"])
+        ours, ours_teacher = runs["student test acc (%)"], runs["teacher test acc (%)"]
+        rows.append(
+            {
+                "method": f"`{name}`",
+                "data (pair)": ", ".join(sorted(set(runs["data"]))),
+                "student test acc (%)": mean_std(ours, 2),
+                "published (%)": number(student, 2),
+                "difference (pts)": _difference(ours, student),
+                "source": "–" if pd.isna(source) else str(source),
+                "teacher test acc (%)": mean_std(ours_teacher, 2),
+                "teacher published (%)": number(teacher, 2),
+                "teacher difference (pts)": _difference(ours_teacher, teacher),
+            }
+        )
+    if not rows:
+        return []
+    used = sorted({r["source"] for r in rows if r["source"] != "–"})
+    return [
+        "## Against the published numbers",
+        "",
+        PUBLISHED_INTRO,
+        "",
+        *markdown_table(pd.DataFrame(rows)),
+        "",
+        "Sources (`cskd_lightning/published.py`; the teachers': the pair configs):",
+        "",
+        *[f"- {key}: {SOURCES[key]}." for key in used],
+        "",
+    ]
+
+
+def _relative(path: Path, root: Path) -> str:
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def render_markdown(
+    root: Path,
+    table: pd.DataFrame,
+    failed: Sequence[FailedJob],
+    plots: Sequence[str],
+    group_by: Sequence[str] | None = None,
+) -> str:
+    """The text of ``report.md``; ``plots``: the figures drawn, of :data:`CAPTIONS`."""
+    datasets = sorted(set(table["data"]))
+    lines = [
+        f"# Distillation report: `{root}`",
+        "",
+        f"{len(table)} finished run(s) in {table['group'].nunique()} group(s)"
+        + (f", {len(failed)} failed job(s)" if failed else "")
+        + (f"; data (pair): {', '.join(datasets)}" if datasets else "")
+        + ".",
+        "",
+    ]
+    if len(table):
+        lines += ["## Results (mean ± std over seeds)", "", INTRO, ""]
+        if group_by:
+            keys = ", ".join(f"`{k}`" for k in group_by)
+            lines += [
+                f"Grouped by {keys} (`--group-by`): runs that differ in anything else are "
+                "averaged together.",
+                "",
+            ]
+        # Runs that differ in something the grouping does not show, or plain repeats.
+        repeats = table[table.duplicated(["group", "seed"], keep=False)]
+        repeats = repeats.groupby("group", sort=False)
+        if len(repeats):
+            lines += [
+                "**Repeated seeds** (these runs differ in something not shown, or are repeats):",
+                "",
+                *[
+                    f"- `{name}`: seed {', '.join(sorted(set(rows['seed'])))} more than once"
+                    for name, rows in repeats
+                ],
+                "",
+            ]
+        results = table.groupby("group", sort=False).agg(
+            seeds=("seed", lambda s: f"{len(s)} ({', '.join(s)})"),
+            selection=("selection", lambda s: ", ".join(sorted(set(s)))),
+            **{col: (col, lambda s, d=d: mean_std(s, d)) for col, d in DIGITS.items()},
+        )
+        results = results.reset_index().rename(columns={"selection": "selected on"})
+        results.insert(0, "method", "`" + results.pop("group") + "`")
+        lines += markdown_table(results) + [""]
+        lines += published_section(table)
+        runs = pd.DataFrame(
+            {
+                "method": "`" + table["group"] + "`",
+                "seed": table["seed"],
+                "selected on": table["selection"],
+                **{col: table[col].map(lambda v, d=d: number(v, d)) for col, d in DIGITS.items()},
+                "directory": table["path"].map(lambda p: _relative(p, root)),
+            }
+        )
+        lines += ["## Runs", "", *markdown_table(runs), ""]
+
+    lines += ["## Failed jobs", ""]
+    if failed:
+        jobs = pd.DataFrame(
+            {
+                "directory": [_relative(job.path, root) for job in failed],
+                "error (last line of error.txt)": [f"`{job.error}`" for job in failed],
+                "overrides": [
+                    " ".join(
+                        f"`{k}={v}`"
+                        for k, v in job.overrides.items()
+                        if not never_grouped(k) or k in ("seed", "distill")
+                    )
+                    for job in failed
+                ],
+            }
+        )
+        lines += markdown_table(jobs)
+    else:
+        lines.append("None.")
+    lines.append("")
+    if plots:
+        lines += ["## Figures", ""]
+        for name in plots:
+            lines += [f"### {CAPTIONS[name]}", "", f"![{name}]({name})", ""]
+    missing = [p for p in CAPTIONS if p not in plots]
+    if missing and len(table):
+        lines += ["Not drawn:", "", *[f"- `{p}`: {NOT_DRAWN[p]}." for p in missing], ""]
+    return "\n".join(lines)
 
 
 class NoRunsError(MissingInputError):
@@ -25,18 +449,16 @@ class NoRunsError(MissingInputError):
 def generate_report(
     root: Path, out: Path | None = None, group_by: Sequence[str] | None = None
 ) -> Path:
-    """Read every run under ``root``; write ``report.md`` and the plots into ``out``/``root``.
-
-    ``group_by``: the keys to group runs by (:func:`~cskd_lightning.app.report_runs.group_runs`).
-    Returns the path of ``report.md``. Raises :class:`NoRunsError` when ``root`` holds neither
-    runs nor failed jobs and :class:`~cskd_lightning.errors.InputError` for a ``group_by`` key
-    no run has."""
+    """Read every run under ``root``; write ``report.md`` and the plots into ``out``/``root``;
+    return its path. :class:`NoRunsError`: no run, no failed job."""
     return _generate(root, out, group_by)[0]
 
 
 def _generate(
     root: Path, out: Path | None, group_by: Sequence[str] | None = None
 ) -> tuple[Path, list[Run], list[FailedJob]]:
+    from cskd_lightning.app.report_plots import draw_plots
+
     root = Path(root).resolve()
     if not root.is_dir():
         raise NoRunsError(f"{root} is not a directory.")
@@ -51,7 +473,7 @@ def _generate(
     out = Path(out).resolve() if out else root
     out.mkdir(parents=True, exist_ok=True)
     plots = draw_plots(groups, out)
-    report = out / REPORT
+    report = out / "report.md"
     report.write_text(render_markdown(root, runs_table(groups), failed, plots, group_by))
     return report, runs, failed
 

@@ -1,9 +1,6 @@
-"""The figures of ``cskd-report``: validation accuracy per epoch per group (mean over seeds,
-± 1 std band), the CSWT temperatures over training and the per-class student-teacher cosine.
-
-matplotlib is imported where a figure is drawn. The figures are plain
-``matplotlib.figure.Figure`` objects, not pyplot's: ``savefig`` renders PNG with the Agg
-backend, needs no display and leaves the pyplot backend of the importing process alone."""
+"""The figures of ``cskd-report``: validation accuracy per epoch per group, the CSWT
+temperatures and the per-class student-teacher cosine. Plain ``matplotlib.figure.Figure``s, not
+pyplot's: no display needed, and the importing process's pyplot backend is left alone."""
 
 from __future__ import annotations
 
@@ -14,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cskd_lightning.app.report_runs import Run
+from cskd_lightning.app.report import Run
 
+# The CSWT temperature columns: the TemperatureMonitor's quantiles of the epoch's per-sample
+# T_i (preferred), else the loss's own per-batch mean/min/max.
 TEMPERATURES = {
     "monitor": {
         "mean": "monitor/cswt_t_mean",
@@ -25,13 +24,10 @@ TEMPERATURES = {
     },
     "loss": {"mean": "train/cswt_t_mean", "low": "train/cswt_t_min", "high": "train/cswt_t_max"},
 }
-"""The CSWT temperature columns of ``metrics.csv``: the ``TemperatureMonitor``'s quantiles of
-the epoch's per-sample T_i (preferred), else the loss's own per-batch mean/min/max."""
 
 
 def _figure(panels: int, sharey: bool = True):
-    """``panels`` axes, at most 3 a row, in a figure at least 9 inches wide (room for titles);
-    returns the figure, the axes and a panel's width in inches."""
+    """A figure of ``panels`` axes, 3 a row, at least 9 inches wide; its axes, a panel's width."""
     from matplotlib.figure import Figure
 
     cols = min(panels, 3)
@@ -52,7 +48,6 @@ def _save(fig, path: Path, title: str | None = None) -> bool:
 
 
 def _wrap(text: str, inches: float) -> str:
-    """Wrap a title to about the width of ``inches`` (at the default font size)."""
     return "\n".join(textwrap.wrap(text, width=max(20, int(inches * 9))))
 
 
@@ -92,9 +87,8 @@ def plot_val_acc(groups: dict[str, list[Run]], path: Path) -> bool:
 
 
 def temperatures(runs: Sequence[Run]) -> tuple[str, pd.DataFrame, int] | None:
-    """The group's CSWT temperatures per epoch, averaged over its seeds:
-    ``(source, frame with columns mean/low/high (and mid from the monitor), seeds)``, from the
-    monitor where a run logged it, else from the loss; ``None`` when no run logged either."""
+    """The group's CSWT temperatures per epoch, mean over seeds: ``(source, frame of
+    mean/low/high (mid from the monitor), seeds)``; ``None`` when no run logged them."""
     for source, columns in TEMPERATURES.items():
         found = [r for r in runs if not r.series(columns["mean"]).empty]
         if found:
@@ -142,8 +136,7 @@ HEATMAP = {"aspect": "auto", "origin": "lower", "cmap": "viridis", "interpolatio
 
 
 def plot_class_cosine(groups: dict[str, list[Run]], path: Path) -> bool:
-    """Per group, a heatmap of the per-class batch cosine: epochs (rows) x classes (columns),
-    averaged over the group's seeds."""
+    """Per group, a heatmap of the per-class batch cosine (epochs x classes), mean over seeds."""
     panels = []
     for name, runs in groups.items():
         found = [r.class_cosine for r in runs if r.class_cosine is not None]

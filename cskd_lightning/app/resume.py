@@ -1,18 +1,8 @@
-"""Resuming a ``cskd-train`` run: which checkpoint, made with which config.
-
-Besides Lightning's state, a checkpoint holds the run's relevant config (``checkpoint
-["cskd_run"]``, :class:`RunConfigRecorder`), so a resume with other settings is caught. No RNG
-state is stored: an epoch's data order and augmentation follow from the seed and the epoch, and
-``EpochSeed`` reseeds dropout & co. at each epoch's start, so a run resumed at an epoch's end is
-bit-identical on the CPU with ``trainer.deterministic=true``; a mid-epoch checkpoint resumes
-with a warning.
-
-``ckpt_path=last`` (:func:`resolve_resume`) takes the file of ``<run dir>/checkpoints/``
-furthest into training by the step and epoch recorded inside it (never by file time;
-``last*.ckpt`` wins a tie), skipping files that do not load; with none there, a new run starts,
-unless ``resume_from_sibling=true`` asks for the furthest checkpoint of a sibling run directory
-with the same config.
-"""
+"""Resuming a ``cskd-train`` run: which checkpoint (``ckpt_path=last``: the one furthest into
+training by its recorded step and epoch, never file time; with ``resume_from_sibling=true`` a
+sibling run's), made with which config (stored in it as ``cskd_run``). No RNG state is stored:
+data order and augmentation follow from seed and epoch, and ``EpochSeed`` reseeds dropout & co.,
+so a run resumed at an epoch's end is bit-identical on the CPU with deterministic algorithms."""
 
 from __future__ import annotations
 
@@ -26,8 +16,15 @@ from typing import Any
 import lightning as L
 from omegaconf import DictConfig, open_dict
 
-from cskd_lightning.app import run_dir
-from cskd_lightning.app.run_dir import diff_configs, relevant_config
+from cskd_lightning.app.run_dir import (
+    ALLOW_CHANGE_FLAG,
+    CHECKPOINTS,
+    CONFIG,
+    diff_configs,
+    listed,
+    relevant_config,
+    saved_run_config,
+)
 from cskd_lightning.checkpoints import (
     CheckpointError,
     checkpoint_candidates,
@@ -36,44 +33,27 @@ from cskd_lightning.checkpoints import (
     progress_of,
 )
 from cskd_lightning.errors import InputError, MissingInputError
-from cskd_lightning.files import stable_hash
 
 log = logging.getLogger("cskd_lightning")
 
-STATE_FORMAT = 1  # the version of what RunConfigRecorder stores
 RUN_KEY = "cskd_run"
 TRUST_FLAG = "resume_trust_checkpoint=true"
-ALLOW_CHANGE_FLAG = "resume_allow_config_change=true"
-
-
-def listed(diff: list[str]) -> str:
-    """The first ten differences, and how many more."""
-    return "; ".join(diff[:10]) + (f" (+{len(diff) - 10} more)" if len(diff) > 10 else "")
-
-
-def config_hash(flat: Mapping[str, Any]) -> str:
-    return stable_hash(dict(flat))
 
 
 class RunConfigRecorder(L.Callback):
-    """Store the run's relevant config and its hash in every checkpoint (``cskd_run``)."""
+    """Store the run's relevant config in every checkpoint (``cskd_run``)."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         self.config = dict(config)
-        self.hash = config_hash(self.config)
 
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        record = {"format": STATE_FORMAT, "config": self.config, "config_hash": self.hash}
-        checkpoint[RUN_KEY] = record
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict) -> None:
+        checkpoint[RUN_KEY] = {"format": 1, "config": self.config}
 
 
 def _stored_config(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
     run = checkpoint.get(RUN_KEY)
-    if isinstance(run, Mapping) and isinstance(run.get("config"), Mapping):
-        return run["config"]
-    return None
+    ok = isinstance(run, Mapping) and isinstance(run.get("config"), Mapping)
+    return run["config"] if ok else None
 
 
 def check_config(
@@ -88,43 +68,21 @@ def check_config(
             path,
         )
         return
-    if checkpoint[RUN_KEY].get("config_hash") == config_hash(now):
-        return
     diff = diff_configs(stored, now)
-    if not diff:
-        return
-    if allow_change:
-        log.warning(
-            "Resuming %s although the config changed (resume_allow_config_change=true): %s",
-            path,
-            listed(diff),
-        )
-        return
-    raise InputError(
-        f"Cannot resume from {path}: it was made with a different config. Differing keys "
-        f"(checkpoint -> now): {listed(diff)}. Resume with the original values, start a fresh "
-        f"run (ckpt_path=null), or pass {ALLOW_CHANGE_FLAG} to resume anyway."
-    )
-
-
-def _mid_epoch_warning(checkpoint: Mapping[str, Any], path: Path) -> None:
-    try:
-        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-        mid_epoch = progress["current"]["completed"] > 0 and not progress["is_last_batch"]
-    except (KeyError, TypeError):
-        return
-    if mid_epoch:
-        log.warning(
-            "%s was saved mid-epoch (after %d batches): the run resumes, but the rest of that "
-            "epoch will not see the data in the same order as an uninterrupted run.",
-            path,
-            progress["current"]["completed"],
+    if diff and allow_change:
+        message = "Resuming %s although the config changed (resume_allow_config_change=true): %s"
+        log.warning(message, path, listed(diff))
+    elif diff:
+        raise InputError(
+            f"Cannot resume from {path}: it was made with a different config. Differing keys "
+            f"(checkpoint -> now): {listed(diff)}. Resume with the original values, start a "
+            f"fresh run (ckpt_path=null), or pass {ALLOW_CHANGE_FLAG} to resume anyway."
         )
 
 
 def _saved_or_none(directory: Path) -> dict[str, Any] | None:
     try:
-        return run_dir.saved_run_config(directory)
+        return saved_run_config(directory)
     except ValueError:  # an unreadable config just does not match
         return None
 
@@ -138,12 +96,10 @@ def search_sibling_runs(
 ) -> tuple[Path, dict[str, Any]]:
     """The furthest good checkpoint among the sibling run directories whose saved and stored
     config match ``now``."""
-    here = output_dir.resolve()
+    here, found, differing = output_dir.resolve(), [], []
     parent = here.parent
-    found, differing = [], []
-    runs = sorted(r for r in parent.iterdir() if r.is_dir()) if parent.is_dir() else []
-    for run in runs:
-        ckpt_dir = run_dir.checkpoint_dir(run)
+    for run in sorted(r for r in parent.iterdir() if r.is_dir()) if parent.is_dir() else []:
+        ckpt_dir = run / CHECKPOINTS
         if run.resolve() == here or not checkpoint_candidates(ckpt_dir):
             continue
         diff = _diff(_saved_or_none(run), now)
@@ -163,20 +119,15 @@ def search_sibling_runs(
         log.info(
             "ckpt_path=last with resume_from_sibling=true: %s has no checkpoint; resuming from "
             "%s, the furthest checkpoint of a sibling run with the same config.",
-            run_dir.checkpoint_dir(output_dir),
+            output_dir / CHECKPOINTS,
             path,
         )
         return path, checkpoint
-    other = (
-        f" {len(differing)} other run(s) there have checkpoints but a different config: "
-        + "; ".join(differing[:5])
-        + "."
-        if differing
-        else ""
-    )
+    other = f" {len(differing)} other run(s) there have checkpoints but a different config: "
+    other = other + "; ".join(differing[:5]) + "." if differing else ""
     raise MissingInputError(
         f"ckpt_path=last resume_from_sibling=true: no checkpoint in "
-        f"{run_dir.checkpoint_dir(output_dir)} and no run in {parent} with the same config has "
+        f"{output_dir / CHECKPOINTS} and no run in {parent} with the same config has "
         f"one.{other} Restart with hydra.run.dir=<the run's directory>, give the checkpoint's "
         "path (ckpt_path=<file>), or drop ckpt_path to start afresh."
     )
@@ -190,17 +141,15 @@ class ResumeChoice:
 
 
 def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
-    """The checkpoint ``cfg.ckpt_path`` resumes from, checked; ``None``: start afresh.
-
-    Raises :class:`MissingInputError` (a named file that is not there), :class:`CheckpointError`
-    (unreadable, or not a training checkpoint) or :class:`InputError` (another config)."""
+    """The checkpoint ``cfg.ckpt_path`` resumes from, checked (a missing, unreadable or other
+    config's checkpoint refused); ``None``: start afresh."""
     given = cfg.get("ckpt_path")
     if not given:
         return None
     trust = bool(cfg.get("resume_trust_checkpoint", False))
     now = relevant_config(cfg)
     if str(given) == "last":
-        ckpt_dir = run_dir.checkpoint_dir(output_dir)
+        ckpt_dir = output_dir / CHECKPOINTS
         # Lightning's SLURM handler saves hpc_ckpt_<n>.ckpt in the run directory before it
         # requeues the job: a candidate too.
         hpc = sorted(p for p in output_dir.glob("hpc_ckpt_*.ckpt") if p.is_file())
@@ -226,7 +175,19 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
             )
         checkpoint = load_resumable(path, trust, TRUST_FLAG)
     check_config(checkpoint, now, path, bool(cfg.get("resume_allow_config_change", False)))
-    _mid_epoch_warning(checkpoint, path)
+    try:
+        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
+        done = progress["current"]["completed"]
+        mid_epoch = done > 0 and not progress["is_last_batch"]
+    except (KeyError, TypeError):
+        mid_epoch = False
+    if mid_epoch:
+        log.warning(
+            "%s was saved mid-epoch (after %d batches): the run resumes, but the rest of that "
+            "epoch will not see the data in the same order as an uninterrupted run.",
+            path,
+            done,
+        )
     step, epoch = progress_of(checkpoint)
     log.info("Resuming from %s (saved after epoch %s, global step %s)", path, epoch, step)
     return ResumeChoice(path=path, epoch=epoch, global_step=step)
@@ -236,16 +197,12 @@ def resume_if_requeued(cfg: DictConfig, output_dir: Path) -> bool:
     """A job SLURM restarted (``SLURM_RESTART_COUNT`` > 0: ``scontrol requeue``, Lightning's
     SIGUSR1 handler, submitit) continues its run with ``ckpt_path=last`` unless one is given,
     when the run directory holds this job's own run or none. Returns whether it set it."""
-    try:
-        count = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
-    except ValueError:
-        count = 0
+    count = os.environ.get("SLURM_RESTART_COUNT", "0")
+    count = int(count) if count.isdigit() else 0
     if count <= 0 or cfg.get("ckpt_path"):
         return False
     saved = _saved_or_none(output_dir)
-    if (output_dir / run_dir.CONFIG).is_file() and (
-        saved is None or diff_configs(saved, relevant_config(cfg))
-    ):
+    if (output_dir / CONFIG).is_file() and (saved is None or _diff(saved, relevant_config(cfg))):
         return False  # someone else's run: inspect_run_dir refuses it
     log.info(
         "SLURM restarted this job (SLURM_RESTART_COUNT=%d): resuming its run in %s "

@@ -6,22 +6,24 @@ from __future__ import annotations
 import importlib.resources
 import logging
 import os
-import random
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import numpy as np
-import torch
+from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cskd_lightning import locks
-from cskd_lightning.app.ddp import is_global_zero
 from cskd_lightning.app.environment import environment_record
-from cskd_lightning.app.instantiate import instantiate_group, optional_instantiate
-from cskd_lightning.app.jobs import to_float
+from cskd_lightning.app.jobs import (
+    instantiate_group,
+    is_global_zero,
+    optional_instantiate,
+    to_float,
+)
 from cskd_lightning.app.run_dir import NOT_A_RESULT
 from cskd_lightning.callbacks import ProgressLog
 from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint
@@ -36,45 +38,33 @@ from cskd_lightning.module import DistillationModule
 
 log = logging.getLogger("cskd_lightning")
 
+# Data settings that do not change what a teacher learns (left out of its cache key).
 IRRELEVANT_DATA_KEYS = (
     *(k.removeprefix("data.datamodule.") for k in NOT_A_RESULT if k.startswith("data.datamodule.")),
     "eval_batch_size",
     "two_view",  # the teacher trains on the first (weak) view either way
     "augment_seed",  # the teacher's augmentation is seeded by teacher.seed (teacher_datamodule)
 )
-"""Data settings that do not change what a teacher learns (left out of its cache key)."""
-
-TEACHER_TRAINER_KEYS = (
-    "precision",
-    "limit_train_batches",
-    "max_steps",
-    "accumulate_grad_batches",
-    "gradient_clip_val",
-    "devices",
-    "num_nodes",
+# Trainer settings that change what a teacher learns (part of its cache key); Lightning's
+# debugging limits only when set, so other keys stay as they were.
+TEACHER_TRAINER_KEYS = tuple(
+    "precision limit_train_batches max_steps accumulate_grad_batches gradient_clip_val devices "
+    "num_nodes".split()
 )
-"""Trainer settings that change what a teacher learns (part of its cache key)."""
-
 DEBUG_TRAINER_KEYS = ("fast_dev_run", "overfit_batches")
-"""Lightning's debugging limits: in the cache key only when set, so other keys stay as they were."""
-
+# How far (points of top-1) a teacher may score from its published accuracy before the run
+# warns: about what a CIFAR-100 teacher moves between seeds.
 PUBLISHED_TOLERANCE_PTS = 1.0
-"""How far (points of top-1) a teacher may score from its published accuracy before the run
-warns: about what a CIFAR-100 teacher moves between seeds."""
-
+# What a teacher's weights depend on outside its cache key: the log says when they differ.
 ENVIRONMENT_KEYS = ("threads", "torch", "accelerator", "device", "deterministic")
-"""What a teacher's weights depend on outside its cache key: the log says when they differ."""
 
 
 def teacher_seed(cfg: DictConfig) -> int:
-    """``teacher.seed`` (defaults to the run's ``seed``)."""
     return int(cfg.get("teacher", {}).get("seed", cfg.seed))
 
 
 def teacher_cache_key(cfg: DictConfig) -> str:
-    """A short hash of everything that determines the trained teacher: the data (less
-    :data:`IRRELEVANT_DATA_KEYS`), the teacher model and recipe, the seed and
-    :data:`TEACHER_TRAINER_KEYS`."""
+    """A short hash of everything that determines the trained teacher."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     for key in IRRELEVANT_DATA_KEYS:
         data.get("datamodule", {}).pop(key, None)
@@ -82,27 +72,21 @@ def teacher_cache_key(cfg: DictConfig) -> str:
         data["datamodule"]["seed"] = teacher_seed(cfg)
     trainer = {key: cfg.trainer.get(key) for key in TEACHER_TRAINER_KEYS}
     trainer.update({k: cfg.trainer[k] for k in DEBUG_TRAINER_KEYS if cfg.trainer.get(k)})
-    payload = {
-        "data": data,
-        "model": OmegaConf.to_container(cfg.pair.teacher.model, resolve=True),
-        "recipe": OmegaConf.to_container(cfg.pair.teacher.recipe, resolve=True),
-        "seed": teacher_seed(cfg),
-        "trainer": trainer,
-    }
-    return stable_hash(payload, length=12)
+    model, recipe = (
+        OmegaConf.to_container(cfg.pair.teacher[k], resolve=True) for k in ("model", "recipe")
+    )
+    payload = {"data": data, "model": model, "recipe": recipe}
+    return stable_hash({**payload, "seed": teacher_seed(cfg), "trainer": trainer}, length=12)
 
 
 def teacher_cache_path(cfg: DictConfig) -> Path:
-    name = (
-        f"{cfg.pair.teacher.model.name}-{cfg.data.name}-seed{teacher_seed(cfg)}-"
-        f"{teacher_cache_key(cfg)}"
-    )
-    return Path(cfg.paths.cache_dir).expanduser().resolve() / "teachers" / f"{name}.pt"
+    name = f"{cfg.pair.teacher.model.name}-{cfg.data.name}-seed{teacher_seed(cfg)}"
+    root = Path(cfg.paths.cache_dir).expanduser().resolve()
+    return root / "teachers" / f"{name}-{teacher_cache_key(cfg)}.pt"
 
 
 def teacher_datamodule(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningDataModule:
-    """The run's datamodule, rebuilt single-view and with ``teacher.seed`` (which fixes the
-    teacher's split, order and augmentation) where they differ."""
+    """The run's datamodule, rebuilt single-view and with ``teacher.seed`` where they differ."""
     data = cfg.data.datamodule
     overrides: dict[str, Any] = {}
     if data.get("two_view", False):
@@ -121,9 +105,8 @@ def _run_teacher(
     output_dir: Path,
     train: bool = False,
 ) -> float | None:
-    """The teacher's test accuracy, after training it with the pair's teacher recipe and seed
-    when ``train``. A trainer like the run's, without checkpoints; only a training writes a log
-    (``<output_dir>/metrics.csv``)."""
+    """The teacher's test accuracy, after training it (recipe and seed of the pair's teacher;
+    a log in ``<output_dir>/metrics.csv``) when ``train``."""
     recipe, schedule = cfg.pair.teacher.recipe, {}
     if train:
         L.seed_everything(teacher_seed(cfg), workers=True)
@@ -152,11 +135,8 @@ def _run_teacher(
 def compare_with_published(
     cfg: DictConfig, test_acc: float | None, source: str
 ) -> dict[str, Any] | None:
-    """The teacher's test accuracy (a fraction) beside ``pair.teacher.published_acc`` (percent).
-
-    Logged, as a warning beyond :data:`PUBLISHED_TOLERANCE_PTS` (a wrong checkpoint, another
-    normalisation or a damaged file shows before the student trains). Returns ``{"published_acc",
-    "gap_pts", "tolerance_pts", "within_tolerance"}``, or ``None`` without both numbers."""
+    """The teacher's test accuracy (a fraction) beside ``pair.teacher.published_acc`` (percent),
+    logged (a warning beyond :data:`PUBLISHED_TOLERANCE_PTS`); ``None`` without both."""
     published = cfg.pair.teacher.get("published_acc")
     if published is None or test_acc is None:
         return None
@@ -185,21 +165,13 @@ def compare_with_published(
 
 
 def build_teacher(cfg: DictConfig) -> tuple[nn.Module, Path | None]:
-    """The pair's teacher, with the weights of ``teacher.ckpt_path`` when given (read and
-    checked before anything is written).
-
-    Its initial weights are drawn from ``teacher.seed`` alone, as a run with that seed draws
-    them (after the student's), so whichever job of a sweep trains the shared teacher trains
-    the same one; the global random states are left as they were."""
-    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    try:
+    """The pair's teacher, with the weights of ``teacher.ckpt_path`` when given. Its initial
+    weights are drawn from ``teacher.seed`` alone (after the student's, as a run draws them), so
+    whichever job of a sweep trains the shared teacher trains the same one."""
+    with isolate_rng(include_cuda=False):
         L.seed_everything(teacher_seed(cfg), workers=True, verbose=False)
         hydra.utils.instantiate(cfg.pair.student.model)  # the draws a run makes before
         teacher = hydra.utils.instantiate(cfg.pair.teacher.model)
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
     given = cfg.teacher.get("ckpt_path")
     if not given:
         return teacher, None
@@ -215,33 +187,32 @@ def prepare_teacher(
     output_dir: Path,
     built: tuple[nn.Module, Path | None] | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The teacher with its weights, and a record of where they came from.
-
-    ``built``: :func:`build_teacher`'s result. A teacher from ``teacher.ckpt_path`` or
-    ``pretrained: true`` is used as built; else the cached teacher for this exact
-    data/model/recipe/seed is reused, or one is trained and cached."""
+    """The teacher with its weights and a record of where they came from: as built
+    (:func:`build_teacher`) with ``teacher.ckpt_path`` or ``pretrained: true``; else the cached
+    teacher for this exact data/model/recipe/seed, or one trained and cached."""
     teacher, given = built if built is not None else build_teacher(cfg)
-    stage_dir = output_dir / "teacher"
-    datamodule = teacher_datamodule(cfg, datamodule)
+    stage_dir, datamodule = output_dir / "teacher", teacher_datamodule(cfg, datamodule)
     if given is not None or cfg.pair.teacher.get("pretrained", False):
         if given is not None:
             log.info("Teacher weights loaded from %s", given)
             source, note = str(given.resolve()), f"loaded from {given}"
         else:
-            log.info(
-                "Teacher %s comes with pretrained weights: no teacher training.",
-                cfg.pair.teacher.model.name,
-            )
+            message = "Teacher %s comes with pretrained weights: no teacher training."
+            log.info(message, cfg.pair.teacher.model.name)
             source, note = "pretrained", "pretrained weights"
-        info = {"source": source, "test_acc": _run_teacher(cfg, teacher, datamodule, stage_dir)}
-        return teacher.eval(), _with_published(cfg, {**info, "cached": False}, note)
-    path = teacher_cache_path(cfg)
-    if not single_process_job(cfg):
+        acc = _run_teacher(cfg, teacher, datamodule, stage_dir)
+        info = {"source": source, "test_acc": acc, "cached": False}
+    else:
+        path = teacher_cache_path(cfg)
         # Every rank of a DDP job trains the teacher together: a lock held by one rank would
         # stall the others (docs/scaling.md, "The teacher on several nodes").
-        return _cached_or_trained(cfg, teacher, datamodule, stage_dir, path)
-    with locks.held(path, "training the teacher"):
-        return _cached_or_trained(cfg, teacher, datamodule, stage_dir, path)
+        lock = (
+            locks.held(path, "training the teacher") if single_process_job(cfg) else nullcontext()
+        )
+        with lock:
+            info, note = _cached_or_trained(cfg, teacher, datamodule, stage_dir, path)
+    record = compare_with_published(cfg, info.get("test_acc"), note)
+    return teacher.eval(), {**info, "published": record} if record is not None else info
 
 
 def single_process_job(cfg: DictConfig) -> bool:
@@ -258,26 +229,30 @@ def single_process_job(cfg: DictConfig) -> bool:
 
 
 def _cached_or_trained(
-    cfg: DictConfig,
-    teacher: nn.Module,
-    datamodule: L.LightningDataModule,
-    stage_dir: Path,
-    path: Path,
-) -> tuple[nn.Module, dict[str, Any]]:
+    cfg: DictConfig, teacher: nn.Module, datamodule: Any, stage_dir: Path, path: Path
+) -> tuple[dict[str, Any], str]:
+    """The cached teacher's weights loaded, else the teacher trained and cached; its record."""
     if path.is_file():
         stored = read_checkpoint(path)
         teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)
         meta = stored.get("meta", {}) if isinstance(stored, dict) else {}
         log.info("Reusing the cached teacher %s (test acc %s)", path, meta.get("test_acc"))
-        trained_with = meta.get("environment")
-        _note_environment_change(trained_with, environment_record(cfg))
-        info = {
-            "source": str(path),
-            "test_acc": meta.get("test_acc"),
-            "cached": True,
-            "environment": trained_with,
-        }
-        return teacher.eval(), _with_published(cfg, info, "cached, trained here")
+        trained_with, now = meta.get("environment"), environment_record(cfg)
+        changed = [
+            f"{k} {trained_with.get(k)!r} -> {now.get(k)!r}"
+            for k in ENVIRONMENT_KEYS
+            if trained_with and trained_with.get(k) != now.get(k)
+        ]
+        if not trained_with:
+            log.info("The cached teacher records no environment (threads, torch version, device).")
+        elif changed:
+            log.info(
+                "The cached teacher was trained in another environment (%s): reused as it is (a "
+                "teacher trained now could differ in its last digits; not part of the cache key).",
+                "; ".join(changed),
+            )
+        info = {"source": str(path), "test_acc": meta.get("test_acc"), "cached": True}
+        return {**info, "environment": trained_with}, "cached, trained here"
     log.info(
         "No cached teacher for this data/model/recipe/seed in the teacher cache %s "
         "(CSKD_CACHE_DIR or paths.cache_dir moves it): training one (%s).",
@@ -291,44 +266,19 @@ def _cached_or_trained(
             "test_acc": acc,
             "key": teacher_cache_key(cfg),
             "model": cfg.pair.teacher.model.name,
-            "data": cfg.data.name,
-            "seed": teacher_seed(cfg),
-            "environment": environment,  # not in the key (README, "The teacher stage")
         }
+        meta |= {"data": cfg.data.name, "seed": teacher_seed(cfg)}
+        meta["environment"] = environment  # not in the key (README, "The teacher stage")
         # shared: the jobs of a multi-node sweep may write the same entry at once
         save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path, shared=True)
         log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)
     info = {"source": str(path), "test_acc": acc, "cached": False, "environment": environment}
-    return teacher.eval(), _with_published(cfg, info, "trained here")
-
-
-def _with_published(cfg: DictConfig, info: dict[str, Any], source: str) -> dict[str, Any]:
-    record = compare_with_published(cfg, info.get("test_acc"), source)
-    return {**info, "published": record} if record is not None else info
-
-
-def _note_environment_change(trained_with: dict[str, Any] | None, now: dict[str, Any]) -> None:
-    if not trained_with:
-        log.info("The cached teacher records no environment (threads, torch version, device).")
-        return
-    changed = [
-        f"{k} {trained_with.get(k)!r} -> {now.get(k)!r}"
-        for k in ENVIRONMENT_KEYS
-        if trained_with.get(k) != now.get(k)
-    ]
-    if changed:
-        log.info(
-            "The cached teacher was trained in another environment (%s): reused as it is (a "
-            "teacher trained now could differ in its last digits; not part of the cache key).",
-            "; ".join(changed),
-        )
+    return info, "trained here"
 
 
 def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache | None:
-    """The cache attached with ``teacher.logit_cache=true`` (else ``None``; ``None`` too for a
-    loss that needs no teacher), in ``<paths.cache_dir>/teacher_logits/``. Refuses a feature
-    method, a DataLoader datamodule and a ``teacher.logit_cache_topk`` outside
-    ``1 <= k < data.num_classes`` before anything is trained."""
+    """The cache ``teacher.logit_cache=true`` attaches (else, or for a loss without a teacher,
+    ``None``); a feature method, a DataLoader datamodule or a bad top-k refused at once."""
     teacher_cfg = cfg.get("teacher", {}) or {}
     if not teacher_cfg.get("logit_cache", False):
         return None
@@ -338,7 +288,18 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
             "teacher-logit cache holds logits only: run it with teacher.logit_cache=false."
         )
     if not isinstance(datamodule, DeviceDataModule):
-        raise InputError(_refusal(str(cfg.data.get("name", "?")), datamodule))
+        data = str(cfg.data.get("name", "?"))
+        folder = importlib.resources.files("cskd_lightning.conf").joinpath("data")  # shipped:
+        shipped = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith("_device.yaml"))
+        fix = f"data={data}_device"
+        if f"{data}_device" not in shipped:
+            fix = "data=<name>_device (" + ", ".join(shipped) + ")"
+        raise InputError(
+            "teacher.logit_cache=true needs the device-resident data pipeline, whose batches "
+            "carry their sample indices (the cache's row numbers), but "
+            f"data={data} ({type(datamodule).__name__}) is a DataLoader datamodule: use {fix} "
+            "(or teacher.logit_cache=false)."
+        )
     if not getattr(loss, "requires_teacher", True):
         log.info("Teacher-logit cache not used: distill=%s needs no teacher.", cfg.distill.name)
         return None
@@ -350,24 +311,3 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
         if topk is not None:  # checked against the class count before the teacher trains
             topk = check_topk(topk, int(cfg.data.num_classes))
         return TeacherLogitCache(root, name, dtype, topk)
-
-
-def _device_data() -> list[str]:
-    """The device-pipeline data configs shipped with the package (``conf/data/*_device.yaml``)."""
-    folder = importlib.resources.files("cskd_lightning.conf").joinpath("data")
-    names = (p.name for p in folder.iterdir())
-    return sorted(n.removesuffix(".yaml") for n in names if n.endswith("_device.yaml"))
-
-
-def _refusal(data_name: str, datamodule: Any) -> str:
-    """The one-line refusal of a DataLoader datamodule, naming the device config to use."""
-    fix = f"data={data_name}_device"
-    shipped = _device_data()
-    if f"{data_name}_device" not in shipped:
-        fix = "data=<name>_device (" + ", ".join(shipped) + ")"
-    return (
-        "teacher.logit_cache=true needs the device-resident data pipeline, whose batches carry "
-        "their sample indices (the cache's row numbers), but "
-        f"data={data_name} ({type(datamodule).__name__}) is a DataLoader datamodule: use {fix} "
-        "(or teacher.logit_cache=false)."
-    )

@@ -1,10 +1,6 @@
-"""``cskd-train``: train (or reuse) a teacher, distil a student, test it, write a summary.
-
-``cskd-train --help`` lists the config groups; ``python -m cskd_lightning.app.train`` is the
-same program. A run is three steps: :func:`preflight` (every check and build; nothing written),
-:func:`run` (``config.yaml``, the teacher, fit, test) and :func:`record` (``student.pt``,
-``summary.json``, the table).
-"""
+"""``cskd-train``: train (or reuse) a teacher, distil a student, test it, write a summary, in
+three steps: :func:`preflight` (every check and build; nothing written), :func:`run`
+(``config.yaml``, the teacher, fit, test) and :func:`record` (``student.pt``, ``summary.json``)."""
 
 from __future__ import annotations
 
@@ -19,16 +15,15 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app import checks, jobs, records, resume
+from cskd_lightning.app import checks, jobs, resume
 from cskd_lightning.app import run_dir as run_files
-from cskd_lightning.app.ddp import is_global_zero
 from cskd_lightning.app.environment import (
     ThreadChoice,
     choose_threads,
     environment_record,
     log_threads,
 )
-from cskd_lightning.app.instantiate import instantiate_group, optional_instantiate
+from cskd_lightning.app.jobs import instantiate_group, is_global_zero, optional_instantiate
 from cskd_lightning.app.teacher_stage import prepare_teacher
 from cskd_lightning.callbacks import EpochSeed, RunClock
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
@@ -48,7 +43,7 @@ class Preflight:
     threads: ThreadChoice
     inputs: checks.Inputs
     resume: resume.ResumeChoice | None
-    existing: records.ExistingRun
+    existing: run_files.ExistingRun
     selection: str
     clock: RunClock
 
@@ -61,7 +56,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if ready.existing.finished:
             done = "%s holds this run, finished: nothing to do (its summary follows)."
             log.info(done, ready.output_dir)
-            records.print_summary(ready.existing.summary)
+            run_files.print_summary(ready.existing.summary)
             return dict(ready.existing.summary.get("metrics", {}))
         module, metrics, teacher_info = run(cfg, ready)
         if ready.inputs.trainer.is_global_zero:
@@ -70,9 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def preflight(cfg: DictConfig) -> Preflight:
-    """Every check, before anything is written or trained: the run directory is writable,
-    :func:`~cskd_lightning.app.checks.check_inputs`, the checkpoint to resume, what the run
-    directory holds, and that an optimising sweep does not tune on the test set."""
+    """Every check and build, before anything is written or trained."""
     clock = RunClock(time.time())
     output_dir = Path(cfg.paths.output_dir)
     checks.check_output_dir(output_dir, "hydra.run.dir")
@@ -84,7 +77,7 @@ def preflight(cfg: DictConfig) -> Preflight:
         return hydra.utils.instantiate(
             cfg.trainer,
             callbacks=[
-                CommitCheckpointsAfterLogging(run_files.checkpoint_dir(output_dir)),
+                CommitCheckpointsAfterLogging(output_dir / run_files.CHECKPOINTS),
                 *instantiate_group(cfg.get("callbacks")),
                 resume.RunConfigRecorder(resume.relevant_config(cfg)),
                 EpochSeed(cfg.seed),  # dropout & co. resume exactly (no RNG state is saved)
@@ -99,25 +92,25 @@ def preflight(cfg: DictConfig) -> Preflight:
     resume_from = resume.resolve_resume(cfg, output_dir)
     # The other processes of a DDP run start after rank 0 has begun writing the run directory.
     zero = is_global_zero()
-    existing = records.inspect_run_dir(cfg, output_dir) if zero else records.ExistingRun()
+    existing = run_files.inspect_run_dir(cfg, output_dir) if zero else run_files.ExistingRun()
     selection = checks.selection_of(inputs.datamodule)
     if not existing.finished:
         checks.check_tuning_selection(cfg, selection)
     return Preflight(output_dir, threads, inputs, resume_from, existing, selection, clock)
 
 
+# The config keys of the library arguments whose errors can only show during the fit.
 RUNTIME_KEYS = {"two_view": "data.datamodule.two_view", "num_samples": "distill.loss.num_samples"}
-"""The config keys of the library arguments whose errors can only show during the fit."""
 
 
 def run(cfg: DictConfig, ready: Preflight) -> tuple[DistillationModule, dict[str, Any], dict]:
     """Write ``config.yaml`` (a new run), give the teacher its weights, fit the student
-    (resuming ``ckpt_path``) and test the best checkpoint. Returns the student's module, the
-    last value of every metric and the teacher's record."""
+    (resuming ``ckpt_path``), test the best checkpoint: the module, the metrics, the teacher's
+    record."""
     jobs.checks_passed()
     log_threads(ready.threads)
     if is_global_zero() and ready.existing.config is None:
-        records.write_run_config(cfg, ready.output_dir)
+        run_files.write_run_config(cfg, ready.output_dir)
     inputs, trainer = ready.inputs, ready.inputs.trainer
     history = _open_logs(cfg, inputs.loggers, ready.resume)
     teacher, teacher_info = prepare_teacher(
@@ -164,9 +157,8 @@ def run(cfg: DictConfig, ready: Preflight) -> tuple[DistillationModule, dict[str
 def _open_logs(
     cfg: DictConfig, loggers: list[Any], resume_from: resume.ResumeChoice | None
 ) -> RunCSVLogger | None:
-    """Keep the CSV rows of the epochs a resumed run has done, give every logger the resolved
-    config as its hyperparameters (``hparams.yaml``, TensorBoard, W&B, MLflow); return the CSV
-    log (the run's history)."""
+    """Keep the CSV rows of the epochs a resumed run did, give every logger the resolved config
+    as its hyperparameters; return the CSV log (the run's history)."""
     csv_logs = [lg for lg in loggers if isinstance(lg, RunCSVLogger)]
     for csv_log in csv_logs:
         kept = csv_log.keep_history(resume_from.epoch if resume_from else None)
@@ -194,16 +186,11 @@ def record(
     """Write ``student.pt`` (a :mod:`cskd_lightning.export` artifact) and ``summary.json``, and
     print the summary's table."""
     out, best = ready.output_dir, _best_checkpoint(ready.inputs.trainer)
-    run_info = {
-        "method": cfg.distill.name,
-        "seed": cfg.seed,
-        "data": cfg.data.name,
-        "teacher": cfg.pair.teacher.model.name,
-        "test_acc": metrics.get("test/acc"),
-        "val_acc_best": metrics.get("val/acc_best"),
-    }
+    run_info = {"method": cfg.distill.name, "seed": cfg.seed, "data": cfg.data.name}
+    run_info["teacher"] = cfg.pair.teacher.model.name
+    run_info |= {"test_acc": metrics.get("test/acc"), "val_acc_best": metrics.get("val/acc_best")}
     model_cfg = OmegaConf.to_container(cfg.pair.student.model, resolve=True)
-    datamodule = ready.inputs.datamodule
+    datamodule, clock = ready.inputs.datamodule, ready.clock
     save_student(
         out / run_files.STUDENT,
         module.student,
@@ -212,12 +199,10 @@ def record(
         datamodule,
         run=run_info,
     )
-    summary = records.make_summary(
-        cfg, out, metrics, teacher_info, best, ready.selection, ready.clock
-    )
+    summary = run_files.make_summary(cfg, out, metrics, teacher_info, best, ready.selection, clock)
     summary["environment"] = environment_record(cfg, ready.threads)
-    records.write_json(out / run_files.SUMMARY, summary)
-    records.print_summary(summary)
+    run_files.write_json(out / run_files.SUMMARY, summary)
+    run_files.print_summary(summary)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://cskd_lightning.conf", config_name="train")

@@ -15,7 +15,7 @@ from app_helpers import FAST, compose_app, compose_train, read_summary
 from helpers import REPO
 from omegaconf import OmegaConf
 
-from cskd_lightning.app.instantiate import instantiate_group
+from cskd_lightning.app.jobs import instantiate_group
 from cskd_lightning.app.train import train
 from cskd_lightning.losses import DistillationLoss
 
@@ -192,7 +192,7 @@ def test_a_failed_sweep_job_returns_the_worst_value(
 ) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from cskd_lightning.app.failed_jobs import failed_job_value
+    from cskd_lightning.app.jobs import failed_job_value
 
     hydra_cfg = OmegaConf.create({"sweeper": {"direction": direction}})
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: hydra_cfg))
@@ -238,7 +238,7 @@ def test_the_sweep_check_knows_every_job_of_a_grid_and_the_choices_of_an_optuna_
     Optuna the command line's discrete choices, the search space left to the trials."""
     from app_helpers import compose_app
 
-    from cskd_lightning.app.sweep_check import sweep_jobs
+    from cskd_lightning.app.sweep import sweep_jobs
 
     def jobs(overrides: list[str]) -> list[list[str]]:
         sweeper = [o for o in overrides if o.startswith("hparams_search=")]

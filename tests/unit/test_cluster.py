@@ -16,11 +16,10 @@ from app_helpers import compose_train
 from omegaconf import OmegaConf
 
 from cskd_lightning import locks
-from cskd_lightning.app.failed_jobs import FailedJobsReport, write_exit_record
-from cskd_lightning.app.plan import SweepPlan
-from cskd_lightning.app.report_runs import find_runs
+from cskd_lightning.app.jobs import FailedJobsReport, write_exit_record
+from cskd_lightning.app.report import find_runs
 from cskd_lightning.app.resume import resume_if_requeued
-from cskd_lightning.app.sweep_check import sweep_jobs
+from cskd_lightning.app.sweep import SweepPlan, sweep_jobs
 from cskd_lightning.app.teacher_stage import build_teacher
 
 

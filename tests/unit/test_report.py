@@ -12,9 +12,15 @@ import pytest
 from helpers import quiet_trainer
 from lightning.pytorch.loggers import CSVLogger
 
-from cskd_lightning.app.report import generate_report, main
-from cskd_lightning.app.report_runs import find_runs, group_runs, read_run
-from cskd_lightning.app.report_table import published_section, runs_table
+from cskd_lightning.app.report import (
+    find_runs,
+    generate_report,
+    group_runs,
+    main,
+    published_section,
+    read_run,
+    runs_table,
+)
 from cskd_lightning.callbacks import TemperatureMonitor
 from cskd_lightning.data import DigitsDataModule
 from cskd_lightning.losses import CSKDLoss

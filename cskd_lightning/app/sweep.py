@@ -1,15 +1,20 @@
-"""``cskd-train ... plan=true``: the plan of a run or a sweep (its jobs, the teachers they need
-and the teacher-logit caches they fill, with their size), without training or writing
-anything (docs/scaling.md). Each distinct choice of config groups is composed once (the
-``distill`` group apart: composed once per method and grafted in) and each job's ``key=value``
-overrides are set in a copy: a 440-job sweep is planned in seconds."""
+"""A sweep before it starts: its jobs (:func:`sweep_jobs`), each composed and checked before the
+first trains (:class:`SweepCheck`), and ``plan=true`` (:class:`SweepPlan`): its jobs, the
+teachers they need and the teacher-logit caches they fill, with their size, nothing trained or
+written (docs/scaling.md). For the default (grid) sweeper every job is known; for another
+(Optuna) the command line's discrete choices, with the search space at its config values."""
 
 from __future__ import annotations
 
 import functools
+import itertools
+import logging
+import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -19,10 +24,97 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from cskd_lightning.app.exit import exit_with_error
-from cskd_lightning.app.sweep_check import BASIC_SWEEPER, sweep_jobs
+from cskd_lightning.app import checks
+from cskd_lightning.app.jobs import exit_with_error, quiet_logs
+from cskd_lightning.errors import InputError
 from cskd_lightning.files import stable_hash
 from cskd_lightning.logit_cache import cache_size_bytes
+
+log = logging.getLogger("cskd_lightning")
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override lists of the sweep's jobs that can be known before it starts (see the
+    module), in the order the grid sweeper runs them; one job for a single run."""
+    sweeper = config.hydra.sweeper
+    arguments = [str(o) for o in config.hydra.overrides.task]
+    if str(sweeper.get("_target_", "")) == BASIC_SWEEPER and sweeper.get("params"):
+        arguments = [f"{k}={v}" for k, v in sweeper.params.items()] + arguments
+    axes: dict[str, list[str]] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            axes[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:  # an interval: the search space's, sampled by the sweeper
+            axes.pop(key, None)
+    return [list(job) for job in itertools.product(*axes.values())]
+
+
+def _once(store: dict, key: Any, build: Callable[..., Any], *args: Any) -> Any:
+    """``store[key]``, built by ``build(*args)`` the first time."""
+    if key not in store:
+        store[key] = build(*args)
+    return store[key]
+
+
+def check_job(cfg: DictConfig, direction: Any, built: dict) -> None:
+    """The checks ``cskd-train`` makes before a run trains, less those of its run directory and
+    of a resume; raises the first :class:`InputError`. What several jobs build from the same
+    config node is built once (``built``: the store)."""
+
+    def build(what: str, node: Any, make: Callable[[], Any]) -> Any:
+        plain = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
+        return _once(built, what + stable_hash(plain), make)
+
+    def make_trainer(loggers: list[Any], callbacks: list[Any]) -> Any:
+        kwargs = {"callbacks": [], "logger": False, "enable_checkpointing": False}
+        return build("trainer", cfg.trainer, lambda: hydra.utils.instantiate(cfg.trainer, **kwargs))
+
+    with checks.config_errors():
+        if cfg.get("threads") is not None and int(cfg.threads) < 1:
+            raise InputError(f"threads={cfg.threads}: give 1 or more (or null: auto).")
+        inputs = checks.check_inputs(cfg, make_trainer, build)
+        checks.check_tuning_selection(cfg, checks.selection_of(inputs.datamodule), direction)
+
+
+class SweepCheck(HydraCallback):
+    """Before a ``cskd-train`` multirun starts its first job, compose and check every job that
+    can be known (:func:`sweep_jobs`); a job that would fail ends the sweep with one ``Error:``
+    line naming it (and how many others fail), nothing trained, no sweep directory written."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if kwargs.get("config_name") != "train" or "LOCAL_RANK" in os.environ:
+            return
+        jobs = sweep_jobs(config)
+        quiet_logs()
+        loader = GlobalHydra.instance().config_loader()
+        built: dict[str, Any] = {}
+        failures: list[tuple[int, str]] = []
+        for number, overrides in enumerate(jobs):
+            try:
+                job_cfg = loader.load_sweep_config(config, overrides)
+                job_cfg.paths.output_dir = str(Path(config.hydra.sweep.dir) / str(number))
+                check_job(job_cfg, config.hydra.sweeper.get("direction"), built)
+            except InputError as err:
+                failures.append((number, str(err)))
+            except Exception as err:  # noqa: BLE001 - a composition error, or what the job hits
+                first = (str(err).strip().splitlines() or [""])[0]
+                failures.append((number, f"{type(err).__name__}: {first}"))
+        if not failures:
+            log.info("Checked the %d job(s) of this sweep before the first trains.", len(jobs))
+            return
+        number, message = failures[0]
+        shared = set.intersection(*map(set, jobs))  # not worth repeating per job
+        swept = [o for o in jobs[number] if o not in shared]
+        more = f" ({len(failures) - 1} other job(s) of {len(jobs)} fail their checks too)"
+        where = f"job {number} ({' '.join(swept)})" if swept else "every job of this sweep"
+        text = f"{where}: {message.rstrip('.')}{more if len(failures) > 1 else ''}."
+        exit_with_error(InputError(f"{text} Nothing was trained."))
+
 
 PLAN_KEY = "plan"
 
@@ -84,8 +176,8 @@ class _Composer:
         return working, rest, distill, [o.input_line for o in values]
 
 
+# Where a key=value override can change the teacher or its logit cache.
 TEACHER_KEYS = ("data", "pair", "teacher", "trainer", "seed", "paths")
-"""Where a ``key=value`` override can change the teacher or its logit cache."""
 
 
 def _needs_teacher(cfg: DictConfig) -> bool:
@@ -116,30 +208,22 @@ _data_sizes: dict[str, tuple[int, int, dict[str, Any]] | str] = {}
 
 
 def _data_size(cfg: DictConfig) -> tuple[int, int, dict[str, Any]] | str:
-    """``(N_train, N_eval, augmentation settings)`` of the job's device datamodule (loaded once
-    per distinct data config), or why not."""
-    key = stable_hash([OmegaConf.to_container(cfg.data, resolve=True), cfg.seed])
-    if key not in _data_sizes:
-        try:
-            dm = hydra.utils.instantiate(cfg.data.datamodule)
-            if not hasattr(dm, "split_tensors"):
-                _data_sizes[key] = "needs a device pipeline (data=<name>_device)"
-            else:
-                n = int(dm.split_tensors("train")[0].shape[0])
-                n_eval = sum(
-                    int(t[0].shape[0])
-                    for t in (dm.split_tensors("val"), dm.split_tensors("test"))
-                    if t is not None
-                )
-                _data_sizes[key] = (n, n_eval, dm.augmentation_settings())
-        except Exception as err:  # noqa: BLE001 - the plan reports it; the run would fail
-            _data_sizes[key] = f"the data cannot be read ({type(err).__name__}: {err})"
-    return _data_sizes[key]
+    """``(N_train, N_eval, augmentation settings)`` of the job's device datamodule, or why not."""
+    try:
+        dm = hydra.utils.instantiate(cfg.data.datamodule)
+        if not hasattr(dm, "split_tensors"):
+            return "needs a device pipeline (data=<name>_device)"
+        n_eval = (dm.split_tensors(s) for s in ("val", "test"))
+        n_eval = sum(int(t[0].shape[0]) for t in n_eval if t is not None)
+        return int(dm.split_tensors("train")[0].shape[0]), n_eval, dm.augmentation_settings()
+    except Exception as err:  # noqa: BLE001 - the plan reports it; the run would fail
+        return f"the data cannot be read ({type(err).__name__}: {err})"
 
 
 def _logit_cache(cfg: DictConfig, teacher_path: str, plan: Plan) -> tuple[str, str]:
     """The job's teacher-logit cache, entered in ``plan.caches``: ``(its label, its key)``."""
-    size = _data_size(cfg)
+    data_key = stable_hash([OmegaConf.to_container(cfg.data, resolve=True), cfg.seed])
+    size = _once(_data_sizes, data_key, _data_size, cfg)  # loaded once per data config
     dtype = str(cfg.teacher.get("logit_cache_dtype", "float32"))
     topk = cfg.teacher.get("logit_cache_topk", 10) if dtype == "topk" else None
     name = dtype if topk is None else f"topk{topk}"  # a top-k cache of another k is another
@@ -174,31 +258,22 @@ def _size(value: int | None) -> str:
     return f"{value / 1e3:.1f} kB"
 
 
-def _top_key(override: str) -> str:
-    return override.lstrip("+").split("=")[0].split(".")[0]
-
-
 def make_plan(config: DictConfig) -> Plan:
     """The plan of the run or sweep that ``config`` (with its ``hydra`` node) describes."""
     composer = _Composer(str(config.hydra.job.config_name))
-    plan, known = Plan(), {}
-
-    def once(key: tuple, work: Any, *args: Any) -> Any:  # a teacher's, a cache's: once a sweep
-        if key not in known:
-            known[key] = work(*args)
-        return known[key]
-
+    plan, known = Plan(), {}  # a loss's, a teacher's, a cache's: worked out once a sweep
     for overrides in sweep_jobs(config):
         job = [o for o in overrides if o.split("=")[0].lstrip("+") != PLAN_KEY]
         cfg, groups, distill, values = composer.job(job)
-        relevant = tuple(v for v in values if _top_key(v) in TEACHER_KEYS)
+        top = (v.lstrip("+").split("=")[0].split(".")[0] for v in values)
+        relevant = tuple(v for v, key in zip(values, top, strict=True) if key in TEACHER_KEYS)
         teacher, cache = "no teacher", ""
-        if once(("loss", groups, distill), _needs_teacher, cfg):
-            teacher, path = once(("teacher", groups, relevant), _teacher, cfg, plan)
+        if _once(known, ("loss", groups, distill), _needs_teacher, cfg):
+            teacher, path = _once(known, ("teacher", groups, relevant), _teacher, cfg, plan)
             plan.teachers[path].jobs += 1
             if cfg.teacher.get("logit_cache", False):
                 cache_of = ("cache", groups, distill, relevant)
-                cache, key = once(cache_of, _logit_cache, cfg, path, plan)
+                cache, key = _once(known, cache_of, _logit_cache, cfg, path, plan)
                 plan.caches[key].jobs += 1
         plan.jobs.append((" ".join(job), teacher, cache))
     return plan
