@@ -45,6 +45,7 @@ from cskd_lightning.module_options import (
 )
 from cskd_lightning.step_checks import EpochTerms, InputChecks
 from cskd_lightning.teacher_accuracy import TeacherAccuracy
+from cskd_lightning.teacher_inference import FoldedTeacher
 
 __all__ = ["DistillationModule", "infer_num_classes", "logits_of"]  # the last two: module_options
 
@@ -83,38 +84,27 @@ class DistillationModule(L.LightningModule):
             read each feature role from: ``{"student": {role: [layer, ...]}, "teacher": {...}}``
             (submodule names; ``"fc:input"`` for a submodule's input; see
             :mod:`cskd_lightning.features`). Ignored by the logit losses.
-        fold_teacher_batchnorm: run the teacher's forward on a copy prepared once
-            (:mod:`cskd_lightning.teacher_inference`): each BatchNorm folded into the
-            convolution before it, and under autocast the weights stored in autocast's dtype,
-            so neither costs a kernel launch per step (``resnet32x4``: 116 -> 82 launches).
-            Its logits differ from the plain teacher's by float rounding (~3e-7 relative), so
-            it is off by default and part of the teacher-logit cache's key. Logit methods only
-            (a feature loss reads hooks on the teacher's layers).
+        fold_teacher_batchnorm: run the teacher on a copy prepared once, BatchNorm folded into
+            its convolutions and, under autocast, its weights cast once
+            (:mod:`cskd_lightning.teacher_inference`; logit methods only). Its logits differ by
+            float rounding, so it is off by default and part of the logit cache's key.
 
-    Feature distillation: the named layers are read by forward hooks that exist only during the
-    training step's forwards (the models stay unchanged). In :meth:`setup`, before the optimizer
-    is built, one batch of the datamodule's validation loader runs through both models (eval
-    mode, no gradient) and :meth:`~cskd_lightning.losses.FeatureDistillationLoss.prepare` sizes
-    the loss's trainable modules from the real shapes; they are in :meth:`trainable_modules`,
-    saved in checkpoints (``loss.*``) and not in the student artifact. A loss that
-    ``needs_index`` gets the batches' sample indices (the module switches the datamodule's
-    ``with_indices`` on). The teacher-logit cache cannot serve a feature loss (it holds no
-    features): the combination is refused in :meth:`setup`.
+    Feature distillation (:mod:`cskd_lightning.feature_setup`): hooks read the named layers
+    during the training step's forwards; the loss's modules, sized in :meth:`setup` from one
+    batch, are in :meth:`trainable_modules` and checkpoints (``loss.*``), not in the student
+    artifact. The teacher-logit cache holds no features: the combination is refused.
 
     Mixed precision (``trainer.precision="bf16-mixed"`` / ``"16-mixed"``): Lightning runs
     ``training_step`` / ``validation_step`` under autocast, and both the student and the teacher
     forward happen inside them, so both run in the low precision; the losses upcast the logits
     and compute in float32.
 
-    The teacher is frozen three ways: ``requires_grad_(False)``; kept in eval mode by
-    :meth:`train` (its BatchNorm statistics never move); run under ``torch.no_grad()``. Its
-    tensors are stripped from Lightning checkpoints and re-attached on load.
+    The teacher is frozen three ways: ``requires_grad_(False)``, eval mode kept by :meth:`train`,
+    ``torch.no_grad()``. Its tensors are stripped from checkpoints and re-attached on load.
 
-    Teacher logits from a cache: when :attr:`logit_cache` is set (a
-    :class:`~cskd_lightning.logit_cache.TeacherLogitCache` sets itself there) and a batch carries
-    its sample indices (:class:`~cskd_lightning.data.device.SampleBatch`), :meth:`teacher_logits`
-    takes the teacher's logits from the cache instead of running the teacher, and stores those
-    it computes.
+    Teacher logits from a cache: :meth:`teacher_logits` reads a batch's logits from
+    :attr:`logit_cache` (a :class:`~cskd_lightning.logit_cache.TeacherLogitCache` sets itself
+    there) instead of running the teacher, and stores those it computes.
 
     The teacher's accuracy (``val/teacher_acc``, and ``test/teacher_acc`` with a cache) is
     logged by the :class:`~cskd_lightning.teacher_accuracy.TeacherAccuracy` callback, which
@@ -179,14 +169,8 @@ class DistillationModule(L.LightningModule):
             loss, student, teacher, features, self.compile_models
         )
         self.fold_teacher_batchnorm = bool(fold_teacher_batchnorm)
-        if self.fold_teacher_batchnorm:
-            from cskd_lightning.teacher_inference import check_foldable
-
-            check_foldable(teacher, loss)
+        self.folded_teacher = FoldedTeacher(teacher, loss) if fold_teacher_batchnorm else None
         compile_in_place(self.compile_mode, student, teacher, loss)
-        # The folded teacher, made at its first forward: ((device, dtype), module). Kept out of
-        # the module tree: it is not saved, and it follows the teacher (see forward_teacher).
-        self.__dict__["_folded_teacher"] = None
 
     def _make_metrics(self) -> None:
         top_k = min(5, self.num_classes)
@@ -263,25 +247,14 @@ class DistillationModule(L.LightningModule):
         """Run the frozen teacher without gradient; return its logits ``(B, C)``. With
         ``fold_teacher_batchnorm``, its copy prepared once for this device and autocast dtype
         (:mod:`cskd_lightning.teacher_inference`) runs instead."""
-        assert self.teacher is not None
-        teacher = self._inference_teacher(x.device) if self.fold_teacher_batchnorm else self.teacher
+        teacher = self.teacher
+        assert teacher is not None
+        if self.folded_teacher is not None:
+            teacher = self.folded_teacher.get(
+                teacher, x.device, self.channels_last is True, self.compile_mode
+            )
         with torch.no_grad():
             return logits_of(teacher(self._format_input(x))).detach()
-
-    def _inference_teacher(self, device: torch.device) -> nn.Module:
-        """The folded teacher for ``device`` and the autocast dtype in force, made on first use."""
-        on = torch.is_autocast_enabled(device.type)
-        key = (device, torch.get_autocast_dtype(device.type) if on else None)
-        made = self.__dict__["_folded_teacher"]
-        if made is None or made[0] != key:
-            from cskd_lightning.teacher_inference import inference_teacher
-
-            folded = inference_teacher(self.teacher, *key)
-            if self.channels_last is True:
-                apply_channels_last(folded)
-            compile_in_place(self.compile_mode, folded)
-            made = self.__dict__["_folded_teacher"] = (key, folded)
-        return made[1]
 
     def teacher_logits(self, batch: Any, views: list[Tensor]) -> list[Tensor]:
         """The teacher's logits ``(B, C)`` for each of ``views`` (the batch's views, formatted):
@@ -428,11 +401,9 @@ class DistillationModule(L.LightningModule):
                 self.read_deferred_checks()
 
     def on_fit_start(self) -> None:
-        """Lightning warns about every submodule in eval mode when training starts ("Found N
-        module(s) in eval mode"); the frozen teacher is one on purpose. Its mode flag reads
-        "train" from here until :meth:`on_train_start`, which runs right after that check and
-        before any batch; no teacher forward happens in between (the sanity check's
-        validation switches the whole module to eval, the teacher with it)."""
+        """The frozen teacher reads "train" until :meth:`on_train_start`, so that Lightning's
+        warning about submodules in eval mode (checked in between) does not name it; no
+        teacher forward happens in between."""
         if self.teacher is not None:
             self.teacher.train()
 
@@ -531,7 +502,8 @@ class DistillationModule(L.LightningModule):
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.__dict__["_folded_teacher"] = None  # folded again from the weights loaded
+        if self.folded_teacher is not None:
+            self.folded_teacher.reset()  # folded again from the weights loaded
         state = checkpoint.setdefault("state_dict", {})
         # Checkpoints from before val_acc_best was persistent: start its record afresh.
         for key, value in self.val_acc_best.state_dict(prefix="val_acc_best.").items():

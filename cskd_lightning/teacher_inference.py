@@ -23,15 +23,17 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.fx.experimental.optimization import fuse
 
 from cskd_lightning.errors import InputError
+from cskd_lightning.module_options import apply_channels_last, compile_in_place
 
 
 def fold_batchnorm(teacher: nn.Module) -> nn.Module:
     """A copy of the eval-mode ``teacher`` with every ``Conv -> BatchNorm`` pair folded into one
     convolution (the teacher is not changed). Refuses, in one line, a model ``torch.fx`` cannot
     trace."""
+    from torch.fx.experimental.optimization import fuse
+
     try:
         folded = fuse(teacher.eval(), inplace=False)
     except Exception as error:  # torch.fx raises TraceError, TypeError, ... while tracing
@@ -72,3 +74,36 @@ def inference_teacher(
             if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
                 module.to(dtype)
     return folded
+
+
+class FoldedTeacher:
+    """What ``DistillationModule(fold_teacher_batchnorm=True)`` runs as its teacher: the
+    :func:`inference_teacher` of ``teacher`` for the device and the autocast dtype in force,
+    made at the first forward and again when either changes or after :meth:`reset` (new
+    weights loaded). Not an ``nn.Module``, so the copy is neither saved nor trained."""
+
+    def __init__(self, teacher: nn.Module | None, loss: nn.Module) -> None:
+        check_foldable(teacher, loss)
+        self.key: tuple[torch.device, torch.dtype | None] | None = None
+        self.model: nn.Module | None = None
+
+    def reset(self) -> None:
+        self.key = self.model = None
+
+    def get(
+        self,
+        teacher: nn.Module,
+        device: torch.device,
+        channels_last: bool,
+        compile_mode: str | None,
+    ) -> nn.Module:
+        """The folded copy for ``device`` (channels-last and compiled like the teacher)."""
+        autocast = torch.is_autocast_enabled(device.type)
+        key = (device, torch.get_autocast_dtype(device.type) if autocast else None)
+        if self.model is None or key != self.key:
+            model = inference_teacher(teacher, *key)
+            if channels_last:
+                apply_channels_last(model)
+            compile_in_place(compile_mode, model)
+            self.key, self.model = key, model
+        return self.model

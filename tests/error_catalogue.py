@@ -306,6 +306,12 @@ CASES: list[Case] = [
          "channels_last must be true, false or auto (on with a GPU); got 'yes'. "
          "(config: module.channels_last)",
          run_dir="{files}/new_run_channels_last"),
+    Case("fold_with_features", "`module.fold_teacher_batchnorm=true` with a feature method",
+         ["distill=fitnet", "module.fold_teacher_batchnorm=true"],
+         "FitNetLoss reads the teacher's features through hooks on its layers, which a folded "
+         "copy does not have. Set fold_teacher_batchnorm=False. "
+         "(config: module.fold_teacher_batchnorm)",
+         run_dir="{files}/new_run_fold"),
     Case("run_dir_unfinished", "an unfinished run directory, without `ckpt_path`", [],
          "holds an unfinished run (config.yaml, no summary.json). Resume it with ckpt_path=last",
          run_dir="{unfinished}"),

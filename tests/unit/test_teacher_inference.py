@@ -106,8 +106,9 @@ def test_a_fit_with_the_folded_teacher_trains_on_its_logits():
     assert calls == []  # the folded copy ran, not the teacher
     x = torch.randn(4, 1, 8, 8)
     torch.testing.assert_close(module.forward_teacher(x), _logits(module.teacher(x)))
-    assert "_folded_teacher" not in dict(module.named_modules())
-    assert not any(k.startswith("_folded") for k in module.state_dict())
+    assert module.folded_teacher.model is not None  # made once, kept out of the module tree
+    assert not any(m is module.folded_teacher.model for m in module.modules())
+    assert module.state_dict().keys() == _digits_module().state_dict().keys()
 
 
 def test_feature_methods_refuse_the_fold_in_one_line():
