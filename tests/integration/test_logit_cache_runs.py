@@ -252,3 +252,28 @@ def test_a_topk_cache_is_stored_then_read_by_the_real_command(tmp_path: Path):
         f"train-e000{e}.topk-{part}" for e in (0, 1) for part in ("index", "values")
     ]
     assert (topk_dir / "test.float32").is_file()  # the evaluation splits are stored exact
+
+
+def test_a_folded_teacher_run_trains_and_keys_its_own_cache(tmp_path: Path):
+    """``module.fold_teacher_batchnorm=true`` through the real command: the run trains from the
+    folded teacher and stores its logits under a key that says so (a plain run never reads
+    them: tests/unit/test_teacher_inference.py)."""
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    done = run_cli(
+        [
+            "cskd-train",
+            *TINY,
+            "distill=cskd_cswt",
+            "teacher.logit_cache=true",
+            "module.fold_teacher_batchnorm=true",
+            f"paths.cache_dir={cache}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=tmp_path,
+        **ENV,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert OmegaConf.load(run_dir / "config.yaml").module.fold_teacher_batchnorm is True
+    (meta,) = (cache / "teacher_logits").glob("*/meta.json")
+    assert '"fold_teacher_batchnorm": true' in meta.read_text()
+    assert _status(run_dir) == "miss"
