@@ -14,7 +14,6 @@ The method names are those of ``cskd-train``'s ``distill`` group, with the same 
 from __future__ import annotations
 
 import functools
-import importlib
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import lightning as L
 from torch import nn
 
+from cskd_lightning.dotted_path import import_object
 from cskd_lightning.errors import InputError
 from cskd_lightning.losses import DistillationLoss
 from cskd_lightning.module import DistillationModule
@@ -71,8 +71,7 @@ def methods() -> dict[str, tuple[type[DistillationLoss], dict[str, Any]]]:
     for method in method_names():
         loss = OmegaConf.to_container(_method_config(method).loss, resolve=True)
         assert isinstance(loss, dict)
-        module, _, name = str(loss.pop("_target_")).rpartition(".")
-        table[method] = (getattr(importlib.import_module(module), name), loss)
+        table[method] = (import_object(str(loss.pop("_target_"))), loss)
     return table
 
 

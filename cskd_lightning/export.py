@@ -30,7 +30,6 @@ logits with PyTorch's (``cskd-export`` does both).
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,6 +43,7 @@ from cskd_lightning.checkpoints import (
     describe_mismatch,
     read_checkpoint,
 )
+from cskd_lightning.dotted_path import IMPORT_ERRORS, import_object
 from cskd_lightning.files import save_atomically
 
 __all__ = [
@@ -254,8 +254,8 @@ def save_student(path: str | Path, *args: Any, **kwargs: Any) -> Path:
 
 def build_model(spec: Mapping[str, Any], trust: bool = False) -> nn.Module:
     """An untrained model from the artifact's ``model`` entry. A ``target`` is imported with
-    importlib, whose error fits in the one line of a :class:`CheckpointError` (Hydra's
-    ``get_object`` raises several lines and logs them too). Unless ``trust``, the target must
+    :func:`~cskd_lightning.dotted_path.import_object`, whose error fits in the one line of a
+    :class:`CheckpointError`. Unless ``trust``, the target must
     be an ``nn.Module`` class or a factory of the model zoo: a file that names any other
     callable (``subprocess.run``, ...) would run it, so it is refused."""
     kwargs = dict(spec.get("kwargs", {}))
@@ -267,10 +267,9 @@ def build_model(spec: Mapping[str, Any], trust: bool = False) -> nn.Module:
 
         return create_model(**kwargs)
     target = str(spec["target"])
-    module_name, _, name = target.rpartition(".")
     try:
-        factory = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as err:
+        factory = import_object(target)
+    except IMPORT_ERRORS as err:
         raise CheckpointError(
             f"The student's model factory {target!r} cannot be imported ({err}). Install or put "
             "on PYTHONPATH the package that defines it."

@@ -31,7 +31,6 @@ The torchvision/DataLoader path stays the default; pick this one with ``data=<na
 from __future__ import annotations
 
 import math
-import pydoc
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cskd_lightning.dotted_path import IMPORT_ERRORS, import_object
 from cskd_lightning.errors import InputError
 
 from .base import BaseDataModule, TensorImageDataset
@@ -219,7 +219,12 @@ class DeviceBatchLoader:
 # ------------------------------------------------------------------------------- datamodule
 def _source_class(source: str | type) -> type:
     """The datamodule class ``source`` names (a class, or its ``"module.Class"`` path)."""
-    cls: Any = pydoc.locate(source) if isinstance(source, str) else source
+    cls: Any = source
+    if isinstance(source, str):
+        try:
+            cls = import_object(source)
+        except IMPORT_ERRORS:
+            cls = None
     if cls is None:
         raise InputError(
             f"DeviceDataModule source={source!r} is not an importable class: give its "

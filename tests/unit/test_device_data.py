@@ -336,3 +336,13 @@ def test_resume_at_an_epoch_end_sees_the_same_data(tmp_path):
     _, resumed = _resume_run(tmp_path / "b", epochs=2, ckpt=str(path))
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_a_source_named_by_its_dotted_path_is_imported_or_refused_in_one_line():
+    dm = DeviceDataModule("cskd_lightning.data.DigitsDataModule", batch_size=64)
+    assert type(dm.source) is DigitsDataModule and dm.source.batch_size == 64
+    for bad in ("no_such_package.Module", "cskd_lightning.data.NoSuchModule", "Digits"):
+        with pytest.raises(InputError, match=re.escape(f"source={bad!r} is not an importable")):
+            DeviceDataModule(bad)
+    with pytest.raises(InputError, match="is not a BaseDataModule"):
+        DeviceDataModule("cskd_lightning.losses.CSKDLoss")
