@@ -87,9 +87,11 @@ class CSKDFullLoss(TwoViewLoss):
         strong = terms["cs_strong"] + terms["cs_cswt_strong"]
         ce = terms["ce_weak"] + terms["ce_strong"]
         loss = self.ce_weight * ce + self.kd_weight * (self.weak_weight * weak.sum() + strong)
+        t_min, t_max = torch.aminmax(temps)
         return {
             "loss": loss,
             **terms,
             "cswt_t_mean": t_means[1],
-            **dict(zip(("cswt_t_min", "cswt_t_max"), torch.aminmax(temps), strict=True)),
+            "cswt_t_min": t_min,
+            "cswt_t_max": t_max,
         }

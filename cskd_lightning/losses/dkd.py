@@ -90,7 +90,6 @@ class DKDLoss(DistillationLoss):
             zs, zt = standardize_logits(zs), standardize_logits(zt)
         tckd, nckd = dkd_terms(zs, zt, targets, self.temperature)
         factor = self._warmup.to(ce.dtype)
-        kd = weighted_sum((self.alpha, tckd), (self.beta, nckd))
-        kd = kd if self.kd_weight == 1.0 else self.kd_weight * kd
+        kd = weighted_sum((self.kd_weight, weighted_sum((self.alpha, tckd), (self.beta, nckd))))
         loss = weighted_sum((self.ce_weight, ce)) + factor * kd
         return {"loss": loss, "ce": ce, "tckd": tckd, "nckd": nckd, "dkd_warmup": factor}

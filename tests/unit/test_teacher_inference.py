@@ -54,6 +54,9 @@ def test_folding_keeps_the_logits_and_leaves_no_batchnorm_and_the_teacher_unchan
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(p.requires_grad for p in folded.parameters())
+    teacher.train()  # a teacher in train mode (the application's, before it trains) stays so
+    fold_batchnorm(teacher)
+    assert teacher.training and all(m.training for m in teacher.modules())
 
 
 def test_a_model_torch_fx_cannot_trace_is_refused_in_one_line():
