@@ -76,8 +76,16 @@ def relevant_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+ADDED_KEYS = {"module.fold_teacher_batchnorm": False, "teacher.logit_cache_topk": 10}
+"""Keys added to the config after runs were made, with the value under which a run does what
+those runs did (a top-k size is unused without a top-k cache, which they could not have): a
+saved config without the key reads as having that value, so an older run still resumes."""
+
+
 def diff_configs(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """``"key: saved -> now"`` for every key that differs (``<absent>`` where missing)."""
+    """``"key: saved -> now"`` for every key that differs (``<absent>`` where missing; a key of
+    :data:`ADDED_KEYS` missing from ``saved`` reads as its old-behaviour value)."""
+    saved = {**{k: v for k, v in ADDED_KEYS.items() if k in now}, **saved}
     pairs = ((k, saved.get(k, "<absent>"), now.get(k, "<absent>")) for k in sorted({*saved, *now}))
     return [f"{k}: {a!r} -> {b!r}" for k, a, b in pairs if a != b]
 

@@ -260,3 +260,16 @@ def test_the_sweep_check_knows_every_job_of_a_grid_and_the_choices_of_an_optuna_
         ["hparams_search=optuna", "seed=0"],
         ["hparams_search=optuna", "seed=1"],
     ]
+
+
+def test_a_run_saved_before_a_key_was_added_still_has_the_same_settings(tmp_path: Path) -> None:
+    """A run directory written before ``module.fold_teacher_batchnorm`` (or the top-k size)
+    existed resumes with today's defaults; turning the new option on is still a change."""
+    from cskd_lightning.app.run_dir import ADDED_KEYS, diff_configs, relevant_config
+
+    now = relevant_config(compose_train([], tmp_path))
+    assert set(ADDED_KEYS) <= set(now)
+    older = {k: v for k, v in now.items() if k not in ADDED_KEYS}
+    assert diff_configs(older, now) == []
+    folded = relevant_config(compose_train(["module.fold_teacher_batchnorm=true"], tmp_path))
+    assert diff_configs(older, folded) == ["module.fold_teacher_batchnorm: False -> True"]
