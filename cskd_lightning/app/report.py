@@ -223,15 +223,21 @@ NOT_DRAWN = {
 }
 
 
-def run_values(run: Run) -> dict[str, Any]:
-    """One run's :data:`DIGITS` (accuracies as fractions: the summary's, else ``metrics.csv``'s;
-    the 1-based epoch of the first highest ``val/acc``) and :data:`PUBLISHED` values."""
+def run_row(group: str, run: Run) -> dict[str, Any]:
+    """One run's row of :func:`runs_table`, its accuracies as fractions (the summary's, else
+    ``metrics.csv``'s), its best epoch the 1-based epoch of the first highest ``val/acc``."""
     student = {k: v for k, v in run.summary.get("student", {}).items() if v is not None}
     teacher = run.summary.get("teacher", {})
+    data, pair = run.summary.get("data"), run.summary.get("pair")
     val = run.series("val/acc")
     logged = {"best": val.max(), "last": val.iloc[-1]} if len(val) else {}
-    found = published_top1(str(run.summary.get("data")), str(run.summary.get("pair")), run.method)
+    found = published_top1(str(data), str(pair), run.method)
     return {
+        "group": group,
+        "seed": str(run.seed),
+        "selection": str(run.summary.get("selection", "unknown")),
+        "data": f"{data} ({pair})",
+        "path": run.path,
         "teacher test acc (%)": teacher.get("test_acc"),
         "student test acc (%)": student.get("test_acc"),
         "best val acc (%)": student.get("val_acc_best", logged.get("best")),
@@ -248,18 +254,7 @@ def run_values(run: Run) -> dict[str, Any]:
 def runs_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
     """One row per run: group, seed, selection, data (and pair), path, :data:`DIGITS` in display
     units (NaN where unknown), :data:`PUBLISHED`."""
-    rows = [
-        {
-            "group": name,
-            "seed": str(run.seed),
-            "selection": str(run.summary.get("selection", "unknown")),
-            "data": f"{run.summary.get('data')} ({run.summary.get('pair')})",
-            "path": run.path,
-            **run_values(run),
-        }
-        for name, runs in groups.items()
-        for run in runs
-    ]
+    rows = [run_row(name, run) for name, runs in groups.items() for run in runs]
     columns = ["group", "seed", "selection", "data", "path", *DIGITS, *PUBLISHED]
     table = pd.DataFrame(rows, columns=columns)
     numbers = table[list(DIGITS)].apply(pd.to_numeric, errors="coerce")
