@@ -286,6 +286,14 @@ def markdown_table(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def block(*parts: str | list[str]) -> list[str]:
+    """Lines of Markdown: each part (a line, or lines such as a table's), a blank line after it."""
+    lines = []
+    for part in parts:
+        lines += [part, ""] if isinstance(part, str) else [*part, ""]
+    return lines
+
+
 def _one(values: pd.Series) -> Any:
     """The group's single value of a column, NaN when its runs disagree or have none."""
     known = values[values != ""].dropna()
@@ -320,27 +328,22 @@ def published_section(table: pd.DataFrame) -> list[str]:
     if not rows:
         return []
     sources = sorted({row["source"] for row in rows} - {"–"})
-    return [
+    return block(
         "## Against the published numbers",
-        "",
         PUBLISHED_INTRO,
-        "",
-        *markdown_table(pd.DataFrame(rows)),
-        "",
+        markdown_table(pd.DataFrame(rows)),
         "Sources (`cskd_lightning/published.py`; the teachers': the pair configs):",
-        "",
-        *[f"- {key}: {SOURCES[key]}." for key in sources],
-        "",
-    ]
+        [f"- {key}: {SOURCES[key]}." for key in sources],
+    )
 
 
 def results_section(table: pd.DataFrame, group_by: Sequence[str] | None) -> list[str]:
     """The "Results" lines: how the runs are grouped, repeated seeds, a row per group."""
-    lines = ["## Results (mean ± std over seeds)", "", INTRO, ""]
+    lines = block("## Results (mean ± std over seeds)", INTRO)
     if group_by:
         keys = ", ".join(f"`{k}`" for k in group_by)
         text = "(`--group-by`): runs that differ in anything else are averaged together."
-        lines += [f"Grouped by {keys} {text}", ""]
+        lines += block(f"Grouped by {keys} {text}")
     # Runs that differ in something the grouping does not show, or plain repeats.
     repeats = table[table.duplicated(["group", "seed"], keep=False)].groupby("group", sort=False)
     repeated = [
@@ -348,12 +351,8 @@ def results_section(table: pd.DataFrame, group_by: Sequence[str] | None) -> list
         for name, rows in repeats
     ]
     if repeated:
-        lines += [
-            "**Repeated seeds** (these runs differ in something not shown, or are repeats):",
-            "",
-            *repeated,
-            "",
-        ]
+        title = "**Repeated seeds** (these runs differ in something not shown, or are repeats):"
+        lines += block(title, repeated)
     results = table.groupby("group", sort=False).agg(
         seeds=("seed", lambda s: f"{len(s)} ({', '.join(s)})"),
         selection=("selection", lambda s: ", ".join(sorted(set(s)))),
@@ -361,7 +360,7 @@ def results_section(table: pd.DataFrame, group_by: Sequence[str] | None) -> list
     )
     results = results.reset_index().rename(columns={"selection": "selected on"})
     results.insert(0, "method", "`" + results.pop("group") + "`")
-    return lines + markdown_table(results) + [""]
+    return lines + block(markdown_table(results))
 
 
 def runs_section(table: pd.DataFrame, root: Path) -> list[str]:
@@ -375,7 +374,7 @@ def runs_section(table: pd.DataFrame, root: Path) -> list[str]:
             "directory": table["path"].map(lambda path: path.relative_to(root)),
         }
     )
-    return ["## Runs", "", *markdown_table(runs), ""]
+    return block("## Runs", markdown_table(runs))
 
 
 def failed_section(failed: Sequence[FailedJob], root: Path) -> list[str]:
@@ -392,7 +391,7 @@ def failed_section(failed: Sequence[FailedJob], root: Path) -> list[str]:
         }
         for job in failed
     ]
-    return ["## Failed jobs", "", *(markdown_table(pd.DataFrame(rows)) if rows else ["None."]), ""]
+    return block("## Failed jobs", markdown_table(pd.DataFrame(rows)) if rows else "None.")
 
 
 def render_markdown(
@@ -408,18 +407,18 @@ def render_markdown(
     counts = f"{len(table)} finished run(s) in {table['group'].nunique()} group(s)"
     counts += f", {len(failed)} failed job(s)" if failed else ""
     counts += f"; data (pair): {datasets}" if datasets else ""
-    lines = [f"# Distillation report: `{root}`", "", counts + ".", ""]
+    lines = block(f"# Distillation report: `{root}`", counts + ".")
     if len(table):
         lines += results_section(table, group_by) + published_section(table)
         lines += runs_section(table, root)
     lines += failed_section(failed, root)
     if plots:
-        lines += ["## Figures", ""]
-        for name in plots:
-            lines += [f"### {CAPTIONS[name]}", "", f"![{name}]({name})", ""]
+        lines += block("## Figures")
+    for name in plots:
+        lines += block(f"### {CAPTIONS[name]}", f"![{name}]({name})")
     missing = [f"- `{name}`: {NOT_DRAWN[name]}." for name in CAPTIONS if name not in plots]
     if missing and len(table):
-        lines += ["Not drawn:", "", *missing, ""]
+        lines += block("Not drawn:", missing)
     return "\n".join(lines)
 
 
