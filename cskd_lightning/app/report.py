@@ -113,9 +113,8 @@ def read_metrics(path: Path) -> pd.DataFrame:
 def read_class_cosine(path: Path, metrics: pd.DataFrame) -> pd.DataFrame | None:
     """The monitor's per-class cosines, epochs x classes (NaN where not logged): the
     ``monitor/class_cos/<j>`` columns, else the ``class_cosine.csv`` written for many classes."""
-    found = metrics.filter(regex=rf"^{CLASS_COS_PREFIX}\d+$").columns
-    cosine = metrics[found].rename(columns=lambda c: int(c.removeprefix(CLASS_COS_PREFIX)))
-    cosine = cosine.dropna(how="all")
+    cosine = metrics.filter(regex=rf"^{CLASS_COS_PREFIX}\d+$").dropna(how="all")
+    cosine = cosine.rename(columns=lambda c: int(c.removeprefix(CLASS_COS_PREFIX)))
     if cosine.empty:
         files = [path / CLASS_COSINE_CSV, *sorted(path.rglob(CLASS_COSINE_CSV))]
         file = next((f for f in files if f.is_file()), None)
@@ -449,10 +448,6 @@ def generate_report(
     return report, runs, failed
 
 
-def comma_list(text: str) -> list[str]:
-    return [key.strip() for key in text.split(",") if key.strip()]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``cskd-report`` console script: 0, 1 when every job failed, 2 on a bad input."""
     parser = argparse.ArgumentParser(
@@ -465,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write the report (default: DIR)")
     parser.add_argument(
         "--group-by",
-        type=comma_list,
+        type=lambda text: [key.strip() for key in text.split(",") if key.strip()],
         help="comma-separated keys to group runs by, instead of every override that differs: "
         "override keys (e.g. distill.loss.temperature) or method, data, pair, selection",
     )
