@@ -151,18 +151,17 @@ def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> di
     differs between the runs and is not :func:`never_grouped`; or by the keys ``group_by``
     (overrides or :data:`SUMMARY_KEYS`). Groups in the order found, runs sorted by seed."""
     known = {k for r in runs for k in r.overrides}
-    for key in group_by or ():
+    keys = list(group_by or ())
+    for key in keys:
         if key not in SUMMARY_KEYS and key not in known:
             raise InputError(
                 f"--group-by {key}: no run has this override and it is none of "
                 f"{', '.join(SUMMARY_KEYS)}; the runs' overrides are "
                 f"{', '.join(sorted(known)) or '(none)'}."
             )
-    if group_by:
-        keys = list(group_by)
-    else:
+    if not keys:
         several_data = len({(r.summary.get("data"), r.summary.get("pair")) for r in runs}) > 1
-        keys = ["method", *(["data", "pair"] if several_data else [])]
+        keys += ["method", *(["data", "pair"] if several_data else [])]
         varying = (k for k in sorted(known) if len({r.overrides.get(k) for r in runs}) > 1)
         keys += [k for k in varying if not never_grouped(k)]
 
