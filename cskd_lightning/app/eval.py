@@ -12,7 +12,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from cskd_lightning.app import run_dir as run_files
 from cskd_lightning.app.checks import DATA_KEYS, config_errors
@@ -46,9 +46,9 @@ def find_run_checkpoint(run_dir: Path) -> Path:
     if last.is_file():
         for key, state in read_checkpoint(last).get("callbacks", {}).items():
             if "ModelCheckpoint" in key and isinstance(state, dict) and state.get("monitor"):
-                best = state.get("best_model_path")
-                if best and (last.parent / Path(str(best)).name).is_file():
-                    return last.parent / Path(str(best)).name
+                best = last.parent / Path(str(state.get("best_model_path") or "")).name
+                if best.is_file():  # no best yet: "" names the folder
+                    return best
         return last
     if (run_dir / run_files.STUDENT).is_file():
         return run_dir / run_files.STUDENT
@@ -89,9 +89,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
     metrics = {k: to_float(v) for k, v in (results[0] if results else {}).items()}
     write_json(run_dir / run_files.EVAL_METRICS, {"checkpoint": str(ckpt), **metrics})
-    table = Table(title=f"{run_cfg.pair.student.model.name} on the test set", min_width=40)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    title = f"{run_cfg.pair.student.model.name} on the test set"
+    table = Table("metric", Column("value", justify="right"), title=title, min_width=40)
     for name, value in metrics.items():
         shown = "-" if value is None else f"{100 * value:.2f}%" if "acc" in name else f"{value:.4f}"
         table.add_row(f"test {name.removeprefix('test/').replace('_', ' ')}", shown)

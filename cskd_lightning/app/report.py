@@ -72,19 +72,18 @@ def find_runs(root: Path) -> tuple[list[Run], list[FailedJob]]:
     """Every run and failed job under ``root``, sorted by directory."""
     root = Path(root)
     runs = [read_run(p.parent) for p in sorted(root.rglob(SUMMARY))]
-    failed = {r.path: None for r in runs}
+    errors: dict[Path, str | None] = {run.path: None for run in runs}  # None: no failure
     for path in sorted(root.rglob(ERROR)):
-        if path.parent not in failed:
-            lines = path.read_text(errors="replace").strip().splitlines()
-            failed[path.parent] = lines[-1].strip() if lines else "(empty error.txt)"
+        lines = path.read_text(errors="replace").strip().splitlines()
+        errors.setdefault(path.parent, lines[-1].strip() if lines else "(empty error.txt)")
     # A job killed before its end (SIGKILL, out of memory, a time limit) left no error.txt.
     for path in sorted(root.rglob(EXIT)):
         reason = failure(read_exit_record(path.parent) or {"status": "ok"})
-        if path.parent not in failed and reason is not None:
-            if reason == NOT_FINISHED:
-                reason += ": no summary.json, no error.txt"
-            failed[path.parent] = reason
-    jobs = [FailedJob(p, e, read_overrides(p)) for p, e in failed.items() if e is not None]
+        if reason == NOT_FINISHED:
+            reason += ": no summary.json, no error.txt"
+        if reason is not None:
+            errors.setdefault(path.parent, reason)
+    jobs = [FailedJob(p, e, read_overrides(p)) for p, e in errors.items() if e is not None]
     return runs, sorted(jobs, key=lambda job: job.path)
 
 
@@ -92,8 +91,7 @@ def read_run(path: Path) -> Run:
     """Read one run directory: ``summary.json``, ``metrics.csv`` and the per-class cosines."""
     summary = json.loads((path / SUMMARY).read_text())
     metrics = read_metrics(path / METRICS_FILE)
-    overrides = summary.get("overrides")
-    overrides = read_overrides(path, overrides if isinstance(overrides, list) else None)
+    overrides = read_overrides(path, summary.get("overrides"))
     return Run(path, summary, metrics, overrides, read_class_cosine(path, metrics))
 
 
@@ -104,7 +102,7 @@ def read_metrics(path: Path) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path)
     except (FileNotFoundError, pd.errors.EmptyDataError):
-        return pd.DataFrame()
+        frame = pd.DataFrame()
     if "epoch" not in frame:
         return pd.DataFrame()
     frame = frame.apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
@@ -115,9 +113,8 @@ def read_metrics(path: Path) -> pd.DataFrame:
 def read_class_cosine(path: Path, metrics: pd.DataFrame) -> pd.DataFrame | None:
     """The monitor's per-class cosines, epochs x classes (NaN where not logged): the
     ``monitor/class_cos/<j>`` columns, else the ``class_cosine.csv`` written for many classes."""
-    found = metrics.filter(regex=rf"^{CLASS_COS_PREFIX}\d+$").columns
-    columns = {c: int(c[len(CLASS_COS_PREFIX) :]) for c in found}
-    cosine = metrics[list(columns)].rename(columns=columns).dropna(how="all")
+    cosine = metrics.filter(regex=rf"^{CLASS_COS_PREFIX}\d+$").dropna(how="all")
+    cosine = cosine.rename(columns=lambda c: int(c.removeprefix(CLASS_COS_PREFIX)))
     if cosine.empty:
         files = [path / CLASS_COSINE_CSV, *sorted(path.rglob(CLASS_COSINE_CSV))]
         file = next((f for f in files if f.is_file()), None)
@@ -132,10 +129,10 @@ def read_class_cosine(path: Path, metrics: pd.DataFrame) -> pd.DataFrame | None:
     )
 
 
-def read_overrides(path: Path, items: list[Any] | None = None) -> dict[str, str]:
-    """The run's overrides (``items``, else ``.hydra/overrides.yaml``): ``+a.b=1`` -> ``{"a.b":
-    "1"}``."""
-    if items is None:
+def read_overrides(path: Path, items: Any = None) -> dict[str, str]:
+    """The run's overrides (``items`` when a list, else ``.hydra/overrides.yaml``): ``+a.b=1``
+    -> ``{"a.b": "1"}``."""
+    if not isinstance(items, list):
         try:
             items = OmegaConf.to_container(OmegaConf.load(path / OVERRIDES))
         except Exception:  # noqa: BLE001 - none, or damaged: only the label's detail is lost
@@ -154,18 +151,17 @@ def group_runs(runs: Sequence[Run], group_by: Sequence[str] | None = None) -> di
     differs between the runs and is not :func:`never_grouped`; or by the keys ``group_by``
     (overrides or :data:`SUMMARY_KEYS`). Groups in the order found, runs sorted by seed."""
     known = {k for r in runs for k in r.overrides}
-    if group_by:
-        keys = list(group_by)
-        for key in keys:
-            if key not in SUMMARY_KEYS and key not in known:
-                raise InputError(
-                    f"--group-by {key}: no run has this override and it is none of "
-                    f"{', '.join(SUMMARY_KEYS)}; the runs' overrides are "
-                    f"{', '.join(sorted(known)) or '(none)'}."
-                )
-    else:
+    keys = list(group_by or ())
+    for key in keys:
+        if key not in SUMMARY_KEYS and key not in known:
+            raise InputError(
+                f"--group-by {key}: no run has this override and it is none of "
+                f"{', '.join(SUMMARY_KEYS)}; the runs' overrides are "
+                f"{', '.join(sorted(known)) or '(none)'}."
+            )
+    if not keys:
         several_data = len({(r.summary.get("data"), r.summary.get("pair")) for r in runs}) > 1
-        keys = ["method", *(["data", "pair"] if several_data else [])]
+        keys += ["method", *(["data", "pair"] if several_data else [])]
         varying = (k for k in sorted(known) if len({r.overrides.get(k) for r in runs}) > 1)
         keys += [k for k in varying if not never_grouped(k)]
 
@@ -225,27 +221,27 @@ NOT_DRAWN = {
 }
 
 
-def run_values(run: Run) -> dict[str, Any]:
-    """One run's :data:`DIGITS` (accuracies as fractions: the summary's, else ``metrics.csv``'s;
-    the 1-based epoch of the first highest ``val/acc``) and :data:`PUBLISHED` values."""
-    student, teacher = run.summary.get("student", {}), run.summary.get("teacher", {})
+def run_row(group: str, run: Run) -> dict[str, Any]:
+    """One run's row of :func:`runs_table`, its accuracies as fractions (the summary's, else
+    ``metrics.csv``'s), its best epoch the 1-based epoch of the first highest ``val/acc``."""
+    student = {k: v for k, v in run.summary.get("student", {}).items() if v is not None}
+    teacher = run.summary.get("teacher", {})
+    data, pair = run.summary.get("data"), run.summary.get("pair")
     val = run.series("val/acc")
-    best = last = best_epoch = epochs = None
-    if not val.empty:
-        best, last = val.max(), val.iloc[-1]
-        best_epoch, epochs = val.idxmax() + 1, val.index[-1] + 1
-    found = published_top1(str(run.summary.get("data")), str(run.summary.get("pair")), run.method)
+    logged = {"best": val.max(), "last": val.iloc[-1]} if len(val) else {}
+    found = published_top1(str(data), str(pair), run.method)
     return {
+        "group": group,
+        "seed": str(run.seed),
+        "selection": str(run.summary.get("selection", "unknown")),
+        "data": f"{data} ({pair})",
+        "path": run.path,
         "teacher test acc (%)": teacher.get("test_acc"),
         "student test acc (%)": student.get("test_acc"),
-        "best val acc (%)": best
-        if student.get("val_acc_best") is None
-        else student["val_acc_best"],
-        "last-epoch val acc (%)": last
-        if student.get("val_acc_last") is None
-        else student["val_acc_last"],
-        "best epoch": best_epoch,
-        "epochs": epochs,
+        "best val acc (%)": student.get("val_acc_best", logged.get("best")),
+        "last-epoch val acc (%)": student.get("val_acc_last", logged.get("last")),
+        "best epoch": val.idxmax() + 1 if len(val) else None,
+        "epochs": val.index[-1] + 1 if len(val) else None,
         "wall time (s)": run.summary.get("wall_time_s"),
         "published student (%)": found.top1 if found else np.nan,
         "published source": found.source if found else "",
@@ -256,18 +252,7 @@ def run_values(run: Run) -> dict[str, Any]:
 def runs_table(groups: dict[str, list[Run]]) -> pd.DataFrame:
     """One row per run: group, seed, selection, data (and pair), path, :data:`DIGITS` in display
     units (NaN where unknown), :data:`PUBLISHED`."""
-    rows = [
-        {
-            "group": name,
-            "seed": str(run.seed),
-            "selection": str(run.summary.get("selection", "unknown")),
-            "data": f"{run.summary.get('data')} ({run.summary.get('pair')})",
-            "path": run.path,
-            **run_values(run),
-        }
-        for name, runs in groups.items()
-        for run in runs
-    ]
+    rows = [run_row(name, run) for name, runs in groups.items() for run in runs]
     columns = ["group", "seed", "selection", "data", "path", *DIGITS, *PUBLISHED]
     table = pd.DataFrame(rows, columns=columns)
     numbers = table[list(DIGITS)].apply(pd.to_numeric, errors="coerce")
@@ -299,6 +284,14 @@ def markdown_table(frame: pd.DataFrame) -> list[str]:
     return lines
 
 
+def block(*parts: str | list[str]) -> list[str]:
+    """Lines of Markdown: each part (a line, or lines such as a table's), a blank line after it."""
+    lines = []
+    for part in parts:
+        lines += [part, ""] if isinstance(part, str) else [*part, ""]
+    return lines
+
+
 def _one(values: pd.Series) -> Any:
     """The group's single value of a column, NaN when its runs disagree or have none."""
     known = values[values != ""].dropna()
@@ -313,10 +306,9 @@ def published_section(table: pd.DataFrame) -> list[str]:
     """The "Against the published numbers" lines: a row per group with a published number."""
     rows = []
     for name, runs in table.groupby("group", sort=False):
-        student, teacher = _one(runs["published student (%)"]), _one(runs["published teacher (%)"])
+        student, source, teacher = (_one(runs[column]) for column in PUBLISHED)
         if pd.isna(student) and pd.isna(teacher):
             continue
-        source = _one(runs["published source"])
         ours, ours_teacher = runs["student test acc (%)"], runs["teacher test acc (%)"]
         rows.append(
             {
@@ -333,23 +325,71 @@ def published_section(table: pd.DataFrame) -> list[str]:
         )
     if not rows:
         return []
-    used = sorted({r["source"] for r in rows if r["source"] != "–"})
-    return [
+    sources = sorted({row["source"] for row in rows} - {"–"})
+    return block(
         "## Against the published numbers",
-        "",
         PUBLISHED_INTRO,
-        "",
-        *markdown_table(pd.DataFrame(rows)),
-        "",
+        markdown_table(pd.DataFrame(rows)),
         "Sources (`cskd_lightning/published.py`; the teachers': the pair configs):",
-        "",
-        *[f"- {key}: {SOURCES[key]}." for key in used],
-        "",
+        [f"- {key}: {SOURCES[key]}." for key in sources],
+    )
+
+
+def results_section(table: pd.DataFrame, group_by: Sequence[str] | None) -> list[str]:
+    """The "Results" lines: how the runs are grouped, repeated seeds, a row per group."""
+    lines = block("## Results (mean ± std over seeds)", INTRO)
+    if group_by:
+        keys = ", ".join(f"`{k}`" for k in group_by)
+        text = "(`--group-by`): runs that differ in anything else are averaged together."
+        lines += block(f"Grouped by {keys} {text}")
+    # Runs that differ in something the grouping does not show, or plain repeats.
+    repeats = table[table.duplicated(["group", "seed"], keep=False)].groupby("group", sort=False)
+    repeated = [
+        f"- `{name}`: seed {', '.join(sorted(set(rows['seed'])))} more than once"
+        for name, rows in repeats
     ]
+    if repeated:
+        title = "**Repeated seeds** (these runs differ in something not shown, or are repeats):"
+        lines += block(title, repeated)
+    results = table.groupby("group", sort=False).agg(
+        seeds=("seed", lambda s: f"{len(s)} ({', '.join(s)})"),
+        selection=("selection", lambda s: ", ".join(sorted(set(s)))),
+        **{col: (col, lambda s, d=d: mean_std(s, d)) for col, d in DIGITS.items()},
+    )
+    results = results.reset_index().rename(columns={"selection": "selected on"})
+    results.insert(0, "method", "`" + results.pop("group") + "`")
+    return lines + block(markdown_table(results))
 
 
-def _relative(path: Path, root: Path) -> str:
-    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+def runs_section(table: pd.DataFrame, root: Path) -> list[str]:
+    """The "Runs" lines: a row per run, its own values and its directory under ``root``."""
+    runs = pd.DataFrame(
+        {
+            "method": "`" + table["group"] + "`",
+            "seed": table["seed"],
+            "selected on": table["selection"],
+            **{col: table[col].map(lambda v, d=d: number(v, d)) for col, d in DIGITS.items()},
+            "directory": table["path"].map(lambda path: path.relative_to(root)),
+        }
+    )
+    return block("## Runs", markdown_table(runs))
+
+
+def failed_section(failed: Sequence[FailedJob], root: Path) -> list[str]:
+    """The "Failed jobs" lines: a row per job, its error and the overrides that tell it apart."""
+    rows = [
+        {
+            "directory": job.path.relative_to(root),
+            "error (last line of error.txt)": f"`{job.error}`",
+            "overrides": " ".join(
+                f"`{k}={v}`"
+                for k, v in job.overrides.items()
+                if not never_grouped(k) or k in ("seed", "distill")
+            ),
+        }
+        for job in failed
+    ]
+    return block("## Failed jobs", markdown_table(pd.DataFrame(rows)) if rows else "None.")
 
 
 def render_markdown(
@@ -359,112 +399,41 @@ def render_markdown(
     plots: Sequence[str],
     group_by: Sequence[str] | None = None,
 ) -> str:
-    """The text of ``report.md``; ``plots``: the figures drawn, of :data:`CAPTIONS`."""
-    datasets = sorted(set(table["data"]))
-    lines = [
-        f"# Distillation report: `{root}`",
-        "",
-        f"{len(table)} finished run(s) in {table['group'].nunique()} group(s)"
-        + (f", {len(failed)} failed job(s)" if failed else "")
-        + (f"; data (pair): {', '.join(datasets)}" if datasets else "")
-        + ".",
-        "",
-    ]
+    """The text of ``report.md`` on the runs under ``root``; ``plots``: the figures drawn, of
+    :data:`CAPTIONS`."""
+    datasets = ", ".join(sorted(set(table["data"])))
+    counts = f"{len(table)} finished run(s) in {table['group'].nunique()} group(s)"
+    counts += f", {len(failed)} failed job(s)" if failed else ""
+    counts += f"; data (pair): {datasets}" if datasets else ""
+    lines = block(f"# Distillation report: `{root}`", counts + ".")
     if len(table):
-        lines += ["## Results (mean ± std over seeds)", "", INTRO, ""]
-        if group_by:
-            keys = ", ".join(f"`{k}`" for k in group_by)
-            lines += [
-                f"Grouped by {keys} (`--group-by`): runs that differ in anything else are "
-                "averaged together.",
-                "",
-            ]
-        # Runs that differ in something the grouping does not show, or plain repeats.
-        repeats = table[table.duplicated(["group", "seed"], keep=False)]
-        repeats = repeats.groupby("group", sort=False)
-        if len(repeats):
-            lines += [
-                "**Repeated seeds** (these runs differ in something not shown, or are repeats):",
-                "",
-                *[
-                    f"- `{name}`: seed {', '.join(sorted(set(rows['seed'])))} more than once"
-                    for name, rows in repeats
-                ],
-                "",
-            ]
-        results = table.groupby("group", sort=False).agg(
-            seeds=("seed", lambda s: f"{len(s)} ({', '.join(s)})"),
-            selection=("selection", lambda s: ", ".join(sorted(set(s)))),
-            **{col: (col, lambda s, d=d: mean_std(s, d)) for col, d in DIGITS.items()},
-        )
-        results = results.reset_index().rename(columns={"selection": "selected on"})
-        results.insert(0, "method", "`" + results.pop("group") + "`")
-        lines += markdown_table(results) + [""]
-        lines += published_section(table)
-        runs = pd.DataFrame(
-            {
-                "method": "`" + table["group"] + "`",
-                "seed": table["seed"],
-                "selected on": table["selection"],
-                **{col: table[col].map(lambda v, d=d: number(v, d)) for col, d in DIGITS.items()},
-                "directory": table["path"].map(lambda p: _relative(p, root)),
-            }
-        )
-        lines += ["## Runs", "", *markdown_table(runs), ""]
-
-    lines += ["## Failed jobs", ""]
-    if failed:
-        jobs = pd.DataFrame(
-            {
-                "directory": [_relative(job.path, root) for job in failed],
-                "error (last line of error.txt)": [f"`{job.error}`" for job in failed],
-                "overrides": [
-                    " ".join(
-                        f"`{k}={v}`"
-                        for k, v in job.overrides.items()
-                        if not never_grouped(k) or k in ("seed", "distill")
-                    )
-                    for job in failed
-                ],
-            }
-        )
-        lines += markdown_table(jobs)
-    else:
-        lines.append("None.")
-    lines.append("")
+        lines += results_section(table, group_by) + published_section(table)
+        lines += runs_section(table, root)
+    lines += failed_section(failed, root)
     if plots:
-        lines += ["## Figures", ""]
-        for name in plots:
-            lines += [f"### {CAPTIONS[name]}", "", f"![{name}]({name})", ""]
-    missing = [p for p in CAPTIONS if p not in plots]
+        lines += block("## Figures")
+    for name in plots:
+        lines += block(f"### {CAPTIONS[name]}", f"![{name}]({name})")
+    missing = [f"- `{name}`: {NOT_DRAWN[name]}." for name in CAPTIONS if name not in plots]
     if missing and len(table):
-        lines += ["Not drawn:", "", *[f"- `{p}`: {NOT_DRAWN[p]}." for p in missing], ""]
+        lines += block("Not drawn:", missing)
     return "\n".join(lines)
-
-
-class NoRunsError(MissingInputError):
-    """The directory holds no run (no ``summary.json``) and no failed job."""
 
 
 def generate_report(
     root: Path, out: Path | None = None, group_by: Sequence[str] | None = None
-) -> Path:
-    """Read every run under ``root``; write ``report.md`` and the plots into ``out``/``root``;
-    return its path. :class:`NoRunsError`: no run, no failed job."""
-    return _generate(root, out, group_by)[0]
-
-
-def _generate(
-    root: Path, out: Path | None, group_by: Sequence[str] | None = None
 ) -> tuple[Path, list[Run], list[FailedJob]]:
-    from cskd_lightning.app.report_plots import draw_plots
+    """Read every run under ``root``; write ``report.md`` and the plots into ``out`` (default:
+    ``root``). Returns the report's path, the runs and the failed jobs;
+    :class:`~cskd_lightning.errors.MissingInputError` when there is neither."""
+    from cskd_lightning.app.report_plots import draw_plots  # it imports Run from here
 
     root = Path(root).resolve()
     if not root.is_dir():
-        raise NoRunsError(f"{root} is not a directory.")
+        raise MissingInputError(f"{root} is not a directory.")
     runs, failed = find_runs(root)
     if not runs and not failed:
-        raise NoRunsError(
+        raise MissingInputError(
             f"No runs under {root}: no summary.json (written by cskd-train at the end of each "
             "run) and no error.txt (a failed job) in it or below it. Point cskd-report at a run "
             "directory or a multirun directory."
@@ -490,14 +459,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write the report (default: DIR)")
     parser.add_argument(
         "--group-by",
-        default=None,
+        type=lambda text: [key.strip() for key in text.split(",") if key.strip()],
         help="comma-separated keys to group runs by, instead of every override that differs: "
         "override keys (e.g. distill.loss.temperature) or method, data, pair, selection",
     )
     args = parser.parse_args(argv)
-    group_by = [k.strip() for k in args.group_by.split(",") if k.strip()] if args.group_by else None
     try:
-        report, runs, failed = _generate(args.dir, args.out, group_by)
+        report, runs, failed = generate_report(args.dir, args.out, args.group_by)
     except InputError as err:
         print(f"Error: {err}", file=sys.stderr)
         return 2

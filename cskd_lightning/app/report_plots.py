@@ -24,6 +24,17 @@ TEMPERATURES = {
     },
     "loss": {"mean": "train/cswt_t_mean", "low": "train/cswt_t_min", "high": "train/cswt_t_max"},
 }
+TEMPERATURES_TITLE = (
+    "CSWT temperatures per training epoch: each sample's softmax temperature T_i, from t_low "
+    "(default 2: the sample where the student agrees most with the teacher) to t_high (default "
+    "6: the least); averaged over seeds"
+)
+CLASS_COSINE_TITLE = (
+    "Per-class cosine between student and teacher batch predictions, cos(P_s[:, j], P_t[:, j]) "
+    "at the loss's temperature, averaged over each epoch's training batches (1 = the student "
+    "spreads class j over the batch exactly like the teacher)"
+)
+HEATMAP = {"aspect": "auto", "origin": "lower", "cmap": "viridis", "interpolation": "nearest"}
 
 
 def _figure(panels: int, sharey: bool = True):
@@ -40,25 +51,25 @@ def _figure(panels: int, sharey: bool = True):
     return fig, list(axes[:panels]), width / cols
 
 
-def _save(fig, path: Path, title: str | None = None) -> bool:
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    return True
-
-
 def _wrap(text: str, inches: float) -> str:
     return "\n".join(textwrap.wrap(text, width=max(20, int(inches * 9))))
 
 
+def _save(fig, path: Path, title: str | None = None) -> bool:
+    """Write ``fig`` as a PNG, ``title`` (wrapped to the figure's width) on top."""
+    if title:
+        fig.suptitle(_wrap(title, fig.get_figwidth()))
+    fig.savefig(path, dpi=120)
+    return True
+
+
 def plot_val_acc(groups: dict[str, list[Run]], path: Path) -> bool:
     """Validation accuracy per epoch per group: mean over seeds, ± 1 std band."""
-    curves = {  # index the epoch, one column per run that logged it
-        name: 100
-        * pd.DataFrame({r.path: r.series("val/acc") for r in runs if "val/acc" in r.metrics})
-        for name, runs in groups.items()
-    }
-    curves = {name: acc for name, acc in curves.items() if acc.notna().any(axis=None)}
+    curves = {}  # per group: index the epoch, one column per run that logged it
+    for name, runs in groups.items():
+        acc = pd.DataFrame({r.path: r.series("val/acc") for r in runs}).dropna(axis=1, how="all")
+        if not acc.empty:
+            curves[name] = 100 * acc
     if not curves:
         return False
     fig, (ax,), _ = _figure(1)
@@ -124,15 +135,7 @@ def plot_temperatures(groups: dict[str, list[Run]], path: Path) -> bool:
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     axes[0].set_ylabel("per-sample temperature T_i (unitless)")
-    title = (
-        "CSWT temperatures per training epoch: each sample's softmax temperature T_i, from "
-        "t_low (default 2: the sample where the student agrees most with the teacher) to "
-        "t_high (default 6: the least); averaged over seeds"
-    )
-    return _save(fig, path, _wrap(title, panel_width * len(axes[:3])))
-
-
-HEATMAP = {"aspect": "auto", "origin": "lower", "cmap": "viridis", "interpolation": "nearest"}
+    return _save(fig, path, TEMPERATURES_TITLE)
 
 
 def plot_class_cosine(groups: dict[str, list[Run]], path: Path) -> bool:
@@ -160,13 +163,7 @@ def plot_class_cosine(groups: dict[str, list[Run]], path: Path) -> bool:
         if classes <= 20:
             ax.set_xticks(range(classes))
     fig.colorbar(image, ax=axes, label="cosine (unitless, at most 1)", shrink=0.9)
-    title = (
-        "Per-class cosine between student and teacher batch predictions, "
-        "cos(P_s[:, j], P_t[:, j]) at the loss's temperature, averaged over each epoch's "
-        "training batches (1 = the student spreads class j over the batch exactly like "
-        "the teacher)"
-    )
-    return _save(fig, path, _wrap(title, panel_width * len(axes[:3])))
+    return _save(fig, path, CLASS_COSINE_TITLE)
 
 
 PLOTS = {
