@@ -57,7 +57,6 @@ def check_inputs(
     data, models = cfg.data.datamodule, cfg.pair
     datamodule = build("data", data, lambda: hydra.utils.instantiate(data))
     loss = hydra.utils.instantiate(cfg.distill.loss)
-    check_batch_for_loss(cfg, loss)
     student = build(
         "student", models.student.model, lambda: hydra.utils.instantiate(models.student.model)
     )
@@ -65,13 +64,13 @@ def check_inputs(
     features = feature_layers(cfg, loss)  # a feature method: the pair's layers, checked
     teacher_node = [models.teacher.model, cfg.teacher.get("ckpt_path")]
     teacher = build("teacher", teacher_node, lambda: build_teacher(cfg))
-    if (cfg.get("module") or {}).get("fold_teacher_batchnorm", False):
+    if cfg.module.get("fold_teacher_batchnorm", False):
         from cskd_lightning.teacher_inference import check_foldable
 
         with config_keys({"fold_teacher_batchnorm": "module.fold_teacher_batchnorm"}):
             check_foldable(teacher[0], loss)  # before the teacher trains
     logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
-    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "cpu")).lower()
+    accelerator = str(cfg.trainer.get("accelerator", "cpu")).lower()
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise InputError(
             f"trainer.accelerator={accelerator}, but this machine has no GPU that PyTorch can "
@@ -105,10 +104,8 @@ DATA_KEYS = {"num_classes": "data.num_classes"} | {
 def check_data(datamodule: Any) -> bool:
     """Load the data once (the datamodule keeps it); its errors name their config keys."""
     with config_keys(DATA_KEYS):
-        if hasattr(datamodule, "prepare_data"):
-            datamodule.prepare_data()
-        if hasattr(datamodule, "setup"):
-            datamodule.setup("fit")
+        datamodule.prepare_data()
+        datamodule.setup("fit")
     return True
 
 
@@ -169,11 +166,8 @@ class OutputDirCheck(HydraCallback):
     creates it (Hydra's own failure is a traceback)."""
 
     def _check(self, config: DictConfig, key: str) -> None:
-        try:
-            value = OmegaConf.select(config, key)
-        except Exception:  # noqa: BLE001 - an unresolvable dir is Hydra's to report
-            return
-        if not value:
+        value = OmegaConf.select(config, key, throw_on_resolution_failure=False)
+        if not value:  # unset, or unresolvable: Hydra's to report
             return
         path = Path(str(value))
         problem = output_dir_problem(path, note=key == "hydra.run.dir")  # Hydra creates it next
@@ -199,15 +193,14 @@ def config_errors() -> Iterator[None]:
             cause = cause.__cause__
         match = re.search(r"full_key:\s*(\S+)", str(err))
         key = match.group(1) if match else None
-        if not isinstance(cause, InputError):
-            known = _known_instantiation_mistake(err, cause, key)
-            if known is None:
-                raise
-            raise known from err
-        if key and getattr(cause, "key", None):
-            key = f"{key}.{cause.key}"
-        where = f" (config: {key})" if key else ""
-        raise type(cause)(f"{cause}{where}", key=key) from err
+        if isinstance(cause, InputError):
+            key = f"{key}.{cause.key}" if key and cause.key else key
+            where = f" (config: {key})" if key else ""
+            raise type(cause)(f"{cause}{where}", key=key) from err
+        known = _known_instantiation_mistake(err, cause, key)
+        if known is None:
+            raise
+        raise known from err
 
 
 def _known_instantiation_mistake(
@@ -250,8 +243,7 @@ def _known_instantiation_mistake(
 
 
 def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
-    """``data.num_classes``, the datamodule's, the teacher's (its config's) and the student's
-    must agree."""
+    """``data.num_classes``, the datamodule's, the teacher config's and the student's agree."""
     from cskd_lightning.module import infer_num_classes
 
     teacher, pair = cfg.pair.teacher.model.get("num_classes"), cfg.pair
@@ -277,19 +269,14 @@ def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
         )
 
 
-def check_batch_for_loss(cfg: DictConfig, loss: Any) -> None:
-    """A batch-level loss needs a global batch of at least 2 samples."""
-    check_per_process_batch(cfg, loss, 1)
-
-
-def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int) -> None:
+def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int = 1) -> None:
     """A batch-level loss needs 2 samples a batch; without gathering (``gather=false``) in each
     process's own batch."""
     batch = int(cfg.data.datamodule.batch_size)
     if not getattr(loss, "batch_level", False):
         return
     if batch < 2:
-        where = "data.datamodule.batch_size=1"
+        where = f"data.datamodule.batch_size={batch}"
     elif world_size > 1 and not getattr(loss, "gather", True) and batch // world_size < 2:
         where = (
             f"data.datamodule.batch_size={batch} over {world_size} processes is "
@@ -330,8 +317,8 @@ def feature_layers(cfg: DictConfig, loss: Any) -> dict[str, Any] | None:
     return features
 
 
-def check_module_class(cfg: DictConfig) -> type:
-    """``module._target_`` names an importable subclass of ``DistillationModule``; returns it."""
+def check_module_class(cfg: DictConfig) -> None:
+    """``module._target_`` names an importable subclass of ``DistillationModule``."""
     from cskd_lightning.module import DistillationModule
 
     target = str((cfg.get("module") or {}).get("_target_") or "")
@@ -356,7 +343,6 @@ def check_module_class(cfg: DictConfig) -> type:
         hydra_log.setLevel(level)
     if not (isinstance(cls, type) and issubclass(cls, DistillationModule)):
         raise InputError(f"module._target_={target} is not a DistillationModule subclass. {fix}")
-    return cls
 
 
 def selection_of(datamodule: Any) -> str:
