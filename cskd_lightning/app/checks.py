@@ -128,13 +128,6 @@ def output_dir_problem(path: Path, note: bool = False) -> str | None:
     return None
 
 
-def _dir_error(path: Path, problem: str, key: str) -> UnwritablePathError:
-    return UnwritablePathError(
-        f"Output directory {path} cannot be written: {problem}. Choose a writable location "
-        f"with {key}=<dir> (or paths.log_dir=<dir>)."
-    )
-
-
 _created_dirs: list[Path] = []  # made for this command (deepest first): removed if it fails
 
 
@@ -147,10 +140,11 @@ def remove_created_dirs() -> None:
             _created_dirs.clear()
 
 
-def check_output_dir(path: Path, key: str = "hydra.run.dir") -> None:
-    """Create ``path`` if needed and prove it writable (a temporary file)."""
-    problem = output_dir_problem(path, note=True)
-    if problem is None:
+def check_output_dir(path: Path, key: str = "hydra.run.dir", create: bool = True) -> None:
+    """Refuse ``path`` (what ``key`` sets) unless it can be written; ``create``: create it if
+    needed and prove it writable (a temporary file), else only look (Hydra creates it next)."""
+    problem = output_dir_problem(path, note=key == "hydra.run.dir")
+    if problem is None and create:
         try:
             path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=path):
@@ -158,7 +152,10 @@ def check_output_dir(path: Path, key: str = "hydra.run.dir") -> None:
         except OSError as err:
             problem = f"{type(err).__name__}: {err.strerror or err}"
     if problem is not None:
-        raise _dir_error(path, problem, key)
+        raise UnwritablePathError(
+            f"Output directory {path} cannot be written: {problem}. Choose a writable location "
+            f"with {key}=<dir> (or paths.log_dir=<dir>)."
+        )
 
 
 class OutputDirCheck(HydraCallback):
@@ -167,12 +164,11 @@ class OutputDirCheck(HydraCallback):
 
     def _check(self, config: DictConfig, key: str) -> None:
         value = OmegaConf.select(config, key, throw_on_resolution_failure=False)
-        if not value:  # unset, or unresolvable: Hydra's to report
-            return
-        path = Path(str(value))
-        problem = output_dir_problem(path, note=key == "hydra.run.dir")  # Hydra creates it next
-        if problem is not None:
-            exit_with_error(_dir_error(path, problem, key))
+        if value:  # else unset, or unresolvable: Hydra's to report
+            try:
+                check_output_dir(Path(str(value)), key, create=False)
+            except UnwritablePathError as err:
+                exit_with_error(err)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
