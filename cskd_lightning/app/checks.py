@@ -25,8 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from cskd_lightning.app.jobs import exit_with_error, sweep_direction
 from cskd_lightning.errors import InputError, UnwritablePathError, config_keys
 
-TUNE_ON_TEST_FLAG = "tune_on_test_set=true"
-
 
 @dataclass
 class Inputs:
@@ -358,8 +356,8 @@ def check_tuning_selection(cfg: DictConfig, selection: str, direction: Any = Non
         f"This sweep optimises {cfg.get('optimized_metric')}, but with "
         "data.datamodule.val_split=0 the validation metrics are computed on the TEST set, so "
         "the search would tune on it. Hold out a validation split (e.g. "
-        "data.datamodule.val_split=5000), or pass "
-        f"{TUNE_ON_TEST_FLAG} to tune on the test set knowingly."
+        "data.datamodule.val_split=5000), or pass tune_on_test_set=true to tune on the test set "
+        "knowingly."
     )
 
 
