@@ -240,18 +240,17 @@ def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
     """``data.num_classes``, the datamodule's, the teacher config's and the student's agree."""
     from cskd_lightning.module import infer_num_classes
 
-    teacher, pair = cfg.pair.teacher.model.get("num_classes"), cfg.pair
+    teacher, student_cfg = cfg.pair.teacher.model, cfg.pair.student.model
+    teacher_count = teacher.get("num_classes")
     counts = {
         "data.num_classes": int(cfg.data.num_classes),
         f"the datamodule ({type(datamodule).__name__}).num_classes": (
             getattr(datamodule, "num_classes", None) or None
         ),
-        f"the teacher (pair.teacher.model: {pair.teacher.model.get('name')})": (
-            teacher if isinstance(teacher, int) else None
+        f"the teacher (pair.teacher.model: {teacher.get('name')})": (
+            teacher_count if isinstance(teacher_count, int) else None
         ),
-        f"the student (pair.student.model: {pair.student.model.get('name')})": infer_num_classes(
-            student
-        ),
+        f"the student (pair.student.model: {student_cfg.get('name')})": infer_num_classes(student),
     }
     known = {k: v for k, v in counts.items() if v is not None}
     if len(set(known.values())) > 1:
