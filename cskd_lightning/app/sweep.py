@@ -211,8 +211,8 @@ def _data_size(cfg: DictConfig) -> tuple[int, int, dict[str, Any]] | str:
         dm = hydra.utils.instantiate(cfg.data.datamodule)
         if not hasattr(dm, "split_tensors"):
             return "needs a device pipeline (data=<name>_device)"
-        n_eval = (dm.split_tensors(s) for s in ("val", "test"))
-        n_eval = sum(int(t[0].shape[0]) for t in n_eval if t is not None)
+        evaluated = (dm.split_tensors(split) for split in ("val", "test"))
+        n_eval = sum(int(t[0].shape[0]) for t in evaluated if t is not None)
         return int(dm.split_tensors("train")[0].shape[0]), n_eval, dm.augmentation_settings()
     except Exception as err:  # noqa: BLE001 - the plan reports it; the run would fail
         return f"the data cannot be read ({type(err).__name__}: {err})"
