@@ -25,8 +25,6 @@ from omegaconf import DictConfig, OmegaConf
 from cskd_lightning.app.jobs import exit_with_error, sweep_direction
 from cskd_lightning.errors import InputError, UnwritablePathError, config_keys
 
-TUNE_ON_TEST_FLAG = "tune_on_test_set=true"
-
 
 @dataclass
 class Inputs:
@@ -57,7 +55,6 @@ def check_inputs(
     data, models = cfg.data.datamodule, cfg.pair
     datamodule = build("data", data, lambda: hydra.utils.instantiate(data))
     loss = hydra.utils.instantiate(cfg.distill.loss)
-    check_batch_for_loss(cfg, loss)
     student = build(
         "student", models.student.model, lambda: hydra.utils.instantiate(models.student.model)
     )
@@ -65,13 +62,13 @@ def check_inputs(
     features = feature_layers(cfg, loss)  # a feature method: the pair's layers, checked
     teacher_node = [models.teacher.model, cfg.teacher.get("ckpt_path")]
     teacher = build("teacher", teacher_node, lambda: build_teacher(cfg))
-    if (cfg.get("module") or {}).get("fold_teacher_batchnorm", False):
+    if cfg.module.get("fold_teacher_batchnorm", False):
         from cskd_lightning.teacher_inference import check_foldable
 
         with config_keys({"fold_teacher_batchnorm": "module.fold_teacher_batchnorm"}):
             check_foldable(teacher[0], loss)  # before the teacher trains
     logit_cache = build_logit_cache(cfg, datamodule, loss)  # teacher.logit_cache=true
-    accelerator = str((cfg.get("trainer") or {}).get("accelerator", "cpu")).lower()
+    accelerator = str(cfg.trainer.get("accelerator", "cpu")).lower()
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise InputError(
             f"trainer.accelerator={accelerator}, but this machine has no GPU that PyTorch can "
@@ -105,10 +102,8 @@ DATA_KEYS = {"num_classes": "data.num_classes"} | {
 def check_data(datamodule: Any) -> bool:
     """Load the data once (the datamodule keeps it); its errors name their config keys."""
     with config_keys(DATA_KEYS):
-        if hasattr(datamodule, "prepare_data"):
-            datamodule.prepare_data()
-        if hasattr(datamodule, "setup"):
-            datamodule.setup("fit")
+        datamodule.prepare_data()
+        datamodule.setup("fit")
     return True
 
 
@@ -131,13 +126,6 @@ def output_dir_problem(path: Path, note: bool = False) -> str | None:
     return None
 
 
-def _dir_error(path: Path, problem: str, key: str) -> UnwritablePathError:
-    return UnwritablePathError(
-        f"Output directory {path} cannot be written: {problem}. Choose a writable location "
-        f"with {key}=<dir> (or paths.log_dir=<dir>)."
-    )
-
-
 _created_dirs: list[Path] = []  # made for this command (deepest first): removed if it fails
 
 
@@ -150,10 +138,11 @@ def remove_created_dirs() -> None:
             _created_dirs.clear()
 
 
-def check_output_dir(path: Path, key: str = "hydra.run.dir") -> None:
-    """Create ``path`` if needed and prove it writable (a temporary file)."""
-    problem = output_dir_problem(path, note=True)
-    if problem is None:
+def check_output_dir(path: Path, key: str = "hydra.run.dir", create: bool = True) -> None:
+    """Refuse ``path`` (what ``key`` sets) unless it can be written; ``create``: create it if
+    needed and prove it writable (a temporary file), else only look (Hydra creates it next)."""
+    problem = output_dir_problem(path, note=key == "hydra.run.dir")
+    if problem is None and create:
         try:
             path.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=path):
@@ -161,7 +150,10 @@ def check_output_dir(path: Path, key: str = "hydra.run.dir") -> None:
         except OSError as err:
             problem = f"{type(err).__name__}: {err.strerror or err}"
     if problem is not None:
-        raise _dir_error(path, problem, key)
+        raise UnwritablePathError(
+            f"Output directory {path} cannot be written: {problem}. Choose a writable location "
+            f"with {key}=<dir> (or paths.log_dir=<dir>)."
+        )
 
 
 class OutputDirCheck(HydraCallback):
@@ -169,16 +161,12 @@ class OutputDirCheck(HydraCallback):
     creates it (Hydra's own failure is a traceback)."""
 
     def _check(self, config: DictConfig, key: str) -> None:
-        try:
-            value = OmegaConf.select(config, key)
-        except Exception:  # noqa: BLE001 - an unresolvable dir is Hydra's to report
-            return
-        if not value:
-            return
-        path = Path(str(value))
-        problem = output_dir_problem(path, note=key == "hydra.run.dir")  # Hydra creates it next
-        if problem is not None:
-            exit_with_error(_dir_error(path, problem, key))
+        value = OmegaConf.select(config, key, throw_on_resolution_failure=False)
+        if value:  # else unset, or unresolvable: Hydra's to report
+            try:
+                check_output_dir(Path(str(value)), key, create=False)
+            except UnwritablePathError as err:
+                exit_with_error(err)
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config, "hydra.run.dir")
@@ -199,15 +187,14 @@ def config_errors() -> Iterator[None]:
             cause = cause.__cause__
         match = re.search(r"full_key:\s*(\S+)", str(err))
         key = match.group(1) if match else None
-        if not isinstance(cause, InputError):
-            known = _known_instantiation_mistake(err, cause, key)
-            if known is None:
-                raise
-            raise known from err
-        if key and getattr(cause, "key", None):
-            key = f"{key}.{cause.key}"
-        where = f" (config: {key})" if key else ""
-        raise type(cause)(f"{cause}{where}", key=key) from err
+        if isinstance(cause, InputError):
+            key = f"{key}.{cause.key}" if key and cause.key else key
+            where = f" (config: {key})" if key else ""
+            raise type(cause)(f"{cause}{where}", key=key) from err
+        known = _known_instantiation_mistake(err, cause, key)
+        if known is None:
+            raise
+        raise known from err
 
 
 def _known_instantiation_mistake(
@@ -250,22 +237,20 @@ def _known_instantiation_mistake(
 
 
 def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
-    """``data.num_classes``, the datamodule's, the teacher's (its config's) and the student's
-    must agree."""
+    """``data.num_classes``, the datamodule's, the teacher config's and the student's agree."""
     from cskd_lightning.module import infer_num_classes
 
-    teacher, pair = cfg.pair.teacher.model.get("num_classes"), cfg.pair
+    teacher, student_cfg = cfg.pair.teacher.model, cfg.pair.student.model
+    teacher_count = teacher.get("num_classes")
     counts = {
         "data.num_classes": int(cfg.data.num_classes),
         f"the datamodule ({type(datamodule).__name__}).num_classes": (
             getattr(datamodule, "num_classes", None) or None
         ),
-        f"the teacher (pair.teacher.model: {pair.teacher.model.get('name')})": (
-            teacher if isinstance(teacher, int) else None
+        f"the teacher (pair.teacher.model: {teacher.get('name')})": (
+            teacher_count if isinstance(teacher_count, int) else None
         ),
-        f"the student (pair.student.model: {pair.student.model.get('name')})": infer_num_classes(
-            student
-        ),
+        f"the student (pair.student.model: {student_cfg.get('name')})": infer_num_classes(student),
     }
     known = {k: v for k, v in counts.items() if v is not None}
     if len(set(known.values())) > 1:
@@ -277,19 +262,14 @@ def check_class_counts(cfg: DictConfig, datamodule: Any, student: Any) -> None:
         )
 
 
-def check_batch_for_loss(cfg: DictConfig, loss: Any) -> None:
-    """A batch-level loss needs a global batch of at least 2 samples."""
-    check_per_process_batch(cfg, loss, 1)
-
-
-def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int) -> None:
+def check_per_process_batch(cfg: DictConfig, loss: Any, world_size: int = 1) -> None:
     """A batch-level loss needs 2 samples a batch; without gathering (``gather=false``) in each
     process's own batch."""
     batch = int(cfg.data.datamodule.batch_size)
     if not getattr(loss, "batch_level", False):
         return
     if batch < 2:
-        where = "data.datamodule.batch_size=1"
+        where = f"data.datamodule.batch_size={batch}"
     elif world_size > 1 and not getattr(loss, "gather", True) and batch // world_size < 2:
         where = (
             f"data.datamodule.batch_size={batch} over {world_size} processes is "
@@ -330,8 +310,8 @@ def feature_layers(cfg: DictConfig, loss: Any) -> dict[str, Any] | None:
     return features
 
 
-def check_module_class(cfg: DictConfig) -> type:
-    """``module._target_`` names an importable subclass of ``DistillationModule``; returns it."""
+def check_module_class(cfg: DictConfig) -> None:
+    """``module._target_`` names an importable subclass of ``DistillationModule``."""
     from cskd_lightning.module import DistillationModule
 
     target = str((cfg.get("module") or {}).get("_target_") or "")
@@ -356,7 +336,6 @@ def check_module_class(cfg: DictConfig) -> type:
         hydra_log.setLevel(level)
     if not (isinstance(cls, type) and issubclass(cls, DistillationModule)):
         raise InputError(f"module._target_={target} is not a DistillationModule subclass. {fix}")
-    return cls
 
 
 def selection_of(datamodule: Any) -> str:
@@ -376,8 +355,8 @@ def check_tuning_selection(cfg: DictConfig, selection: str, direction: Any = Non
         f"This sweep optimises {cfg.get('optimized_metric')}, but with "
         "data.datamodule.val_split=0 the validation metrics are computed on the TEST set, so "
         "the search would tune on it. Hold out a validation split (e.g. "
-        "data.datamodule.val_split=5000), or pass "
-        f"{TUNE_ON_TEST_FLAG} to tune on the test set knowingly."
+        "data.datamodule.val_split=5000), or pass tune_on_test_set=true to tune on the test set "
+        "knowingly."
     )
 
 

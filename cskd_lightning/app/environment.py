@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from cskd_lightning.errors import InputError
 
@@ -24,23 +24,20 @@ log = logging.getLogger("cskd_lightning")
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity), else the machine's count."""
     if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def busy_cores() -> float:
     """The cores other work keeps busy: the larger of the 1-minute load average (slow to rise)
-    and the processes runnable now (``/proc/loadavg``, this one left out)."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        return 0.0
+    and the processes runnable now, this one left out (Linux's ``/proc/loadavg``: ``load1 load5
+    load15 runnable/total last_pid``); elsewhere the load average alone."""
     try:
         with open("/proc/loadavg") as handle:
-            running = int(handle.read().split()[3].split("/")[0]) - 1
-    except (OSError, ValueError, IndexError):
-        running = 0
-    return max(load, float(running))
+            fields = handle.read().split()
+    except OSError:
+        return os.getloadavg()[0]
+    return max(float(fields[0]), int(fields[3].split("/")[0]) - 1.0)
 
 
 def sharing_processes(cfg: DictConfig) -> int:
@@ -48,8 +45,8 @@ def sharing_processes(cfg: DictConfig) -> int:
     (``devices``) times the jobs a parallel launcher (``n_jobs``) runs at once."""
     devices = (cfg.get("trainer") or {}).get("devices", 1)
     devices = devices if isinstance(devices, int) and devices > 0 else 1
-    launcher = HydraConfig.get().get("launcher") or {} if HydraConfig.initialized() else {}
-    n_jobs = launcher.get("n_jobs") if hasattr(launcher, "get") else None
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    n_jobs = OmegaConf.select(hydra_cfg, "launcher.n_jobs") if hydra_cfg is not None else None
     return devices * (min(n_jobs, usable_cores()) if isinstance(n_jobs, int) and n_jobs > 1 else 1)
 
 
@@ -60,11 +57,16 @@ class ThreadChoice:
     threads: int
     source: str
 
-    def as_record(self) -> dict[str, Any]:
-        return {"threads": self.threads, "threads_source": self.source}
-
 
 _chosen: ThreadChoice | None = None
+
+
+def given_threads(cfg: DictConfig) -> int | None:
+    """``threads=N`` (``None``: not given), refused below 1."""
+    given = cfg.get("threads")
+    if given is not None and int(given) < 1:
+        raise InputError(f"threads={given}: give a thread count of 1 or more (or null: auto).")
+    return None if given is None else int(given)
 
 
 def choose_threads(cfg: DictConfig) -> ThreadChoice:
@@ -73,26 +75,21 @@ def choose_threads(cfg: DictConfig) -> ThreadChoice:
     rounded; 0 with ``trainer.deterministic=true``, whose result must not depend on the load).
     Chosen once per process: a sequential sweep's jobs keep the first job's choice."""
     global _chosen
-    given = cfg.get("threads")
+    given = given_threads(cfg)
     if given is not None:
-        if int(given) < 1:
-            raise InputError(f"threads={given}: give a thread count of 1 or more (or null: auto).")
-        choice = ThreadChoice(int(given), "threads=" + str(int(given)))
+        choice = ThreadChoice(given, f"threads={given}")
     elif os.environ.get("OMP_NUM_THREADS"):
         source = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
         choice = ThreadChoice(torch.get_num_threads(), source)
     elif _chosen is not None and _chosen.source.startswith("auto"):
         choice = _chosen
     else:
-        cores = usable_cores()
-        sharing = sharing_processes(cfg)
-        deterministic = bool((cfg.get("trainer") or {}).get("deterministic", False))
-        busy = 0 if deterministic else round(busy_cores())
-        load = (
-            "deterministic: the load not counted"
-            if deterministic
-            else f"{busy} busy with other work"
-        )
+        cores, sharing = usable_cores(), sharing_processes(cfg)
+        if (cfg.get("trainer") or {}).get("deterministic", False):
+            busy, load = 0, "deterministic: the load not counted"
+        else:
+            busy = round(busy_cores())
+            load = f"{busy} busy with other work"
         choice = ThreadChoice(
             max(1, min(cores // sharing, cores - busy)),
             f"auto: {cores} usable core(s), {sharing} process(es) of this run or sweep on "
@@ -109,22 +106,23 @@ def environment_record(cfg: DictConfig, threads: ThreadChoice | None = None) -> 
     differently), the library versions, the device, deterministic algorithms or not."""
     import lightning
 
-    trainer = cfg.get("trainer") or {}
-    accelerator = str(trainer.get("accelerator", "cpu"))
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
     device = _cpu_name()
     if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     if threads is None and _chosen is not None and _chosen.threads == torch.get_num_threads():
         threads = _chosen
+    threads = threads or ThreadChoice(torch.get_num_threads(), "torch default")
     return {
-        **(threads or ThreadChoice(torch.get_num_threads(), "torch default")).as_record(),
+        "threads": threads.threads,
+        "threads_source": threads.source,
         "torch": str(torch.__version__),
         "lightning": str(lightning.__version__),
         "python": sys.version.split()[0],
         "accelerator": accelerator,
         "device": device,
-        "deterministic": bool(trainer.get("deterministic", False)),
-        "precision": str(trainer.get("precision", "32-true")),
+        "deterministic": bool(cfg.trainer.get("deterministic", False)),
+        "precision": str(cfg.trainer.get("precision", "32-true")),
     }
 
 

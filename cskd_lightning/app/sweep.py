@@ -23,8 +23,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf, open_dict
+from rich.filesize import decimal
 
 from cskd_lightning.app import checks
+from cskd_lightning.app.environment import given_threads
 from cskd_lightning.app.jobs import exit_with_error, quiet_logs
 from cskd_lightning.errors import InputError
 from cskd_lightning.files import stable_hash
@@ -75,8 +77,7 @@ def check_job(cfg: DictConfig, direction: Any, built: dict) -> None:
         return build("trainer", cfg.trainer, lambda: hydra.utils.instantiate(cfg.trainer, **kwargs))
 
     with checks.config_errors():
-        if cfg.get("threads") is not None and int(cfg.threads) < 1:
-            raise InputError(f"threads={cfg.threads}: give 1 or more (or null: auto).")
+        given_threads(cfg)
         inputs = checks.check_inputs(cfg, make_trainer, build)
         checks.check_tuning_selection(cfg, checks.selection_of(inputs.datamodule), direction)
 
@@ -135,6 +136,7 @@ class Plan:
     jobs: list[tuple[str, str, str]] = field(default_factory=list)  # (overrides, teacher, cache)
     teachers: dict[str, Need] = field(default_factory=dict)
     caches: dict[str, Need] = field(default_factory=dict)
+    known: dict[Any, Any] = field(default_factory=dict)  # what is worked out once a sweep
 
 
 class _Composer:
@@ -150,9 +152,8 @@ class _Composer:
         """A ``key=value`` override (set on a copy) rather than a config group choice, a
         deletion or a Hydra setting (composed)."""
         key = override.key_or_group
-        if override.is_delete() or key.startswith("hydra") or "@" in key or "/" in key:
-            return False
-        return key not in self.groups
+        group = key in self.groups or key.startswith("hydra") or "@" in key or "/" in key
+        return not (group or override.is_delete())
 
     def job(self, overrides: list[str]) -> tuple[DictConfig, tuple[str, ...], str, list[str]]:
         """The job's config, its group overrides (``distill`` aside), its ``distill`` choice
@@ -204,17 +205,14 @@ def _teacher(cfg: DictConfig, plan: Plan) -> tuple[str, str]:
     return f"teacher {status}", path
 
 
-_data_sizes: dict[str, tuple[int, int, dict[str, Any]] | str] = {}
-
-
 def _data_size(cfg: DictConfig) -> tuple[int, int, dict[str, Any]] | str:
     """``(N_train, N_eval, augmentation settings)`` of the job's device datamodule, or why not."""
     try:
         dm = hydra.utils.instantiate(cfg.data.datamodule)
         if not hasattr(dm, "split_tensors"):
             return "needs a device pipeline (data=<name>_device)"
-        n_eval = (dm.split_tensors(s) for s in ("val", "test"))
-        n_eval = sum(int(t[0].shape[0]) for t in n_eval if t is not None)
+        evaluated = (dm.split_tensors(split) for split in ("val", "test"))
+        n_eval = sum(int(t[0].shape[0]) for t in evaluated if t is not None)
         return int(dm.split_tensors("train")[0].shape[0]), n_eval, dm.augmentation_settings()
     except Exception as err:  # noqa: BLE001 - the plan reports it; the run would fail
         return f"the data cannot be read ({type(err).__name__}: {err})"
@@ -223,7 +221,7 @@ def _data_size(cfg: DictConfig) -> tuple[int, int, dict[str, Any]] | str:
 def _logit_cache(cfg: DictConfig, teacher_path: str, plan: Plan) -> tuple[str, str]:
     """The job's teacher-logit cache, entered in ``plan.caches``: ``(its label, its key)``."""
     data_key = stable_hash([OmegaConf.to_container(cfg.data, resolve=True), cfg.seed])
-    size = _once(_data_sizes, data_key, _data_size, cfg)  # loaded once per data config
+    size = _once(plan.known, data_key, _data_size, cfg)  # loaded once per data config
     dtype = str(cfg.teacher.get("logit_cache_dtype", "float32"))
     topk = cfg.teacher.get("logit_cache_topk", 10) if dtype == "topk" else None
     name = dtype if topk is None else f"topk{topk}"  # a top-k cache of another k is another
@@ -249,37 +247,28 @@ def _logit_cache(cfg: DictConfig, teacher_path: str, plan: Plan) -> tuple[str, s
     return f"logit cache #{list(plan.caches).index(key)}", key
 
 
-def _size(value: int | None) -> str:
-    if value is None:
-        return "size unknown"
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
-        if value >= scale:
-            return f"{value / scale:.1f} {unit}"
-    return f"{value / 1e3:.1f} kB"
-
-
 def make_plan(config: DictConfig) -> Plan:
     """The plan of the run or sweep that ``config`` (with its ``hydra`` node) describes."""
     composer = _Composer(str(config.hydra.job.config_name))
-    plan, known = Plan(), {}  # a loss's, a teacher's, a cache's: worked out once a sweep
+    plan = Plan()
     for overrides in sweep_jobs(config):
         job = [o for o in overrides if o.split("=")[0].lstrip("+") != PLAN_KEY]
         cfg, groups, distill, values = composer.job(job)
         top = (v.lstrip("+").split("=")[0].split(".")[0] for v in values)
         relevant = tuple(v for v, key in zip(values, top, strict=True) if key in TEACHER_KEYS)
         teacher, cache = "no teacher", ""
-        if _once(known, ("loss", groups, distill), _needs_teacher, cfg):
-            teacher, path = _once(known, ("teacher", groups, relevant), _teacher, cfg, plan)
+        if _once(plan.known, ("loss", groups, distill), _needs_teacher, cfg):
+            teacher, path = _once(plan.known, ("teacher", groups, relevant), _teacher, cfg, plan)
             plan.teachers[path].jobs += 1
             if cfg.teacher.get("logit_cache", False):
                 cache_of = ("cache", groups, distill, relevant)
-                cache, key = _once(known, cache_of, _logit_cache, cfg, path, plan)
+                cache, key = _once(plan.known, cache_of, _logit_cache, cfg, path, plan)
                 plan.caches[key].jobs += 1
         plan.jobs.append((" ".join(job), teacher, cache))
     return plan
 
 
-def print_plan(plan: Plan, out: Any = None) -> None:
+def print_plan(plan: Plan) -> None:
     lines = [f"Plan: {len(plan.jobs)} job(s); nothing is trained or written (plan=true).", ""]
     if plan.teachers:
         counts = sorted(Counter(t.status for t in plan.teachers.values()).items())
@@ -290,19 +279,20 @@ def print_plan(plan: Plan, out: Any = None) -> None:
     for t in sorted(plan.teachers.values(), key=lambda t: (t.status, t.label)):
         lines.append(f"  {t.status:<10} {t.label} ({t.jobs} job(s)): {t.where}")
     if plan.caches:
-        total = _size(sum(c.size or 0 for c in plan.caches.values()))
+        total = decimal(sum(c.size or 0 for c in plan.caches.values()))
         lines += [
             "",
             f"Teacher-logit caches: {len(plan.caches)}, {total} on disk when full (stored "
             "epochs are reused; the key includes the trained teacher's weights)",
         ]
         for i, c in enumerate(plan.caches.values()):
-            lines.append(f"  #{i} {c.label} ({c.jobs} job(s)): {_size(c.size)}, {c.where}")
+            size = "size unknown" if c.size is None else decimal(c.size)
+            lines.append(f"  #{i} {c.label} ({c.jobs} job(s)): {size}, {c.where}")
     lines += ["", "Jobs:"]
     for i, (overrides, teacher, cache) in enumerate(plan.jobs):
         cache = f", {cache}" if cache else ""
         lines.append(f"  #{i} {overrides or '(defaults)'}: {teacher}{cache}")
-    print("\n".join(lines), file=out or sys.stdout)
+    print("\n".join(lines))
 
 
 class SweepPlan(HydraCallback):

@@ -165,7 +165,7 @@ def test_batch_size_not_divisible_by_process_count() -> None:
 def test_batch_of_one_with_a_batch_level_loss(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    from cskd_lightning.app.checks import check_batch_for_loss, check_per_process_batch
+    from cskd_lightning.app.checks import check_per_process_batch
     from cskd_lightning.losses import CSKDLoss, KDLoss
 
     cache = tmp_path / "cache"
@@ -175,7 +175,7 @@ def test_batch_of_one_with_a_batch_level_loss(
     assert line.startswith("Error: data.datamodule.batch_size=1, but CSKDLoss (distill=cskd_cswt)")
     assert "batch_size=2 or more" in line and not (cache / "teachers").exists()
     cfg = compose_run(["data.datamodule.batch_size=1"], tmp_path / "x", cache)
-    check_batch_for_loss(cfg, KDLoss())  # per-sample methods are fine with one sample
+    check_per_process_batch(cfg, KDLoss())  # per-sample methods are fine with one sample
     cfg = compose_run(["data.datamodule.batch_size=2"], tmp_path / "x", cache)
     with pytest.raises(ValueError, match="1 sample per process and distill.loss.gather=false"):
         check_per_process_batch(cfg, CSKDLoss(gather=False), world_size=2)
