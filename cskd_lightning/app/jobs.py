@@ -50,10 +50,6 @@ def instantiate_group(cfg: Mapping | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c and "_target_" in c]
 
 
-def optional_instantiate(cfg: Any) -> Any:
-    return hydra.utils.instantiate(cfg) if cfg else None
-
-
 def to_float(value: Any) -> float | None:
     """A metric (tensor or number) as a float; ``None`` for a missing or non-finite one."""
     if value is None:
@@ -123,13 +119,10 @@ class DeferredRunLog:
         for handler in self.handlers:
             self.root.removeHandler(handler)
         self.root.addHandler(self.memory)
-        self.active = True
 
     def end(self, write: bool = True) -> None:
-        """Give the file handlers back; ``write``: the held records go to them first."""
-        if not self.active:
-            return
-        self.active = False
+        """Give the file handlers back; ``write``: the held records go to them first. Ending
+        again does nothing (logging adds and removes a handler once)."""
         self.root.removeHandler(self.memory)
         for handler in self.handlers:
             self.root.addHandler(handler)
@@ -193,7 +186,6 @@ def _failed(err: Exception, output_dir: Path, multirun: bool, attempt: str) -> f
 
             remove_created_dirs()
         exit_with_error(err)
-    _run_log.end()
     _write(output_dir / ERROR, traceback.format_exc())
     if multirun:
         write_exit_record(output_dir, attempt, "failed", f"{type(err).__name__}: {err}")

@@ -19,7 +19,6 @@ from omegaconf import DictConfig, open_dict
 from cskd_lightning.app.run_dir import (
     ALLOW_CHANGE_FLAG,
     CHECKPOINTS,
-    CONFIG,
     diff_configs,
     listed,
     relevant_config,
@@ -80,17 +79,6 @@ def check_config(
         )
 
 
-def _saved_or_none(directory: Path) -> dict[str, Any] | None:
-    try:
-        return saved_run_config(directory)
-    except ValueError:  # an unreadable config just does not match
-        return None
-
-
-def _diff(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[str]:
-    return [] if saved is None else diff_configs(saved, now)
-
-
 def search_sibling_runs(
     output_dir: Path, now: Mapping[str, Any], trust: bool = False
 ) -> tuple[Path, dict[str, Any]]:
@@ -102,14 +90,19 @@ def search_sibling_runs(
         ckpt_dir = run / CHECKPOINTS
         if run.resolve() == here or not checkpoint_candidates(ckpt_dir):
             continue
-        diff = _diff(_saved_or_none(run), now)
+        try:
+            saved = saved_run_config(run)  # None: no config.yaml
+        except ValueError:  # unreadable: the config stored in its checkpoint decides
+            saved = None
+        diff = diff_configs(saved, now) if saved is not None else []
         if not diff:
             try:
                 path, checkpoint = newest_good_checkpoint(ckpt_dir, trust, TRUST_FLAG)
             except CheckpointError as err:
                 log.warning("Skipping run %s: %s", run, err)
                 continue
-            diff = _diff(_stored_config(checkpoint), now)
+            stored = _stored_config(checkpoint)
+            diff = diff_configs(stored, now) if stored is not None else []
         if diff:
             differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
         else:
@@ -201,8 +194,11 @@ def resume_if_requeued(cfg: DictConfig, output_dir: Path) -> bool:
     count = int(count) if count.isdigit() else 0
     if count <= 0 or cfg.get("ckpt_path"):
         return False
-    saved = _saved_or_none(output_dir)
-    if (output_dir / CONFIG).is_file() and (saved is None or _diff(saved, relevant_config(cfg))):
+    try:
+        saved = saved_run_config(output_dir)
+    except ValueError:
+        return False  # an unreadable config.yaml: inspect_run_dir refuses it
+    if saved is not None and diff_configs(saved, relevant_config(cfg)):
         return False  # someone else's run: inspect_run_dir refuses it
     log.info(
         "SLURM restarted this job (SLURM_RESTART_COUNT=%d): resuming its run in %s "
