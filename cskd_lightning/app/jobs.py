@@ -54,7 +54,7 @@ def to_float(value: Any) -> float | None:
     """A metric (tensor or number) as a float; ``None`` for a missing or non-finite one."""
     if value is None:
         return None
-    value = float(value.item() if hasattr(value, "item") else value)
+    value = float(value)  # a one-element tensor too
     return value if math.isfinite(value) else None
 
 

@@ -50,9 +50,8 @@ class RunConfigRecorder(L.Callback):
 
 
 def _stored_config(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    run = checkpoint.get(RUN_KEY)
-    ok = isinstance(run, Mapping) and isinstance(run.get("config"), Mapping)
-    return run["config"] if ok else None
+    """The config :class:`RunConfigRecorder` stored (``None``: another program's checkpoint)."""
+    return checkpoint.get(RUN_KEY, {}).get("config")
 
 
 def check_config(
@@ -85,8 +84,8 @@ def search_sibling_runs(
     """The furthest good checkpoint among the sibling run directories whose saved and stored
     config match ``now``."""
     here, found, differing = output_dir.resolve(), [], []
-    parent = here.parent
-    for run in sorted(r for r in parent.iterdir() if r.is_dir()) if parent.is_dir() else []:
+    parent = here.parent  # exists: the run directory was created before the resume check
+    for run in sorted(r for r in parent.iterdir() if r.is_dir()):
         ckpt_dir = run / CHECKPOINTS
         if run.resolve() == here or not checkpoint_candidates(ckpt_dir):
             continue
@@ -191,8 +190,7 @@ def resume_if_requeued(cfg: DictConfig, output_dir: Path) -> bool:
     SIGUSR1 handler, submitit) continues its run with ``ckpt_path=last`` unless one is given,
     when the run directory holds this job's own run or none. Returns whether it set it."""
     count = os.environ.get("SLURM_RESTART_COUNT", "0")
-    count = int(count) if count.isdigit() else 0
-    if count <= 0 or cfg.get("ckpt_path"):
+    if not count.isdigit() or int(count) == 0 or cfg.get("ckpt_path"):
         return False
     try:
         saved = saved_run_config(output_dir)
@@ -203,7 +201,7 @@ def resume_if_requeued(cfg: DictConfig, output_dir: Path) -> bool:
     log.info(
         "SLURM restarted this job (SLURM_RESTART_COUNT=%d): resuming its run in %s "
         "(ckpt_path=last).",
-        count,
+        int(count),
         output_dir,
     )
     with open_dict(cfg):

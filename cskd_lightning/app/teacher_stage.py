@@ -12,6 +12,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -103,11 +104,8 @@ def _run_teacher(
         L.seed_everything(teacher_seed(cfg), workers=True)
         schedule = {k: hydra.utils.instantiate(recipe.get(k)) for k in ("optimizer", "scheduler")}
     module = DistillationModule(teacher, None, CELoss(), **schedule)
-    progress = [
-        c
-        for c in instantiate_group(cfg.get("callbacks"))
-        if type(c).__name__.endswith("ProgressBar") or isinstance(c, ProgressLog)
-    ]
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    progress = [c for c in callbacks if isinstance(c, (ProgressBar, ProgressLog))]
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=progress,
