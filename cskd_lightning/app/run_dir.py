@@ -183,7 +183,7 @@ def make_summary(
         except ValueError:  # outside the run directory
             best_file = str(Path(best).resolve())
         state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
-        best_epoch = int(state["epoch"]) if "epoch" in state else None
+        best_epoch = int(state["epoch"])  # a Lightning checkpoint's
     overrides = output_dir / OVERRIDES  # as first given
     if overrides.is_file():
         overrides = [str(o) for o in OmegaConf.load(overrides)]

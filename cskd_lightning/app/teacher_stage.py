@@ -219,7 +219,7 @@ def _cached_or_trained(
     if path.is_file():
         stored = read_checkpoint(path)
         teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)
-        meta = stored.get("meta", {}) if isinstance(stored, dict) else {}
+        meta = stored.get("meta", {})
         log.info("Reusing the cached teacher %s (test acc %s)", path, meta.get("test_acc"))
         trained_with, now = meta.get("environment"), environment_record(cfg)
         changed = [

@@ -154,11 +154,12 @@ def _open_logs(
     """Keep the CSV rows of the epochs a resumed run did, give every logger the resolved config
     as its hyperparameters; return the CSV log (the run's history)."""
     csv_logs = [lg for lg in loggers if isinstance(lg, RunCSVLogger)]
+    through_epoch = resume_from.epoch if resume_from else None  # None: a new run keeps none
     for csv_log in csv_logs:
-        kept = csv_log.keep_history(resume_from.epoch if resume_from else None)
-        if kept and resume_from:
-            message = "Kept %d rows of %s (epochs up to %s)."
-            log.info(message, kept, csv_log.metrics_file, resume_from.epoch)
+        if kept := csv_log.keep_history(through_epoch):
+            log.info(
+                "Kept %d rows of %s (epochs up to %s).", kept, csv_log.metrics_file, through_epoch
+            )
     if loggers and jobs.is_global_zero():
         hparams = OmegaConf.to_container(cfg, resolve=True)
         for logger in loggers:
