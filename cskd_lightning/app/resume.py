@@ -167,13 +167,9 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
             )
         checkpoint = load_resumable(path, trust, TRUST_FLAG)
     check_config(checkpoint, now, path, bool(cfg.get("resume_allow_config_change", False)))
-    try:
-        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-        done = progress["current"]["completed"]
-        mid_epoch = done > 0 and not progress["is_last_batch"]
-    except (KeyError, TypeError):
-        mid_epoch = False
-    if mid_epoch:
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    done = progress.get("current", {}).get("completed", 0)
+    if done > 0 and not progress.get("is_last_batch", True):
         log.warning(
             "%s was saved mid-epoch (after %d batches): the run resumes, but the rest of that "
             "epoch will not see the data in the same order as an uninterrupted run.",
