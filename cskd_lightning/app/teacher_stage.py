@@ -260,7 +260,7 @@ def _cached_or_trained(
 def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache | None:
     """The cache ``teacher.logit_cache=true`` attaches (else, or for a loss without a teacher,
     ``None``); a feature method, a DataLoader datamodule or a bad top-k refused at once."""
-    teacher_cfg = cfg.get("teacher", {}) or {}
+    teacher_cfg = cfg.teacher
     if not teacher_cfg.get("logit_cache", False):
         return None
     if getattr(loss, "teacher_features", ()):
@@ -269,7 +269,7 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
             "teacher-logit cache holds logits only: run it with teacher.logit_cache=false."
         )
     if not isinstance(datamodule, DeviceDataModule):
-        data = str(cfg.data.get("name", "?"))
+        data = cfg.data.name
         folder = importlib.resources.files("cskd_lightning.conf").joinpath("data")  # shipped:
         shipped = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith("_device.yaml"))
         fix = f"data={data}_device"
