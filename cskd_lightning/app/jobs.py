@@ -17,7 +17,6 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -68,7 +67,7 @@ def is_global_zero() -> bool:
     return all(int(os.environ.get(k, 0)) == 0 for k in ranks)
 
 
-@contextmanager
+@contextlib.contextmanager
 def one_job() -> Iterator[None]:
     """One job, in DDP too: Lightning re-runs the command line for the other local ranks, so it
     becomes this job's overrides and ``run.dir`` its directory (not the sweep's); after a

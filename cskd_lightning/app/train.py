@@ -137,7 +137,7 @@ def run(cfg: DictConfig, ready: Preflight) -> tuple[DistillationModule, dict[str
             metrics["val/acc_best"] = jobs.to_float(module.val_acc_best.compute())
     results = [dict(trainer.callback_metrics)]
     if cfg.get("test", True):
-        best = best_checkpoint(trainer)
+        best = _best_checkpoint(trainer)
         if not best:
             log.warning("No best checkpoint was saved: testing the final weights.")
         results += trainer.test(  # [] with trainer.limit_test_batches=0
@@ -167,7 +167,7 @@ def _open_logs(
     return csv_logs[0] if csv_logs else None
 
 
-def best_checkpoint(trainer: L.Trainer) -> str:
+def _best_checkpoint(trainer: L.Trainer) -> str:
     """The best checkpoint's path; ``""``: none saved, or checkpointing off."""
     return getattr(trainer.checkpoint_callback, "best_model_path", "")
 
@@ -181,7 +181,7 @@ def record(
 ) -> None:
     """Write ``student.pt`` (a :mod:`cskd_lightning.export` artifact) and ``summary.json``, and
     print the summary's table."""
-    out, best = ready.output_dir, best_checkpoint(ready.inputs.trainer)
+    out, best = ready.output_dir, _best_checkpoint(ready.inputs.trainer)
     run_info = {"method": cfg.distill.name, "seed": cfg.seed, "data": cfg.data.name}
     run_info["teacher"] = cfg.pair.teacher.model.name
     run_info |= {"test_acc": metrics.get("test/acc"), "val_acc_best": metrics.get("val/acc_best")}
