@@ -17,7 +17,6 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -50,15 +49,11 @@ def instantiate_group(cfg: Mapping | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in (cfg or {}).values() if c and "_target_" in c]
 
 
-def optional_instantiate(cfg: Any) -> Any:
-    return hydra.utils.instantiate(cfg) if cfg else None
-
-
 def to_float(value: Any) -> float | None:
     """A metric (tensor or number) as a float; ``None`` for a missing or non-finite one."""
     if value is None:
         return None
-    value = float(value.item() if hasattr(value, "item") else value)
+    value = float(value)  # a one-element tensor too
     return value if math.isfinite(value) else None
 
 
@@ -72,7 +67,7 @@ def is_global_zero() -> bool:
     return all(int(os.environ.get(k, 0)) == 0 for k in ranks)
 
 
-@contextmanager
+@contextlib.contextmanager
 def one_job() -> Iterator[None]:
     """One job, in DDP too: Lightning re-runs the command line for the other local ranks, so it
     becomes this job's overrides and ``run.dir`` its directory (not the sweep's); after a
@@ -123,13 +118,10 @@ class DeferredRunLog:
         for handler in self.handlers:
             self.root.removeHandler(handler)
         self.root.addHandler(self.memory)
-        self.active = True
 
     def end(self, write: bool = True) -> None:
-        """Give the file handlers back; ``write``: the held records go to them first."""
-        if not self.active:
-            return
-        self.active = False
+        """Give the file handlers back; ``write``: the held records go to them first. Ending
+        again does nothing (logging adds and removes a handler once)."""
         self.root.removeHandler(self.memory)
         for handler in self.handlers:
             self.root.addHandler(handler)
@@ -193,7 +185,6 @@ def _failed(err: Exception, output_dir: Path, multirun: bool, attempt: str) -> f
 
             remove_created_dirs()
         exit_with_error(err)
-    _run_log.end()
     _write(output_dir / ERROR, traceback.format_exc())
     if multirun:
         write_exit_record(output_dir, attempt, "failed", f"{type(err).__name__}: {err}")

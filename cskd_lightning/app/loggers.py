@@ -15,13 +15,10 @@ def wandb_logger(offline: bool | None = None, **kwargs: Any) -> Logger:
     import wandb  # noqa: F401
     from lightning.pytorch.loggers import WandbLogger
 
-    mode = os.environ.get("WANDB_MODE", "").strip().lower()
     if offline is None:
-        offline = (
-            mode in ("offline", "dryrun", "disabled")
-            if mode
-            else not os.environ.get("WANDB_API_KEY")
-        )
+        mode = os.environ.get("WANDB_MODE", "").strip().lower()
+        has_key = bool(os.environ.get("WANDB_API_KEY"))
+        offline = mode in ("offline", "dryrun", "disabled") if mode else not has_key
     return WandbLogger(offline=bool(offline), **kwargs)
 
 

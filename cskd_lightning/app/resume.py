@@ -19,7 +19,6 @@ from omegaconf import DictConfig, open_dict
 from cskd_lightning.app.run_dir import (
     ALLOW_CHANGE_FLAG,
     CHECKPOINTS,
-    CONFIG,
     diff_configs,
     listed,
     relevant_config,
@@ -51,9 +50,8 @@ class RunConfigRecorder(L.Callback):
 
 
 def _stored_config(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
-    run = checkpoint.get(RUN_KEY)
-    ok = isinstance(run, Mapping) and isinstance(run.get("config"), Mapping)
-    return run["config"] if ok else None
+    """The config :class:`RunConfigRecorder` stored (``None``: another program's checkpoint)."""
+    return checkpoint.get(RUN_KEY, {}).get("config")
 
 
 def check_config(
@@ -80,36 +78,30 @@ def check_config(
         )
 
 
-def _saved_or_none(directory: Path) -> dict[str, Any] | None:
-    try:
-        return saved_run_config(directory)
-    except ValueError:  # an unreadable config just does not match
-        return None
-
-
-def _diff(saved: Mapping[str, Any] | None, now: Mapping[str, Any]) -> list[str]:
-    return [] if saved is None else diff_configs(saved, now)
-
-
 def search_sibling_runs(
     output_dir: Path, now: Mapping[str, Any], trust: bool = False
 ) -> tuple[Path, dict[str, Any]]:
     """The furthest good checkpoint among the sibling run directories whose saved and stored
     config match ``now``."""
     here, found, differing = output_dir.resolve(), [], []
-    parent = here.parent
-    for run in sorted(r for r in parent.iterdir() if r.is_dir()) if parent.is_dir() else []:
+    parent = here.parent  # exists: the run directory was created before the resume check
+    for run in sorted(r for r in parent.iterdir() if r.is_dir()):
         ckpt_dir = run / CHECKPOINTS
         if run.resolve() == here or not checkpoint_candidates(ckpt_dir):
             continue
-        diff = _diff(_saved_or_none(run), now)
+        try:
+            saved = saved_run_config(run)  # None: no config.yaml
+        except ValueError:  # unreadable: the config stored in its checkpoint decides
+            saved = None
+        diff = diff_configs(saved, now) if saved is not None else []
         if not diff:
             try:
                 path, checkpoint = newest_good_checkpoint(ckpt_dir, trust, TRUST_FLAG)
             except CheckpointError as err:
                 log.warning("Skipping run %s: %s", run, err)
                 continue
-            diff = _diff(_stored_config(checkpoint), now)
+            stored = _stored_config(checkpoint)
+            diff = diff_configs(stored, now) if stored is not None else []
         if diff:
             differing.append(f"{run.name} ({', '.join(d.split(':')[0] for d in diff[:3])})")
         else:
@@ -175,13 +167,9 @@ def resolve_resume(cfg: DictConfig, output_dir: Path) -> ResumeChoice | None:
             )
         checkpoint = load_resumable(path, trust, TRUST_FLAG)
     check_config(checkpoint, now, path, bool(cfg.get("resume_allow_config_change", False)))
-    try:
-        progress = checkpoint["loops"]["fit_loop"]["epoch_loop.batch_progress"]
-        done = progress["current"]["completed"]
-        mid_epoch = done > 0 and not progress["is_last_batch"]
-    except (KeyError, TypeError):
-        mid_epoch = False
-    if mid_epoch:
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.batch_progress", {})
+    done = progress.get("current", {}).get("completed", 0)
+    if done > 0 and not progress.get("is_last_batch", True):
         log.warning(
             "%s was saved mid-epoch (after %d batches): the run resumes, but the rest of that "
             "epoch will not see the data in the same order as an uninterrupted run.",
@@ -198,16 +186,18 @@ def resume_if_requeued(cfg: DictConfig, output_dir: Path) -> bool:
     SIGUSR1 handler, submitit) continues its run with ``ckpt_path=last`` unless one is given,
     when the run directory holds this job's own run or none. Returns whether it set it."""
     count = os.environ.get("SLURM_RESTART_COUNT", "0")
-    count = int(count) if count.isdigit() else 0
-    if count <= 0 or cfg.get("ckpt_path"):
+    if not count.isdigit() or int(count) == 0 or cfg.get("ckpt_path"):
         return False
-    saved = _saved_or_none(output_dir)
-    if (output_dir / CONFIG).is_file() and (saved is None or _diff(saved, relevant_config(cfg))):
+    try:
+        saved = saved_run_config(output_dir)
+    except ValueError:
+        return False  # an unreadable config.yaml: inspect_run_dir refuses it
+    if saved is not None and diff_configs(saved, relevant_config(cfg)):
         return False  # someone else's run: inspect_run_dir refuses it
     log.info(
         "SLURM restarted this job (SLURM_RESTART_COUNT=%d): resuming its run in %s "
         "(ckpt_path=last).",
-        count,
+        int(count),
         output_dir,
     )
     with open_dict(cfg):

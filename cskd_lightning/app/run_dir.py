@@ -55,10 +55,9 @@ def changes_result(key: str) -> bool:
     return not any(key == k or key.startswith(k + ".") for k in NOT_A_RESULT)
 
 
-def relevant_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+def relevant_config(cfg: DictConfig) -> dict[str, Any]:
     """The config flattened to ``{"dotted.key": value}``, keeping (and resolving) only the keys
     that :func:`changes_result`: an unresolvable ``${hydra:...}`` elsewhere does no harm."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
     flat: dict[str, Any] = {}
 
     def walk(node: DictConfig, prefix: str) -> None:
@@ -160,8 +159,7 @@ def write_run_config(cfg: DictConfig, output_dir: Path) -> None:
         hydra_cfg = HydraConfig.get()
         files[output_dir / HYDRA_CONFIG] = OmegaConf.to_yaml(cfg)
         files[output_dir / ".hydra" / "hydra.yaml"] = OmegaConf.to_yaml({"hydra": hydra_cfg})
-        overrides = OmegaConf.create(list(hydra_cfg.overrides.task))
-        files[output_dir / OVERRIDES] = OmegaConf.to_yaml(overrides)
+        files[output_dir / OVERRIDES] = OmegaConf.to_yaml(hydra_cfg.overrides.task)
     for path, text in files.items():
         write_text_atomically(path, text)
 
@@ -185,7 +183,7 @@ def make_summary(
         except ValueError:  # outside the run directory
             best_file = str(Path(best).resolve())
         state = torch.load(best, map_location="cpu", weights_only=True, mmap=True)
-        best_epoch = int(state["epoch"]) if "epoch" in state else None
+        best_epoch = int(state["epoch"])  # a Lightning checkpoint's
     overrides = output_dir / OVERRIDES  # as first given
     if overrides.is_file():
         overrides = [str(o) for o in OmegaConf.load(overrides)]
@@ -220,7 +218,7 @@ def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     write_text_atomically(path, json.dumps(payload, indent=2, default=default) + "\n")
 
 
-def print_summary(summary: Mapping[str, Any], console: Console | None = None) -> None:
+def print_summary(summary: Mapping[str, Any]) -> None:
     """Teacher and student accuracy, their gap, wall time and where the files are."""
     teacher, student = summary["teacher"], summary["student"]
     t_acc, s_acc = teacher.get("test_acc"), student.get("test_acc")
@@ -234,7 +232,7 @@ def print_summary(summary: Mapping[str, Any], console: Console | None = None) ->
     table.add_row("student", student.get("model", ""), pct(s_acc), pct(student.get("val_acc_best")))
     if t_acc is not None and s_acc is not None:
         table.add_row("gap", "student - teacher", f"{100 * (s_acc - t_acc):+.2f} pts", "")
-    console = console or Console()
+    console = Console()
     console.print(table)
     console.print(f"wall time {summary['wall_time_s']:.1f} s; files in {summary['output_dir']}")
     console.print(f"teacher weights: {teacher.get('source')}")

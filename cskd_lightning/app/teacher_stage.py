@@ -12,18 +12,14 @@ from typing import Any
 
 import hydra
 import lightning as L
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.utilities.seed import isolate_rng
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from cskd_lightning import locks
 from cskd_lightning.app.environment import environment_record
-from cskd_lightning.app.jobs import (
-    instantiate_group,
-    is_global_zero,
-    optional_instantiate,
-    to_float,
-)
+from cskd_lightning.app.jobs import instantiate_group, is_global_zero, to_float
 from cskd_lightning.app.run_dir import NOT_A_RESULT
 from cskd_lightning.callbacks import ProgressLog
 from cskd_lightning.checkpoints import extract_state_dict, load_weights, read_checkpoint
@@ -67,8 +63,8 @@ def teacher_cache_key(cfg: DictConfig) -> str:
     """A short hash of everything that determines the trained teacher."""
     data = OmegaConf.to_container(cfg.data, resolve=True)
     for key in IRRELEVANT_DATA_KEYS:
-        data.get("datamodule", {}).pop(key, None)
-    if "seed" in data.get("datamodule", {}):
+        data["datamodule"].pop(key, None)
+    if "seed" in data["datamodule"]:
         data["datamodule"]["seed"] = teacher_seed(cfg)
     trainer = {key: cfg.trainer.get(key) for key in TEACHER_TRAINER_KEYS}
     trainer.update({k: cfg.trainer[k] for k in DEBUG_TRAINER_KEYS if cfg.trainer.get(k)})
@@ -88,13 +84,9 @@ def teacher_cache_path(cfg: DictConfig) -> Path:
 def teacher_datamodule(cfg: DictConfig, datamodule: L.LightningDataModule) -> L.LightningDataModule:
     """The run's datamodule, rebuilt single-view and with ``teacher.seed`` where they differ."""
     data = cfg.data.datamodule
-    overrides: dict[str, Any] = {}
-    if data.get("two_view", False):
-        overrides["two_view"] = False
-    if "seed" in data and data.seed != teacher_seed(cfg):
-        overrides["seed"] = teacher_seed(cfg)
-    if data.get("augment_seed") is not None:
-        overrides["augment_seed"] = None  # the student's augment_seed is not the teacher's
+    # The student's augment_seed is not the teacher's (seeded by teacher.seed).
+    teachers = {"two_view": False, "seed": teacher_seed(cfg), "augment_seed": None}
+    overrides = {k: v for k, v in teachers.items() if k in data and data[k] != v}
     return hydra.utils.instantiate(data, **overrides) if overrides else datamodule
 
 
@@ -110,13 +102,10 @@ def _run_teacher(
     recipe, schedule = cfg.pair.teacher.recipe, {}
     if train:
         L.seed_everything(teacher_seed(cfg), workers=True)
-        schedule = {k: optional_instantiate(recipe.get(k)) for k in ("optimizer", "scheduler")}
+        schedule = {k: hydra.utils.instantiate(recipe.get(k)) for k in ("optimizer", "scheduler")}
     module = DistillationModule(teacher, None, CELoss(), **schedule)
-    progress = [
-        c
-        for c in instantiate_group(cfg.get("callbacks"))
-        if type(c).__name__.endswith("ProgressBar") or isinstance(c, ProgressLog)
-    ]
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    progress = [c for c in callbacks if isinstance(c, (ProgressBar, ProgressLog))]
     trainer = hydra.utils.instantiate(
         cfg.trainer,
         callbacks=progress,
@@ -145,17 +134,12 @@ def compare_with_published(
     within = abs(gap) <= PUBLISHED_TOLERANCE_PTS
     message = "Teacher %s (%s): %.2f%% on the test set, published %.2f%% (%+.2f points)"
     args = (cfg.pair.teacher.model.name, source, 100.0 * test_acc, published, gap)
-    if not is_global_zero():
-        pass  # one line per run, not per process
-    elif within:
-        log.info(message, *args)
-    else:
-        log.warning(
-            message + ", more than %.0f point from it: check the checkpoint, the pair and the "
-            "data (the split and normalisation it was trained with) before trusting the student.",
-            *args,
-            PUBLISHED_TOLERANCE_PTS,
-        )
+    if not within:
+        message += ", more than %.0f point from it: check the checkpoint, the pair and the data "
+        message += "(the split and normalisation it was trained with) before trusting the student."
+        args += (PUBLISHED_TOLERANCE_PTS,)
+    if is_global_zero():  # one line per run, not per process
+        log.log(logging.INFO if within else logging.WARNING, message, *args)
     return {
         "published_acc": published,
         "gap_pts": round(gap, 2),
@@ -185,12 +169,12 @@ def prepare_teacher(
     cfg: DictConfig,
     datamodule: L.LightningDataModule,
     output_dir: Path,
-    built: tuple[nn.Module, Path | None] | None = None,
+    built: tuple[nn.Module, Path | None],
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """The teacher with its weights and a record of where they came from: as built
+    """The teacher with its weights and a record of where they came from: as ``built``
     (:func:`build_teacher`) with ``teacher.ckpt_path`` or ``pretrained: true``; else the cached
     teacher for this exact data/model/recipe/seed, or one trained and cached."""
-    teacher, given = built if built is not None else build_teacher(cfg)
+    teacher, given = built
     stage_dir, datamodule = output_dir / "teacher", teacher_datamodule(cfg, datamodule)
     if given is not None or cfg.pair.teacher.get("pretrained", False):
         if given is not None:
@@ -235,7 +219,7 @@ def _cached_or_trained(
     if path.is_file():
         stored = read_checkpoint(path)
         teacher.load_state_dict(extract_state_dict(stored, str(path)), strict=True)
-        meta = stored.get("meta", {}) if isinstance(stored, dict) else {}
+        meta = stored.get("meta", {})
         log.info("Reusing the cached teacher %s (test acc %s)", path, meta.get("test_acc"))
         trained_with, now = meta.get("environment"), environment_record(cfg)
         changed = [
@@ -262,13 +246,10 @@ def _cached_or_trained(
     acc = _run_teacher(cfg, teacher, datamodule, stage_dir, train=True)
     environment = environment_record(cfg)
     if is_global_zero():
-        meta = {
-            "test_acc": acc,
-            "key": teacher_cache_key(cfg),
-            "model": cfg.pair.teacher.model.name,
-        }
-        meta |= {"data": cfg.data.name, "seed": teacher_seed(cfg)}
-        meta["environment"] = environment  # not in the key (README, "The teacher stage")
+        key, model = teacher_cache_key(cfg), cfg.pair.teacher.model.name
+        meta = {"test_acc": acc, "key": key, "model": model, "data": cfg.data.name}
+        # The environment is not in the key (README, "The teacher stage").
+        meta |= {"seed": teacher_seed(cfg), "environment": environment}
         # shared: the jobs of a multi-node sweep may write the same entry at once
         save_atomically({"state_dict": teacher.state_dict(), "meta": meta}, path, shared=True)
         log.info("Teacher trained (test acc %.4f) and cached at %s", acc or float("nan"), path)
@@ -279,7 +260,7 @@ def _cached_or_trained(
 def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache | None:
     """The cache ``teacher.logit_cache=true`` attaches (else, or for a loss without a teacher,
     ``None``); a feature method, a DataLoader datamodule or a bad top-k refused at once."""
-    teacher_cfg = cfg.get("teacher", {}) or {}
+    teacher_cfg = cfg.teacher
     if not teacher_cfg.get("logit_cache", False):
         return None
     if getattr(loss, "teacher_features", ()):
@@ -288,7 +269,7 @@ def build_logit_cache(cfg: Any, datamodule: Any, loss: Any) -> TeacherLogitCache
             "teacher-logit cache holds logits only: run it with teacher.logit_cache=false."
         )
     if not isinstance(datamodule, DeviceDataModule):
-        data = str(cfg.data.get("name", "?"))
+        data = cfg.data.name
         folder = importlib.resources.files("cskd_lightning.conf").joinpath("data")  # shipped:
         shipped = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith("_device.yaml"))
         fix = f"data={data}_device"

@@ -15,15 +15,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from cskd_lightning.app import checks, jobs, resume
+from cskd_lightning.app import checks, environment, jobs, resume
 from cskd_lightning.app import run_dir as run_files
-from cskd_lightning.app.environment import (
-    ThreadChoice,
-    choose_threads,
-    environment_record,
-    log_threads,
-)
-from cskd_lightning.app.jobs import instantiate_group, is_global_zero, optional_instantiate
 from cskd_lightning.app.teacher_stage import prepare_teacher
 from cskd_lightning.callbacks import EpochSeed, RunClock
 from cskd_lightning.checkpoint_io import AtomicCheckpointIO, CommitCheckpointsAfterLogging
@@ -40,7 +33,7 @@ class Preflight:
     """A run built and checked, with nothing written yet."""
 
     output_dir: Path
-    threads: ThreadChoice
+    threads: environment.ThreadChoice
     inputs: checks.Inputs
     resume: resume.ResumeChoice | None
     existing: run_files.ExistingRun
@@ -70,7 +63,7 @@ def preflight(cfg: DictConfig) -> Preflight:
     output_dir = Path(cfg.paths.output_dir)
     checks.check_output_dir(output_dir, "hydra.run.dir")
     resume.resume_if_requeued(cfg, output_dir)  # a SLURM requeue continues its run
-    threads = choose_threads(cfg)
+    threads = environment.choose_threads(cfg)
     L.seed_everything(cfg.seed, workers=True)
 
     def make_trainer(loggers: list[Any], callbacks: list[Any]) -> L.Trainer:
@@ -78,7 +71,7 @@ def preflight(cfg: DictConfig) -> Preflight:
             cfg.trainer,
             callbacks=[
                 CommitCheckpointsAfterLogging(output_dir / run_files.CHECKPOINTS),
-                *instantiate_group(cfg.get("callbacks")),
+                *jobs.instantiate_group(cfg.get("callbacks")),
                 resume.RunConfigRecorder(resume.relevant_config(cfg)),
                 EpochSeed(cfg.seed),  # dropout & co. resume exactly (no RNG state is saved)
                 clock,
@@ -91,7 +84,7 @@ def preflight(cfg: DictConfig) -> Preflight:
     inputs = checks.check_inputs(cfg, make_trainer)
     resume_from = resume.resolve_resume(cfg, output_dir)
     # The other processes of a DDP run start after rank 0 has begun writing the run directory.
-    zero = is_global_zero()
+    zero = jobs.is_global_zero()
     existing = run_files.inspect_run_dir(cfg, output_dir) if zero else run_files.ExistingRun()
     selection = checks.selection_of(inputs.datamodule)
     if not existing.finished:
@@ -108,8 +101,8 @@ def run(cfg: DictConfig, ready: Preflight) -> tuple[DistillationModule, dict[str
     (resuming ``ckpt_path``), test the best checkpoint: the module, the metrics, the teacher's
     record."""
     jobs.checks_passed()
-    log_threads(ready.threads)
-    if is_global_zero() and ready.existing.config is None:
+    environment.log_threads(ready.threads)
+    if jobs.is_global_zero() and ready.existing.config is None:
         run_files.write_run_config(cfg, ready.output_dir)
     inputs, trainer = ready.inputs, ready.inputs.trainer
     history = _open_logs(cfg, inputs.loggers, ready.resume)
@@ -123,8 +116,8 @@ def run(cfg: DictConfig, ready: Preflight) -> tuple[DistillationModule, dict[str
         student=hydra.utils.instantiate(cfg.pair.student.model),
         teacher=teacher if inputs.loss.requires_teacher else None,
         loss=inputs.loss,
-        optimizer=optional_instantiate(recipe.get("optimizer")),
-        scheduler=optional_instantiate(recipe.get("scheduler")),
+        optimizer=hydra.utils.instantiate(recipe.get("optimizer")),  # None: none
+        scheduler=hydra.utils.instantiate(recipe.get("scheduler")),
         **({"features": inputs.features} if inputs.features is not None else {}),
     )
     if cfg.get("train", True):
@@ -142,15 +135,16 @@ def run(cfg: DictConfig, ready: Preflight) -> tuple[DistillationModule, dict[str
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "compute before update" after a restore
             metrics["val/acc_best"] = jobs.to_float(module.val_acc_best.compute())
-    metrics.update({k: jobs.to_float(v) for k, v in trainer.callback_metrics.items()})
+    results = [dict(trainer.callback_metrics)]
     if cfg.get("test", True):
         best = _best_checkpoint(trainer)
         if not best:
             log.warning("No best checkpoint was saved: testing the final weights.")
-        test = trainer.test(
+        results += trainer.test(  # [] with trainer.limit_test_batches=0
             module, datamodule=inputs.datamodule, ckpt_path=best or None, verbose=False
         )
-        metrics.update({k: jobs.to_float(v) for k, v in (test[0] if test else {}).items()})
+    for result in results:
+        metrics.update({k: jobs.to_float(v) for k, v in result.items()})
     return module, metrics, teacher_info
 
 
@@ -160,12 +154,13 @@ def _open_logs(
     """Keep the CSV rows of the epochs a resumed run did, give every logger the resolved config
     as its hyperparameters; return the CSV log (the run's history)."""
     csv_logs = [lg for lg in loggers if isinstance(lg, RunCSVLogger)]
+    through_epoch = resume_from.epoch if resume_from else None  # None: a new run keeps none
     for csv_log in csv_logs:
-        kept = csv_log.keep_history(resume_from.epoch if resume_from else None)
-        if kept and resume_from:
-            message = "Kept %d rows of %s (epochs up to %s)."
-            log.info(message, kept, csv_log.metrics_file, resume_from.epoch)
-    if loggers and is_global_zero():
+        if kept := csv_log.keep_history(through_epoch):
+            log.info(
+                "Kept %d rows of %s (epochs up to %s).", kept, csv_log.metrics_file, through_epoch
+            )
+    if loggers and jobs.is_global_zero():
         hparams = OmegaConf.to_container(cfg, resolve=True)
         for logger in loggers:
             logger.log_hyperparams(hparams)
@@ -173,7 +168,8 @@ def _open_logs(
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str:
-    return trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    """The best checkpoint's path; ``""``: none saved, or checkpointing off."""
+    return getattr(trainer.checkpoint_callback, "best_model_path", "")
 
 
 def record(
@@ -190,17 +186,10 @@ def record(
     run_info["teacher"] = cfg.pair.teacher.model.name
     run_info |= {"test_acc": metrics.get("test/acc"), "val_acc_best": metrics.get("val/acc_best")}
     model_cfg = OmegaConf.to_container(cfg.pair.student.model, resolve=True)
-    datamodule, clock = ready.inputs.datamodule, ready.clock
-    save_student(
-        out / run_files.STUDENT,
-        module.student,
-        model_cfg,
-        module.num_classes,
-        datamodule,
-        run=run_info,
-    )
+    path, datamodule, clock = out / run_files.STUDENT, ready.inputs.datamodule, ready.clock
+    save_student(path, module.student, model_cfg, module.num_classes, datamodule, run=run_info)
     summary = run_files.make_summary(cfg, out, metrics, teacher_info, best, ready.selection, clock)
-    summary["environment"] = environment_record(cfg, ready.threads)
+    summary["environment"] = environment.environment_record(cfg, ready.threads)
     run_files.write_json(out / run_files.SUMMARY, summary)
     run_files.print_summary(summary)
 
@@ -208,7 +197,7 @@ def record(
 @hydra.main(version_base="1.3", config_path="pkg://cskd_lightning.conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """The ``cskd-train`` console script."""
-    if is_global_zero():
+    if jobs.is_global_zero():
         log.debug("Config:\n%s", OmegaConf.to_yaml(cfg))
     return jobs.run_task(train, cfg)
 
