@@ -35,8 +35,8 @@ def busy_cores() -> float:
     try:
         with open("/proc/loadavg") as handle:
             fields = handle.read().split()
-    except OSError:
-        return os.getloadavg()[0]
+    except OSError:  # not Linux: the load average, where the platform has one
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     return max(float(fields[0]), int(fields[3].split("/")[0]) - 1.0)
 
 
