@@ -76,13 +76,6 @@ def placed(folded: nn.Module, device: torch.device, dtype: torch.dtype | None) -
     return model
 
 
-def inference_teacher(
-    teacher: nn.Module, device: torch.device, dtype: torch.dtype | None
-) -> nn.Module:
-    """:func:`fold_batchnorm` of ``teacher``, :func:`placed` on ``device`` in ``dtype``."""
-    return placed(fold_batchnorm(teacher), device, dtype)
-
-
 class FoldedTeacher:
     """What ``DistillationModule(fold_teacher_batchnorm=True)`` runs as its teacher: the folded
     teacher (traced once, by the check) :func:`placed` on the device and in the autocast dtype

@@ -17,7 +17,7 @@ from cskd_lightning.errors import InputError
 from cskd_lightning.logit_cache import TeacherLogitCache
 from cskd_lightning.losses import FitNetLoss
 from cskd_lightning.models import create_model
-from cskd_lightning.teacher_inference import fold_batchnorm, inference_teacher
+from cskd_lightning.teacher_inference import fold_batchnorm, placed
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -77,8 +77,9 @@ def test_weights_cast_once_give_what_autocast_gives_with_a_cast_every_step():
     logits are bit for bit those of the float32 folded copy under autocast."""
     teacher = _teacher_with_moved_statistics()
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    cast_once = inference_teacher(teacher, torch.device("cpu"), torch.bfloat16)
-    cast_every_call = inference_teacher(teacher, torch.device("cpu"), None)
+    folded = fold_batchnorm(teacher)
+    cast_once = placed(folded, torch.device("cpu"), torch.bfloat16)
+    cast_every_call = placed(folded, torch.device("cpu"), None)
     convs = [m for m in cast_once.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
