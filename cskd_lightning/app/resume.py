@@ -51,7 +51,8 @@ class RunConfigRecorder(L.Callback):
 
 def _stored_config(checkpoint: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """The config :class:`RunConfigRecorder` stored (``None``: another program's checkpoint)."""
-    return checkpoint.get(RUN_KEY, {}).get("config")
+    run = checkpoint.get(RUN_KEY)
+    return run.get("config") if isinstance(run, Mapping) else None
 
 
 def check_config(
